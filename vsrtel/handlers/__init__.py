@@ -1,0 +1,1 @@
+"""Ready-made handlers: logs (structlog), spans and metrics (OpenTelemetry)."""
