@@ -1,0 +1,38 @@
+"""Viewstamped Replication (VSR): the event catalogue and an instrumented simulated cluster.
+
+- :data:`CATALOG`: every ``("vsr", ...)`` event, declared and documented
+  (:class:`vsrtel.catalog.Catalog`).
+- :data:`telemetry` and :func:`common_metadata`: the ``Vsr.Telemetry`` pattern, a
+  :class:`vsrtel.Scope` stamping each event with a replica's state.
+- :func:`simulate` / :class:`Simulation`: a VSR cluster (Liskov and Cowling, 2012) in
+  deterministic simulation, emitting the whole catalogue with simulated timings.
+"""
+
+from __future__ import annotations
+
+from vsrtel.vsr.catalog import CATALOG, PREFIX, common_metadata, telemetry
+from vsrtel.vsr.invariants import Checker, InvariantViolation
+from vsrtel.vsr.replica import NO_PROPAGATION, TICK, Output, Propagation, Replica, Timeouts
+from vsrtel.vsr.report import render_text
+from vsrtel.vsr.sim import FAULTS, FaultProfile, SimClock, Simulation, simulate
+
+__all__ = [
+    "CATALOG",
+    "FAULTS",
+    "NO_PROPAGATION",
+    "PREFIX",
+    "TICK",
+    "Checker",
+    "FaultProfile",
+    "InvariantViolation",
+    "Output",
+    "Propagation",
+    "Replica",
+    "SimClock",
+    "Simulation",
+    "Timeouts",
+    "common_metadata",
+    "render_text",
+    "simulate",
+    "telemetry",
+]
