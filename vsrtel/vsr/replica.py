@@ -198,8 +198,7 @@ class Replica:
     def step(self, message: ReplicaMessage | Tick, now: int) -> Output:
         """Process one message or a :data:`TICK` at simulated time ``now``."""
         self._begin(now)
-        handler = _HANDLERS[type(message)]
-        handler(self, message)
+        getattr(self, _HANDLERS[type(message)])(message)
         return self._finish()
 
     def crash(self, now: int) -> None:
@@ -298,8 +297,11 @@ class Replica:
     def _abandon_requests(self, why: str) -> None:
         spans, self._spans = self._spans, {}
         for span in spans.values():
-            span.metadata.update(common_metadata(self))
-            span.stop(error=RequestAbandoned(why))
+            try:  # raised so that its traceback (the span's stacktrace) is this frame only
+                raise RequestAbandoned(why)
+            except RequestAbandoned as error:
+                span.metadata.update(common_metadata(self))
+                span.stop(error=error)
 
     def _replace_log(self, log: list[Entry], cause: str) -> None:
         """Install ``log``, reporting uncommitted entries of the old log that it discards."""
@@ -717,15 +719,15 @@ class Replica:
         self._learn_commit(self._known_commit)
 
 
-_HANDLERS: dict[type, Callable[[Replica, Any], None]] = {
-    Request: Replica._on_request,
-    Prepare: Replica._on_prepare,
-    PrepareOk: Replica._on_prepare_ok,
-    Commit: Replica._on_commit,
-    StartViewChange: Replica._on_start_view_change,
-    DoViewChange: Replica._on_do_view_change,
-    StartView: Replica._on_start_view,
-    GetState: Replica._on_get_state,
-    NewState: Replica._on_new_state,
-    Tick: Replica._on_tick,
+_HANDLERS: dict[type, str] = {
+    Request: "_on_request",
+    Prepare: "_on_prepare",
+    PrepareOk: "_on_prepare_ok",
+    Commit: "_on_commit",
+    StartViewChange: "_on_start_view_change",
+    DoViewChange: "_on_do_view_change",
+    StartView: "_on_start_view",
+    GetState: "_on_get_state",
+    NewState: "_on_new_state",
+    Tick: "_on_tick",
 }

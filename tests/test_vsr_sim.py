@@ -1,0 +1,229 @@
+"""vsrtel.vsr.sim: determinism, catalogue coverage, invariants, liveness, trace propagation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+import vsrtel
+from vsrtel import Span
+from vsrtel.testing import capture
+from vsrtel.vsr import CATALOG, InvariantViolation, Propagation, Simulation, simulate
+from vsrtel.vsr.messages import Operation
+from vsrtel.vsr.replica import Replica
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def event_hash(seed: int, faults: str = "heavy", requests: int = 60) -> tuple[str, int]:
+    registry = vsrtel.Registry()
+    with capture(registry=registry) as events:
+        report = simulate(seed=seed, requests=requests, faults=faults, registry=registry)
+    assert report["invariants"] == "ok"
+    digest = hashlib.sha256()
+    for event in events:
+        digest.update(repr((event.name, event.measurements, event.metadata)).encode())
+    return digest.hexdigest(), len(events)
+
+
+def test_same_seed_same_event_stream() -> None:
+    first, second = (event_hash(11) for _ in range(2))
+    assert first == second
+    assert first[1] > 1000
+    assert event_hash(12)[0] != first[0]
+
+
+def test_event_stream_does_not_depend_on_the_hash_seed() -> None:
+    code = "from tests.test_vsr_sim import event_hash; print(event_hash(5, requests=30)[0])"
+    digests = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True)
+        digests.add(done.stdout.strip())
+    assert digests == {event_hash(5, requests=30)[0]}
+
+
+def test_one_fault_run_emits_every_catalogue_event_and_passes_strict_validation() -> None:
+    registry = vsrtel.Registry()
+    with CATALOG.check(registry=registry) as check:
+        report = simulate(seed=2, requests=150, clients=4, faults="heavy", registry=registry)
+    assert report["invariants"] == "ok"
+    assert check.problems == []
+    assert check.missing(CATALOG) == []
+    assert check.seen[("vsr", "state_machine", "operation", "exception")] > 0
+    assert report["events"] == {".".join(k): v for k, v in sorted(check.seen.items())}
+
+
+def test_report_of_a_fault_free_run() -> None:
+    report = simulate(seed=1, requests=50, replicas=5, clients=2, faults="none",
+                      registry=vsrtel.Registry())
+    assert report["invariants"] == "ok"
+    assert report["requests_committed"] == 50
+    assert (report["replicas"], report["clients"], report["seed"]) == (5, 2, 1)
+    assert report["view_changes"] == 0 and report["crashes"] == 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert report["messages"]["dropped"] == 0
+    events = report["events"]
+    assert events["vsr.protocol.client_request.start"] == 50
+    assert events["vsr.protocol.client_request.stop"] == 50
+    assert events["vsr.state_machine.operation.start"] == 5 * 50  # every replica executes
+    # Fan-out counts are frames: 4 backups per PREPARE.
+    assert events["vsr.protocol.prepare.sent"] == 50
+
+
+def test_fanout_counts_add_up_to_frames() -> None:
+    registry = vsrtel.Registry()
+    with capture("vsr.protocol.prepare", registry=registry) as events:
+        simulate(seed=2, requests=20, replicas=3, clients=1, faults="none", registry=registry)
+    sent = sum(e.measurements["count"] for e in events if e.name[-1] == "sent")
+    received = sum(1 for e in events if e.name[-1] == "received")
+    assert sent == received == 2 * 20  # no loss: every frame arrives once
+
+
+def test_liveness_phase_completes_every_request_under_heavy_faults() -> None:
+    with Simulation(seed=8, requests=80, faults="heavy", registry=vsrtel.Registry()) as sim:
+        sim.run()
+        assert sim.healed_at is not None and sim.completed == 80
+        assert sim.stats["crashes"] + sim.stats["partitions"] > 0
+        committed = len(sim.checker.committed)
+        assert all(r.commit_number == committed for r in sim.replicas)
+
+
+def test_run_until_steps_through_simulated_time_with_the_same_result() -> None:
+    whole = simulate(seed=4, requests=40, registry=vsrtel.Registry())
+    with Simulation(seed=4, requests=40, registry=vsrtel.Registry()) as sim:
+        t = 0
+        while not sim.run_until(t):
+            assert sim.now == t
+            t += 7_000_000
+        assert sim.report() == whole
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"requests": -1}, "requests must be an int >= 0, got -1"),
+        ({"replicas": 4}, "replicas must be odd"),
+        ({"replicas": 0}, "replicas must be an int >= 1"),
+        ({"clients": 0}, "clients must be an int >= 1"),
+        ({"faults": "medium"}, "faults must be one of none, light, heavy, got 'medium'"),
+        ({"seed": "x"}, "seed must be an int"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
+    args = {"seed": 1, "requests": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        simulate(**args, registry=vsrtel.Registry())
+
+
+def test_a_diverging_state_machine_is_caught_with_the_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = Replica._execute
+
+    def diverge(self: Replica, op_number: int, entry: object) -> None:
+        original(self, op_number, entry)  # type: ignore[arg-type]
+        if self.node_id == 2 and op_number == 5:  # a stray extra execution
+            self.machine.apply(Operation("add", "k0", 1))
+
+    monkeypatch.setattr(Replica, "_execute", diverge)
+    report = simulate(seed=21, requests=30, faults="none", registry=vsrtel.Registry())
+    assert report["invariants"].startswith("seed 21: replica 2")
+    assert "differs from the fold" in report["invariants"]
+
+
+def test_a_replica_that_forgets_commits_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Replica._on_tick
+
+    def forgetful(self: Replica, tick: object) -> None:
+        original(self, tick)  # type: ignore[arg-type]
+        if self.node_id == 1 and self.commit_number > 3:
+            self.commit_number -= 1
+
+    monkeypatch.setattr(Replica, "_on_tick", forgetful)
+    with Simulation(seed=9, requests=30, faults="none", registry=vsrtel.Registry()) as sim:
+        with pytest.raises(InvariantViolation, match=r"seed 9: replica 1 .*went from"):
+            sim.run()
+        assert sim.report()["invariants"].startswith("seed 9")
+
+
+def test_disagreeing_logs_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Replica._append
+
+    def corrupt(self: Replica, entry: object) -> None:
+        if self.node_id == 2 and self.op_number == 6:
+            entry = type(entry)(entry.view, 99, 1, entry.operation)  # type: ignore[attr-defined]
+        original(self, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Replica, "_append", corrupt)
+    report = simulate(seed=5, requests=30, faults="none", registry=vsrtel.Registry())
+    assert "committed op 7" in report["invariants"]
+
+
+def test_a_wrong_reply_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsrtel.vsr.messages import Result
+
+    original = Replica._execute
+
+    def lie(self: Replica, op_number: int, entry: object) -> None:
+        original(self, op_number, entry)  # type: ignore[arg-type]
+        replies = self._out.replies
+        if replies and op_number == 4:
+            replies[-1] = type(replies[-1])(replies[-1].view, replies[-1].client_id,
+                                            replies[-1].request_number, Result(True, -12345))
+
+    monkeypatch.setattr(Replica, "_execute", lie)
+    report = simulate(seed=6, requests=20, faults="none", registry=vsrtel.Registry())
+    assert "differs from the committed result" in report["invariants"]
+
+
+def test_a_stuck_cluster_fails_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Replica, "_on_prepare_ok", lambda self, msg: None)
+    report = simulate(seed=7, requests=5, faults="none", registry=vsrtel.Registry())
+    assert report["invariants"].startswith("seed 7: liveness: 5 of 5 requests incomplete")
+    assert report["requests_committed"] == 0
+
+
+def test_trace_context_crosses_nodes_through_the_propagation() -> None:
+    # A stand-in propagation that carries the span context itself: every operation span of a
+    # request must name its client_request span as parent, on every replica.
+    def inject(carrier: dict[str, str], span: Span) -> None:
+        carrier["traceparent"] = str(span.context)
+
+    def extract(carrier: Mapping[str, str]) -> object:
+        return carrier.get("traceparent")
+
+    registry = vsrtel.Registry()
+    with capture("vsr.protocol.client_request.start", "vsr.state_machine.operation.start",
+                 registry=registry) as events:
+        report = simulate(seed=2, requests=10, faults="none", registry=registry,
+                          propagation=Propagation(inject, extract))
+    assert report["invariants"] == "ok"
+    roots = {e.metadata["telemetry_span_context"]: e for e in events
+             if e.name[1] == "protocol"}
+    operations = [e for e in events if e.name[1] == "state_machine"]
+    assert len(operations) == 30
+    for op in operations:
+        parent = roots[op.metadata["trace_parent"]]
+        assert op.metadata["trace_parent"] == op.metadata["client_request_context"]
+        assert (parent.metadata["client_id"], parent.metadata["request_number"]) == (
+            op.metadata["client_id"], op.metadata["request_number"])
+    assert {op.metadata["node_id"] for op in operations} == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_invariants_hold_over_many_seeds_with_heavy_faults() -> None:
+    failures = []
+    for seed in range(150):
+        report = simulate(seed=seed, requests=40, replicas=3 if seed % 3 else 5, clients=3,
+                          faults="heavy", registry=vsrtel.Registry())
+        if report["invariants"] != "ok" or report["requests_committed"] != 40:
+            failures.append(report["invariants"])
+    assert failures == []
