@@ -18,12 +18,13 @@ DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
 
 # Nested metadata deeper than this is not walked (a cycle guard, not a feature).
 _MAX_DEPTH = 8
+_MAX_CACHED_KEYS = 4096
 
 
 class Secrets:
     """A validated, normalised set of secret key names."""
 
-    __slots__ = ("names", "suffixes")
+    __slots__ = ("_verdicts", "names", "suffixes")
 
     def __init__(self, names: Iterable[str]) -> None:
         if isinstance(names, str | bytes):
@@ -39,13 +40,21 @@ class Secrets:
             normalized.add(name.lower().replace("-", "_"))
         self.names = frozenset(normalized)
         self.suffixes = tuple(f"_{name}" for name in sorted(normalized))
+        # Metadata keys repeat endlessly, so each key's verdict is computed once.
+        self._verdicts: dict[object, bool] = {}
 
     def is_secret(self, key: object) -> bool:
         """Whether the metadata key ``key`` names a secret."""
-        if not isinstance(key, str) or not self.names:
-            return False
-        key = key.lower().replace("-", "_")
-        return key in self.names or key.endswith(self.suffixes)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = isinstance(key, str) and (
+                (normalized := key.lower().replace("-", "_")) in self.names
+                or normalized.endswith(self.suffixes)
+            )
+            if len(self._verdicts) >= _MAX_CACHED_KEYS:
+                self._verdicts = {}
+            self._verdicts[key] = verdict
+        return verdict
 
     def redact(self, metadata: Mapping[Any, Any], _depth: int = 0) -> dict[Any, Any]:
         """Copy ``metadata`` with secret values replaced by ``"[REDACTED]"``, nested maps too."""

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, MutableMapping
 from contextvars import Token
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -32,6 +32,7 @@ from opentelemetry.trace import Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 import vsrtel
+from vsrtel import current_span
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
@@ -50,11 +51,10 @@ _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
 
 
-class _Open(NamedTuple):
-    span: trace.Span
-    token: Token[Context] | None  # what to detach at stop; None for a span never made current
-    metadata: Mapping[str, Any]  # start metadata, to set only what changed at stop
-    start_time: int | None
+# An open span: (OTel span, the token to detach at stop or None for a span never made current,
+# the start metadata to set only what changed at stop, the start time). A plain tuple: it is
+# built once per span on the hot path.
+_Open = tuple[trace.Span, "Token[Context] | None", Mapping[str, Any], "int | None"]
 
 
 def attach_tracer(
@@ -106,7 +106,7 @@ def attach_tracer(
         else:
             registry.attach_prefix(handler_id, (), tracer.handle)
     else:
-        events = list(tracer.kinds)
+        events = list(tracer.events)
         if registry is None:
             vsrtel.attach_many(handler_id, events, tracer.handle)
         else:
@@ -161,7 +161,7 @@ def _context_of(span: vsrtel.Span) -> Context | None:
     for tracer in list(_tracers):
         entry = tracer.open.get(key)
         if entry is not None:
-            return trace.set_span_in_context(entry.span)
+            return trace.set_span_in_context(entry[0])
     return None
 
 
@@ -177,12 +177,14 @@ class _Tracer:
         secrets: Secrets,
     ) -> None:
         self.tracer = tracer
-        self.kinds: dict[EventName, int] = {}
+        # Event name -> (kind, span prefix, span name unless computed per span).
+        self.events: dict[EventName, tuple[int, EventName, str]] = {}
         for prefix in prefixes:
+            fixed = span_name if isinstance(span_name, str) else ".".join(prefix)
             for suffix, kind in (("start", _START), ("stop", _STOP), ("exception", _EXCEPTION)):
                 name = (*prefix, suffix)
-                self.kinds[name] = kind
-        self.span_name = span_name
+                self.events[name] = (kind, prefix, fixed)
+        self.name_function = None if span_name is None or isinstance(span_name, str) else span_name
         self.allowed = allowed
         self.secrets = secrets
         self.open: dict[Any, _Open] = {}
@@ -193,44 +195,44 @@ class _Tracer:
     def handle(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
     ) -> None:
-        kind = self.kinds.get(name)
-        if kind is None:
+        event = self.events.get(name)
+        if event is None:
             self.add_event(name, measurements, metadata)
-        elif kind == _START:
-            self.start(name[:-1], measurements, metadata)
+        elif event[0] == _START:
+            self.start(event[1], event[2], measurements, metadata)
         else:
-            self.finish(kind, measurements, metadata)
+            self.finish(event[0], measurements, metadata)
 
     def start(
-        self, prefix: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
+        self,
+        prefix: EventName,
+        name: str,
+        measurements: Mapping[str, Any],
+        metadata: Mapping[str, Any],
     ) -> None:
         key = metadata.get("telemetry_span_context")
         if key is None:
             return
-        span_name = self.span_name
-        if span_name is None:
-            name = ".".join(prefix)
-        elif isinstance(span_name, str):
-            name = span_name
-        else:
-            name = span_name(prefix, metadata)
+        if self.name_function is not None:
+            name = self.name_function(prefix, metadata)
         start_time = measurements.get("system_time")
-        if not isinstance(start_time, int):
+        if start_time.__class__ is not int:
             start_time = None
+        parent = metadata.get("trace_parent")
         span = self.tracer.start_span(
             name,
-            context=_parent(metadata.get("trace_parent")),
+            context=None if parent is None else _parent(parent),
             attributes=self.attributes(metadata, _SPAN_KEYS),
             start_time=start_time,
         )
         token = None
-        current = vsrtel.current_span()
+        current = current_span()
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
             ctx = trace.set_span_in_context(span)
             token = otel_context.attach(otel_context.set_value(self.current_key, span, ctx))
-        self.open[key] = _Open(span, token, metadata, start_time)
+        self.open[key] = (span, token, metadata, start_time)
 
     def finish(
         self, kind: int, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
@@ -239,28 +241,27 @@ class _Tracer:
             entry = self.open.pop(metadata.get("telemetry_span_context"))
         except (KeyError, TypeError):
             return
-        span = entry.span
+        span, token, start_metadata, start_time = entry
         try:
-            start_metadata = entry.metadata
             changed = {
                 k: v for k, v in metadata.items() if start_metadata.get(k, _MISSING) is not v
             }
             if changed:
                 exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
                 span.set_attributes(self.attributes(changed, exclude))
-            extra = {k: v for k, v in measurements.items() if k not in _CLOCK_KEYS}
-            if extra:
+            if not _CLOCK_KEYS.issuperset(measurements):
+                extra = {k: v for k, v in measurements.items() if k not in _CLOCK_KEYS}
                 span.set_attributes(self.attributes(extra))
             duration = measurements.get("duration")
             end_time = None
-            if entry.start_time is not None and isinstance(duration, int):
-                end_time = entry.start_time + duration
+            if start_time is not None and isinstance(duration, int):
+                end_time = start_time + duration
             if kind == _EXCEPTION:
                 _record_exception(span, metadata, end_time)
             span.end(end_time=end_time)
         finally:
-            if entry.token is not None:
-                otel_context.detach(entry.token)
+            if token is not None:
+                otel_context.detach(token)
 
     def add_event(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
@@ -292,8 +293,9 @@ def _flatten(
     depth: int,
 ) -> None:
     allowed = tracer.allowed if exclude is not None and depth == 0 else None
+    is_secret = tracer.secrets.is_secret
     for key, value in values.items():
-        if not isinstance(key, str) or tracer.secrets.is_secret(key):
+        if not isinstance(key, str) or is_secret(key):
             continue
         if (
             depth == 0
@@ -301,13 +303,16 @@ def _flatten(
             and (key in exclude or (allowed is not None and key not in allowed))
         ):
             continue
-        if isinstance(value, Mapping):
+        cls = value.__class__
+        if cls is str or cls is float or cls is bool or (cls is int and value in _INT64):
+            out[prefix + key] = value
+        elif isinstance(value, Mapping):
             if depth < _MAX_DEPTH:
                 _flatten(out, f"{prefix}{key}.", value, tracer, exclude, depth + 1)
-            continue
-        converted = _attribute_value(value)
-        if converted is not None:
-            out[prefix + key] = converted
+        else:
+            converted = _attribute_value(value)
+            if converted is not None:
+                out[prefix + key] = converted
 
 
 def _attribute_value(value: Any) -> AttributeValue | None:
