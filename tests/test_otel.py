@@ -172,6 +172,19 @@ def test_otlp_endpoint_exports_both_signals(
     assert "jobs" in collector.metric_names()
 
 
+def test_force_flush_exports_without_shutting_down(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    setup = otel.configure()
+    _emit(setup, "first")
+    assert setup.force_flush() is True
+    assert collector.span_names() == ["first"]
+    _emit(setup, "second")
+    assert setup.shutdown() is True
+    assert collector.span_names() == ["first", "second"]
+
+
 def test_signal_specific_endpoint_only_exports_that_signal(
     collector: _Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
