@@ -1,0 +1,1 @@
+"""Benchmarks of vsrtel against the CPython floor and its peers: ``python -m benchmarks``."""

@@ -1,0 +1,147 @@
+"""The core bus against the CPython floor and the peers (blinker, pyee, psygnal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import blinker
+import psygnal
+import pyee
+
+import vsrtel
+from benchmarks._harness import Case, Target, now
+
+NAME = ("vsr", "protocol", "prepare", "sent")
+MEASUREMENTS = {"count": 2}
+METADATA = {"node_id": 1}
+
+
+# Each dispatcher gets the cheapest no-op its calling convention allows.
+def noop(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+    pass
+
+
+def noop_receiver(sender: Any, **kwargs: Any) -> None:
+    pass
+
+
+def noop3(name: Any, measurements: Any, metadata: Any) -> None:
+    pass
+
+
+def floor(loops: int) -> int:
+    # What no dispatcher can beat: find the handler in a dict, call it once.
+    handlers = {NAME: noop}
+    name, measurements, metadata = NAME, MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        handlers[name](name, measurements, metadata, None)
+    return now() - start
+
+
+def _registry(handlers: int, prefix: tuple[str, ...] | None = None) -> vsrtel.Registry:
+    registry = vsrtel.Registry()
+    for i in range(handlers):
+        registry.attach(i, NAME, noop)
+    if prefix is not None:
+        registry.attach_prefix("prefix", prefix, noop)
+    return registry
+
+
+def execute_case(handlers: int, prefix: tuple[str, ...] | None = None) -> Any:
+    def run(loops: int) -> int:
+        execute = _registry(handlers, prefix).execute
+        name, measurements, metadata = NAME, MEASUREMENTS, METADATA
+        start = now()
+        for _ in range(loops):
+            execute(name, measurements, metadata)
+        return now() - start
+
+    return run
+
+
+def span_case(handlers: bool) -> Any:
+    def run(loops: int) -> int:
+        registry = vsrtel.Registry()
+        if handlers:
+            registry.attach_many("noop", [NAME + ("start",), NAME + ("stop",)], noop)
+        span, metadata = registry.span, METADATA
+        start = now()
+        for _ in range(loops):
+            with span(NAME, metadata):
+                pass
+        return now() - start
+
+    return run
+
+
+def blinker_case(receivers: int) -> Any:
+    def run(loops: int) -> int:
+        signal = blinker.Signal()
+        for _ in range(receivers):
+            signal.connect(noop_receiver)
+        send, name, measurements, metadata = signal.send, NAME, MEASUREMENTS, METADATA
+        start = now()
+        for _ in range(loops):
+            send(name, measurements=measurements, metadata=metadata)
+        return now() - start
+
+    return run
+
+
+def pyee_emit(loops: int) -> int:
+    emitter = pyee.EventEmitter()
+    emitter.on("prepare_sent", noop3)
+    emit, name, measurements, metadata = emitter.emit, NAME, MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        emit("prepare_sent", name, measurements, metadata)
+    return now() - start
+
+
+class _Emitter:
+    prepare_sent = psygnal.Signal(object, object, object)
+
+
+def psygnal_emit(loops: int) -> int:
+    emitter = _Emitter()
+    emitter.prepare_sent.connect(noop3)
+    emit, name, measurements, metadata = emitter.prepare_sent.emit, NAME, MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        emit(name, measurements, metadata)
+    return now() - start
+
+
+FLOOR = "floor: dict lookup + 1 call"
+CASES = [
+    Case(FLOOR, floor),
+    Case("execute, 0 handlers", execute_case(0)),
+    Case("execute, 1 no-op handler", execute_case(1)),
+    Case("execute, 10 no-op handlers", execute_case(10)),
+    Case("execute, only a non-matching prefix handler", execute_case(0, ("other",))),
+    Case("execute, 1 matching prefix handler", execute_case(0, ("vsr",))),
+    Case("span, 0 handlers", span_case(False)),
+    Case("span, no-op start/stop handlers", span_case(True)),
+    Case("blinker send, 0 receivers", blinker_case(0)),
+    Case("blinker send, 1 receiver", blinker_case(1)),
+    Case("pyee emit, 1 listener", pyee_emit),
+    Case("psygnal emit, 1 slot", psygnal_emit),
+]
+
+TARGETS = [
+    Target("execute (0 handlers) vs floor", "execute, 0 handlers", FLOOR, 1.3),
+    Target(
+        "execute (1 handler) vs blinker send (1 receiver)",
+        "execute, 1 no-op handler",
+        "blinker send, 1 receiver",
+        0.25,
+    ),
+    Target(
+        "non-matching prefix vs 0 handlers",
+        "execute, only a non-matching prefix handler",
+        "execute, 0 handlers",
+        1.3,
+    ),
+    Target("span (0 handlers), ns", "span, 0 handlers", None, 1000),
+]

@@ -1,0 +1,397 @@
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import blinker
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vsrtel
+from vsrtel.testing import capture
+
+Call = tuple[Any, ...]
+
+
+def recorder(calls: list[Call], tag: str = "") -> Any:
+    def handler(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append((tag, name, measurements, metadata, config))
+
+    return handler
+
+
+# -- names ------------------------------------------------------------------------------------
+
+segments = st.text(st.characters(blacklist_characters=".", blacklist_categories=["Cs"]), min_size=1)
+
+
+@given(st.lists(segments, min_size=1, max_size=6))
+def test_dotted_and_tuple_names_reach_the_same_handler(parts: list[str]) -> None:
+    registry = vsrtel.Registry()
+    calls: list[Call] = []
+    registry.attach("h", ".".join(parts), recorder(calls))
+    registry.execute(tuple(parts), 1)
+    registry.execute(".".join(parts), 2)
+    registry.execute(list(parts), 3)
+    assert [c[1] for c in calls] == [tuple(parts)] * 3
+    assert [c[2]["value"] for c in calls] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "fragment"),
+    [
+        ((), ValueError, "empty"),
+        ("", ValueError, "empty"),
+        (("a", ""), ValueError, "segment 1 is empty"),
+        ("a..b", ValueError, "segment 1 is empty"),
+        (("a", 3), TypeError, "segment 1 is int 3"),
+        (("a.b", "c"), ValueError, "contains a dot"),
+        (42, TypeError, "42"),
+    ],
+)
+def test_bad_names_are_rejected_everywhere(name: Any, error: type, fragment: str) -> None:
+    registry = vsrtel.Registry()
+    for call in (
+        lambda: registry.attach("h", name, print),
+        lambda: registry.attach_many("h", [name], print),
+        lambda: registry.execute(name, 1),
+        lambda: registry.enabled(name),
+        lambda: registry.span(name),
+        lambda: registry.signal(name),
+    ):
+        with pytest.raises(error, match=fragment):
+            call()
+    assert registry.list_handlers() == []
+
+
+def test_a_bad_prefix_is_rejected_but_the_empty_prefix_means_everything() -> None:
+    registry = vsrtel.Registry()
+    with pytest.raises(TypeError, match="segment 0 is NoneType"):
+        registry.attach_prefix("p", (None,), print)
+    calls: list[Call] = []
+    registry.attach_prefix("all", (), recorder(calls))
+    registry.execute("x.y", 1)
+    registry.execute("z", 1)
+    assert [c[1] for c in calls] == [("x", "y"), ("z",)]
+
+
+# -- attach / detach / list -------------------------------------------------------------------
+
+
+def test_handlers_get_name_measurements_metadata_and_config(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach("h", ("a", "b"), recorder(calls), config={"c": 1})
+    registry.execute(("a", "b"), {"x": 1}, {"m": 2})
+    assert calls == [("", ("a", "b"), {"x": 1}, {"m": 2}, {"c": 1})]
+
+
+def test_measurements_number_and_metadata_default(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach("h", "a", recorder(calls))
+    registry.execute("a", 2.5)
+    assert calls[0][2:4] == ({"value": 2.5}, {})
+
+
+def test_bad_measurements_and_metadata_name_the_value(registry: vsrtel.Registry) -> None:
+    registry.attach("h", "a", print)
+    with pytest.raises(TypeError, match="'nope'"):
+        registry.execute("a", "nope")
+    with pytest.raises(TypeError, match=r"metadata must be a mapping.*\[1\]"):
+        registry.execute("a", 1, [1])
+
+
+def test_lazy_payloads_are_called_only_when_someone_listens(registry: vsrtel.Registry) -> None:
+    made: list[str] = []
+
+    def measurements() -> dict[str, int]:
+        made.append("m")
+        return {"n": 1}
+
+    def metadata() -> dict[str, int]:
+        made.append("md")
+        return {"k": 2}
+
+    registry.execute("a", measurements, metadata)
+    assert made == []
+    calls: list[Call] = []
+    registry.attach("h", "a", recorder(calls))
+    registry.execute("a", measurements, metadata)
+    assert made == ["m", "md"]
+    assert calls[0][2:4] == ({"n": 1}, {"k": 2})
+
+
+def test_handlers_run_in_attach_order_across_exact_and_prefix(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach("1", "a.b", recorder(calls, "exact-1"))
+    registry.attach_prefix("2", "a", recorder(calls, "prefix-2"))
+    registry.attach_many("3", ["x", "a.b"], recorder(calls, "many-3"))
+    registry.attach_prefix("4", (), recorder(calls, "all-4"))
+    registry.execute("a.b", 1)
+    assert [c[0] for c in calls] == ["exact-1", "prefix-2", "many-3", "all-4"]
+
+
+def test_duplicate_id_and_non_callable_are_rejected(registry: vsrtel.Registry) -> None:
+    registry.attach("h", "a", print)
+    with pytest.raises(vsrtel.AlreadyAttachedError, match="'h'") as info:
+        registry.attach_prefix("h", "b", print)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(TypeError, match="must be callable, got 3"):
+        registry.attach("other", "a", 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one event name"):
+        registry.attach_many("other", [], print)
+    with pytest.raises(TypeError, match=r"the str 'a.b'"):
+        registry.attach_many("other", "a.b", print)
+    assert [r.id for r in registry.list_handlers()] == ["h"]
+
+
+def test_detach_removes_the_handler_from_every_event(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach_many("h", ["a", "b.c"], recorder(calls))
+    registry.attach_prefix("p", "b", recorder(calls, "p"))
+    assert registry.detach("h") is True
+    assert registry.detach("h") is False
+    assert registry.detach("p") is True
+    registry.execute("a", 1)
+    registry.execute("b.c", 1)
+    assert calls == []
+    assert not registry.enabled("a")
+
+
+def test_list_handlers_matches_prefixes_segment_by_segment(registry: vsrtel.Registry) -> None:
+    registry.attach_many("h", ["a.b.c", "a.bc", "x"], print, config=7)
+    registry.attach_prefix("p", "a.b", print)
+    records = registry.list_handlers()
+    assert [(r.id, r.event_name) for r in records] == [
+        ("h", ("a", "b", "c")),
+        ("h", ("a", "bc")),
+        ("h", ("x",)),
+        ("p", ("a", "b")),
+    ]
+    assert records[0].function is print and records[0].config == 7
+    under_a_b = [r.event_name for r in registry.list_handlers(("a", "b"))]
+    assert under_a_b == [("a", "b", "c"), ("a", "b")]
+    assert [r.event_name for r in registry.list_handlers("a")] == [
+        ("a", "b", "c"),
+        ("a", "bc"),
+        ("a", "b"),
+    ]
+    assert registry.list_handlers("a.b.c.d") == []
+
+
+def test_prefix_handlers_receive_only_matching_events(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach_prefix("p", ("vsr", "protocol"), recorder(calls))
+    registry.execute("vsr.protocol.prepare.sent", 1)
+    registry.execute("vsr.protocolx", 1)
+    registry.execute("vsr", 1)
+    registry.execute("other.protocol", 1)
+    assert [c[1] for c in calls] == [("vsr", "protocol", "prepare", "sent")]
+    assert registry.enabled("vsr.protocol.commit.sent")
+    assert not registry.enabled("vsr.state")
+
+
+def test_a_prefix_attached_after_a_name_was_cached_still_receives_it(
+    registry: vsrtel.Registry,
+) -> None:
+    registry.execute("a.b", 1)  # cached as "nobody listens"
+    calls: list[Call] = []
+    registry.attach_prefix("p", "a", recorder(calls))
+    registry.execute("a.b", 1)
+    assert len(calls) == 1
+
+
+def test_many_distinct_names_keep_the_cache_bounded() -> None:
+    registry = vsrtel.Registry()
+    calls: list[Call] = []
+    registry.attach_prefix("p", "a", recorder(calls))
+    for i in range(25_000):
+        registry.execute(("a", str(i)), 1)
+    assert len(calls) == 25_000
+    assert len(registry._routes) <= 10_001
+
+
+# -- failure isolation ------------------------------------------------------------------------
+
+
+def boom(*_: Any) -> None:
+    raise RuntimeError("boom")
+
+
+def test_a_failing_handler_is_detached_reported_and_the_others_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[Call] = []
+    vsrtel.attach("first", "a", recorder(calls, "first"))
+    vsrtel.attach_many("bad", ["a", "b"], boom, config="cfg")
+    vsrtel.attach("last", "a", recorder(calls, "last"))
+    with capture("vsrtel.handler.failure") as failures, caplog.at_level(logging.ERROR, "vsrtel"):
+        vsrtel.execute("a", 1)  # returns normally
+    assert [c[0] for c in calls] == ["first", "last"]
+    assert [r.id for r in vsrtel.list_handlers()] == ["first", "last"]
+    [failure] = failures
+    assert set(failure.measurements) == {"monotonic_time", "system_time"}
+    meta = failure.metadata
+    assert meta["event_name"] == ("a",)
+    assert meta["handler_id"] == "bad" and meta["handler_config"] == "cfg"
+    assert meta["kind"] is RuntimeError and str(meta["reason"]) == "boom"
+    assert meta["stacktrace"] and meta["stacktrace"][-1].name == "boom"
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR and "'bad'" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_on_error_keep_reports_but_stays_attached() -> None:
+    registry = vsrtel.Registry(on_error="keep")
+    registry.attach("bad", "a", boom)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        registry.execute("a", 1)
+    assert len(failures) == 2
+    assert [r.id for r in registry.list_handlers()] == ["bad"]
+
+
+def test_on_error_raise_re_raises(registry: vsrtel.Registry) -> None:
+    registry.attach("bad", "a", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        registry.execute("a", 1)
+    with pytest.raises(ValueError, match="'sometimes'"):
+        vsrtel.Registry(on_error="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_failing_failure_handler_does_not_loop() -> None:
+    registry = vsrtel.Registry(on_error="keep")
+    registry.attach("bad", "a", boom)
+    registry.attach("bad-reporter", vsrtel.FAILURE_EVENT, boom)
+    registry.execute("a", 1)
+    assert {r.id for r in registry.list_handlers()} == {"bad", "bad-reporter"}
+
+
+def test_concurrent_attach_detach_never_loses_events_for_stable_handlers() -> None:
+    registry = vsrtel.Registry()
+    seen = [0]
+    lock = threading.Lock()
+
+    def stable(*_: Any) -> None:
+        with lock:
+            seen[0] += 1
+
+    registry.attach("stable", "a.b", stable)
+    registry.attach_prefix("stable-prefix", "a", stable)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn(n: int) -> None:
+        try:
+            i = 0
+            while not stop.is_set():
+                registry.attach((n, i), "a.b", lambda *_: None)
+                registry.attach_prefix((n, i, "p"), "a", lambda *_: None)
+                registry.detach((n, i))
+                registry.detach((n, i, "p"))
+                i += 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def emit() -> None:
+        try:
+            for _ in range(20_000):
+                registry.execute(("a", "b"), 1)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    churners = [threading.Thread(target=churn, args=(n,)) for n in range(2)]
+    emitters = [threading.Thread(target=emit) for _ in range(2)]
+    for t in churners + emitters:
+        t.start()
+    for t in emitters:
+        t.join()
+    stop.set()
+    for t in churners:
+        t.join()
+    assert errors == []
+    assert seen[0] == 2 * 20_000 * 2
+    assert [r.id for r in registry.list_handlers()] == ["stable", "stable-prefix"]
+
+
+# -- blinker interop --------------------------------------------------------------------------
+
+
+def test_signal_is_a_named_blinker_signal_and_plain_receivers_are_called(
+    registry: vsrtel.Registry,
+) -> None:
+    signal = registry.signal("a.b")
+    assert isinstance(signal, blinker.NamedSignal) and signal.name == "a.b"
+    assert registry.signal(("a", "b")) is signal
+    received: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        received.append((sender, kwargs))
+
+    assert not registry.enabled("a.b")
+    signal.connect(receiver)
+    assert registry.enabled("a.b")
+    registry.execute("a.b", {"x": 1}, {"y": 2})
+    assert received == [(("a", "b"), {"measurements": {"x": 1}, "metadata": {"y": 2}})]
+    signal.disconnect(receiver)
+    assert not registry.enabled("a.b")
+
+
+def test_blinker_receivers_keep_their_place_in_attach_order(registry: vsrtel.Registry) -> None:
+    order: list[str] = []
+    registry.attach("first", "a", lambda *_: order.append("first"))
+
+    def plain(sender: Any, **kwargs: Any) -> None:
+        order.append("blinker")
+
+    registry.signal("a").connect(plain)
+    registry.attach_prefix("last", "a", lambda *_: order.append("last"))
+    registry.execute("a", 1)
+    assert order == ["first", "blinker", "last"]
+
+
+def test_a_sent_signal_reaches_vsrtel_handlers(registry: vsrtel.Registry) -> None:
+    calls: list[Call] = []
+    registry.attach("h", "a", recorder(calls), config=1)
+    registry.signal("a").send(("a",), measurements={"x": 1}, metadata={})
+    assert calls == [("", ("a",), {"x": 1}, {}, 1)]
+
+
+def test_a_garbage_collected_weak_receiver_is_skipped(registry: vsrtel.Registry) -> None:
+    class Receiver:
+        def __call__(self, sender: Any, **kwargs: Any) -> None:
+            raise AssertionError("a dead receiver was called")
+
+    receiver = Receiver()
+    registry.signal("a").connect(receiver)
+    del receiver
+    registry.execute("a", 1)
+
+
+def test_a_failing_blinker_receiver_is_disconnected() -> None:
+    registry = vsrtel.Registry()
+
+    def bad(sender: Any, **kwargs: Any) -> None:
+        raise KeyError("k")
+
+    registry.signal("a").connect(bad)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        registry.execute("a", 1)
+    assert len(failures) == 1
+    assert str(failures[0].metadata["handler_id"]).startswith("blinker:a:")
+    assert not registry.enabled("a")
+
+
+# -- module-level API -------------------------------------------------------------------------
+
+
+def test_module_functions_act_on_the_default_registry() -> None:
+    calls: list[Call] = []
+    vsrtel.attach("h", "a", recorder(calls))
+    assert vsrtel.default_registry.list_handlers()[0].id == "h"
+    assert vsrtel.enabled("a")
+    vsrtel.execute("a", 1)
+    assert len(calls) == 1
+    assert vsrtel.detach("h")
