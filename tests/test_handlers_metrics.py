@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics.export import (
 
 import vsrtel
 from vsrtel.handlers import metrics as m
+from vsrtel.testing import capture
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -474,7 +475,7 @@ def test_failing_user_callable_is_contained(
     reporter = report(
         sink, registry, m.sum("f.e.bad", measurement=boom), m.sum("f.e.good", measurement="n")
     )
-    with vsrtel.testing.capture(("vsrtel", "handler", "failure"), registry=registry) as failures:
+    with capture(("vsrtel", "handler", "failure"), registry=registry) as failures:
         registry.execute("f.e", {"n": 1})
         registry.execute("f.e", {"n": 1})
     assert failures == []
@@ -582,10 +583,25 @@ def test_default_registry_and_concurrent_events(sink: Sink, vsrtel_registry: Any
     }
 
 
-def test_span_durations_become_seconds(sink: Sink, registry: vsrtel.Registry) -> None:
+class SteppingClock:
+    """A simulated clock: each monotonic reading is 1.5 s after the previous one."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def monotonic_ns(self) -> int:
+        self.now += 1_500_000_000
+        return self.now
+
+    def time_ns(self) -> int:
+        return 1_700_000_000_000_000_000
+
+
+def test_span_durations_become_seconds(sink: Sink) -> None:
+    registry = vsrtel.Registry(clock=SteppingClock())
     report(sink, registry, m.distribution("w.job.stop.duration", unit=("native", "second")))
     with registry.span(("w", "job")):
         pass
     (point,) = sink.collect()["w.job.stop.duration"].data.data_points
     assert point.count == 1
-    assert 0 < point.sum < 60  # seconds, not nanoseconds
+    assert point.sum == pytest.approx(1.5)

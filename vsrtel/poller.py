@@ -20,7 +20,6 @@ import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
 from types import TracebackType
-from typing import Any
 
 import vsrtel
 
@@ -40,8 +39,8 @@ FAILURE_EVENT = ("vsrtel", "poller", "failure")
 _IMPORTED_AT = time.monotonic()
 
 
-def _bus(registry: vsrtel.Registry | None) -> Any:
-    return registry if registry is not None else vsrtel
+def _bus(registry: vsrtel.Registry | None) -> vsrtel.Registry:
+    return registry if registry is not None else vsrtel.default_registry
 
 
 def _page_size() -> int:
@@ -180,15 +179,16 @@ class Poller:
         name = _name(fn)
         _log.error("poller measurement %s failed and was removed", name, exc_info=exc)
         try:
-            clock: Any = getattr(self._registry, "clock", None) or time
-            _bus(self._registry).execute(
+            bus = _bus(self._registry)
+            clock = bus.clock
+            bus.execute(
                 FAILURE_EVENT,
                 {"monotonic_time": clock.monotonic_ns(), "system_time": clock.time_ns()},
                 {
                     "measurement": name,
                     "kind": type(exc),
                     "reason": exc,
-                    "stacktrace": "".join(traceback.format_exception(exc)),
+                    "stacktrace": traceback.extract_tb(exc.__traceback__),
                 },
             )
         except Exception:  # the failure report must not stop the poller either

@@ -727,7 +727,7 @@ def _recorder(
                 try:
                     attrs = series.get(tag_key)
                 except TypeError:  # an unhashable tag value: key by its text form
-                    tag_key = tuple(map(str, tag_key)) if len(tag_keys) > 1 else str(tag_key)
+                    tag_key = tuple(map(_attr, tag_key)) if len(tag_keys) > 1 else _attr(tag_key)
                     attrs = series.get(tag_key)
                 if attrs is None:
                     values = tag_key if len(tag_keys) > 1 else (tag_key,)
@@ -738,7 +738,7 @@ def _recorder(
                     tag_key = frozenset(tags.items())
                     attrs = series.get(tag_key)
                 except TypeError:
-                    tag_key = frozenset((k, str(v)) for k, v in tags.items())
+                    tag_key = frozenset((k, _attr(v)) for k, v in tags.items())
                     attrs = series.get(tag_key)
                 if attrs is None:
                     attrs = state.new_series(tag_key, tags)
@@ -793,7 +793,7 @@ class MetricsReporter:
             names.add(metric.name)
         provider = meter_provider or otel_metrics.get_meter_provider()
         meter = provider.get_meter(METER_NAME)
-        self._registry = registry
+        self._registry = registry if registry is not None else vsrtel.default_registry
         self._states = [_State(m) for m in self.metrics]
         by_event: dict[tuple[str, ...], list[Callable[[Measurements, Metadata], None]]] = {}
         for metric, state in zip(self.metrics, self._states, strict=True):
@@ -824,11 +824,10 @@ class MetricsReporter:
         """Attach one handler per event name; raises RuntimeError if already attached."""
         if self._attached:
             raise RuntimeError("this MetricsReporter is already attached")
-        bus: Any = self._registry if self._registry is not None else vsrtel
         try:
             for event, records in self._handlers.items():
                 handler_id = f"{self._id}/{'.'.join(event)}"
-                bus.attach(handler_id, event, _dispatch, records)
+                self._registry.attach(handler_id, event, _dispatch, records)
                 self._attached.append(handler_id)
         except BaseException:
             self.detach()
@@ -837,9 +836,8 @@ class MetricsReporter:
 
     def detach(self) -> None:
         """Detach every handler this reporter attached (no-op when not attached)."""
-        bus: Any = self._registry if self._registry is not None else vsrtel
         while self._attached:
-            bus.detach(self._attached.pop())
+            self._registry.detach(self._attached.pop())
 
     def __enter__(self) -> MetricsReporter:
         return self.attach()
