@@ -214,6 +214,19 @@ def test_unit_resolution(unit: Any, factor: float, export: str) -> None:
     assert d.export_unit == export
 
 
+time_units = st.sampled_from(["native", "nanosecond", "microsecond", "millisecond", "second"])
+target_time_units = st.sampled_from(["nanosecond", "microsecond", "millisecond", "second"])
+
+
+@given(time_units, target_time_units, target_time_units)
+def test_conversions_compose(a: str, b: str, c: str) -> None:
+    ab = m.sum("a.b", unit=(a, b)).factor
+    bc = m.sum("a.b", unit=(b, c)).factor
+    ac = m.sum("a.b", unit=(a, c)).factor
+    assert ab * bc == pytest.approx(ac)
+    assert m.sum("a.b", unit=(a, c)).export_unit == m.sum("a.b", unit=c).export_unit
+
+
 def test_counter_ignores_units() -> None:
     d = m.counter("a.b", unit=("native", "second"))
     assert d.factor == 1 and d.export_unit == "{event}"
@@ -367,6 +380,15 @@ def test_byte_conversion_values(
     assert sink.value("io.write.done.size") == pytest.approx(expected)
 
 
+def test_explicit_buckets_reach_the_histogram(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.distribution("b.e.size", reporter_options={"buckets": [10, 100]}))
+    for size in (5, 50, 500, 600):
+        registry.execute("b.e", {"size": size})
+    (point,) = sink.collect()["b.e.size"].data.data_points
+    assert tuple(point.explicit_bounds) == (10.0, 100.0)
+    assert tuple(point.bucket_counts) == (1, 1, 2)
+
+
 def test_measurement_key_and_callables(sink: Sink, registry: vsrtel.Registry) -> None:
     report(
         sink,
@@ -481,6 +503,9 @@ def test_failing_user_callable_is_contained(
     assert failures == []
     assert reporter.skipped["f.e.bad"] == 2
     assert sink.value("f.e.good") == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # once per metric; later failures log at DEBUG
+    assert "f.e.bad" in errors[0].getMessage()
     assert "bad measurement fn" in caplog.text
 
 

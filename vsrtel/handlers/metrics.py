@@ -643,13 +643,14 @@ def _attr(value: Any) -> Any:
 class _State:
     """Per-metric mutable state: known series and skip counts."""
 
-    __slots__ = ("lock", "metric", "series", "skipped", "warned")
+    __slots__ = ("failed", "lock", "metric", "series", "skipped", "warned")
 
     def __init__(self, metric: Metric) -> None:
         self.metric = metric
         self.series: dict[Any, Mapping[str, Any]] = {}
         self.skipped = 0
         self.warned = False
+        self.failed = False
         self.lock = threading.Lock()
 
     def skip(self, why: str, *args: Any) -> None:
@@ -746,10 +747,17 @@ def _recorder(
                 attrs = empty
             update(value, attrs)
         except Exception:
-            # A faulty user callable must not detach the whole reporter: count and report it.
+            # A faulty user callable must not detach the whole reporter: count and report it,
+            # at ERROR the first time only so a hot event cannot flood the log.
             with state.lock:
                 state.skipped += 1
-            _log.exception("metric %s: failed to record an event; skipped", metric.name)
+                first, state.failed = not state.failed, True
+            _log.log(
+                logging.ERROR if first else logging.DEBUG,
+                "metric %s: failed to record an event; skipped (further failures log at DEBUG)",
+                metric.name,
+                exc_info=True,
+            )
 
     return record
 
