@@ -60,6 +60,14 @@ def execute_case(handlers: int, prefix: tuple[str, ...] | None = None) -> Any:
     return run
 
 
+def enabled_case(loops: int) -> int:
+    enabled, name = vsrtel.Registry().enabled, NAME
+    start = now()
+    for _ in range(loops):
+        enabled(name)
+    return now() - start
+
+
 def span_case(handlers: bool) -> Any:
     def run(loops: int) -> int:
         registry = vsrtel.Registry()
@@ -121,6 +129,7 @@ CASES = [
     Case("execute, 10 no-op handlers", execute_case(10)),
     Case("execute, only a non-matching prefix handler", execute_case(0, ("other",))),
     Case("execute, 1 matching prefix handler", execute_case(0, ("vsr",))),
+    Case("enabled, 0 handlers", enabled_case),
     Case("span, 0 handlers", span_case(False)),
     Case("span, no-op start/stop handlers", span_case(True)),
     Case("blinker send, 0 receivers", blinker_case(0)),
