@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -319,3 +320,28 @@ def test_globals_untouched_by_default_and_set_on_request() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_prometheus_port_serves_the_meter_providers_metrics() -> None:
+    setup = otel.configure("prom-test", prometheus_port=0)
+    try:
+        assert setup.metrics_server is not None
+        assert setup.metrics_server.host == "127.0.0.1"
+        _emit(setup)
+        with urllib.request.urlopen(setup.metrics_server.url, timeout=5) as response:
+            text = response.read().decode()
+        assert "jobs_total" in text
+        assert 'service_name="prom-test"' in text
+    finally:
+        setup.shutdown()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(setup.metrics_server.url, timeout=2)
+
+
+def test_prometheus_port_in_use_fails_clearly_and_leaks_nothing() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"port {port} is already in use"):
+            otel.configure(prometheus_port=port)

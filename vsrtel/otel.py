@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -43,6 +43,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+if TYPE_CHECKING:
+    from vsrtel.handlers.prometheus import MetricsServer
 
 __all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure"]
 
@@ -63,7 +66,8 @@ class OTel:
     """The providers built by `configure`, and how to flush and stop them.
 
     ``tracer_provider`` and ``meter_provider`` are the SDK providers; pass them to the handlers
-    (``attach_tracer(..., tracer_provider=otel.tracer_provider)``).
+    (``attach_tracer(..., tracer_provider=otel.tracer_provider)``). ``metrics_server`` is the
+    Prometheus endpoint when ``configure(prometheus_port=...)`` started one, else None.
     """
 
     def __init__(
@@ -71,9 +75,11 @@ class OTel:
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
         exporters: Iterable[_Exporter] = (),
+        metrics_server: MetricsServer | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.metrics_server = metrics_server
         self._exporters = tuple(exporters)
         self._lock = threading.Lock()
         self._stopped = False
@@ -104,6 +110,8 @@ class OTel:
                 return True
             self._stopped = True
         atexit.unregister(self.shutdown)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
 
         def stop() -> bool:
             ok = True
@@ -169,6 +177,8 @@ def configure(
     resource_attributes: Mapping[str, Any] | None = None,
     span_processors: Iterable[SpanProcessor] = (),
     metric_readers: Iterable[MetricReader] = (),
+    prometheus_port: int | None = None,
+    prometheus_host: str = "127.0.0.1",
 ) -> OTel:
     """Build tracer and meter providers with exporters chosen from the ``OTEL_*`` variables.
 
@@ -178,6 +188,10 @@ def configure(
     spans and metrics there. ``span_processors`` and ``metric_readers`` are added as given
     (tests pass an in-memory exporter or reader here). With nothing configured there is no
     exporter, no thread and no network traffic.
+
+    ``prometheus_port`` (extra ``vsrtel[prometheus]``) also serves the meter provider's metrics
+    at ``http://{prometheus_host}:{port}/metrics`` (``0`` picks a free port; loopback unless
+    told otherwise); see ``.metrics_server``.
 
     Global providers are installed only with ``set_global=True`` (OpenTelemetry allows that
     once per process); otherwise pass the providers to the handlers. Call ``.shutdown()`` to
@@ -198,16 +212,36 @@ def configure(
         exporters.append(span_exporter)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
+    readers = _metric_readers(metric_readers, out, exporters)
+    scrape = None  # (port, prometheus_client registry) when Prometheus is asked for
+    if prometheus_port is not None:
+        from vsrtel.handlers.prometheus import prometheus_reader
+
+        reader, prometheus_registry = prometheus_reader()
+        readers.append(reader)
+        scrape = (prometheus_port, prometheus_registry)
     meter_provider = MeterProvider(
-        resource=resource,
-        metric_readers=_metric_readers(metric_readers, out, exporters),
-        shutdown_on_exit=False,
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
     )
+
+    server = None
+    if scrape is not None:
+        from vsrtel.handlers.prometheus import serve_registry
+
+        port, prometheus_registry = scrape
+        try:
+            server = serve_registry(
+                prometheus_registry, port, prometheus_host, meter_provider=meter_provider
+            )
+        except BaseException:
+            meter_provider.shutdown()
+            tracer_provider.shutdown()
+            raise
 
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
-    return OTel(tracer_provider, meter_provider, exporters)
+    return OTel(tracer_provider, meter_provider, exporters, server)
 
 
 def _console_stream(console: bool | TextIO) -> TextIO | None:
