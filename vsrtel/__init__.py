@@ -7,6 +7,8 @@ The functions here act on a process-wide default :class:`Registry`.
 
 from __future__ import annotations
 
+import typing as _typing
+
 from vsrtel._registry import (
     FAILURE_EVENT,
     AlreadyAttachedError,
@@ -18,6 +20,11 @@ from vsrtel._registry import (
 )
 from vsrtel._span import Span, current_span
 from vsrtel.scope import Scope
+
+if _typing.TYPE_CHECKING:
+    from typing import TextIO
+
+    from vsrtel.handlers.logs import DebugHandle
 
 __version__ = "0.1.0"
 
@@ -31,6 +38,24 @@ execute = default_registry.execute
 enabled = default_registry.enabled
 span = default_registry.span
 signal = default_registry.signal
+
+
+def debug(
+    prefix: str | tuple[str, ...] = (),
+    *,
+    file: TextIO | None = None,
+    registry: Registry | None = None,
+) -> DebugHandle:
+    """Print every event under ``prefix`` (``()`` = all) readably to ``file`` (default stderr).
+
+    A one-liner while debugging: ``with vsrtel.debug("app"): ...``, or keep the returned handle
+    and call ``.detach()``. Secrets in metadata are redacted. See `vsrtel.handlers.logs.debug`.
+    """
+    # Imported here so that `import vsrtel` never loads structlog or OpenTelemetry.
+    from vsrtel.handlers.logs import debug as attach_debug
+
+    return attach_debug(prefix, file=file, registry=registry)
+
 
 __all__ = [
     "FAILURE_EVENT",
@@ -46,6 +71,7 @@ __all__ = [
     "attach_many",
     "attach_prefix",
     "current_span",
+    "debug",
     "default_registry",
     "detach",
     "enabled",

@@ -1,0 +1,98 @@
+"""The spans and logs handlers against raw OpenTelemetry and raw structlog."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+
+import vsrtel
+from benchmarks._harness import Case, Target, now
+from vsrtel.handlers import logs, spans
+
+NAME = ("vsr", "protocol", "prepare", "sent")
+SPAN = ("vsr", "replica", "commit")
+MEASUREMENTS = {"count": 2}
+METADATA = {"node_id": 1}
+# The core's row that the filtered-out logs handler is held against.
+CORE_ONE_HANDLER = "execute, 1 no-op handler"
+
+
+def _provider() -> TracerProvider:
+    # No processor: what tracing costs with nothing configured, the same for both rows.
+    return TracerProvider(shutdown_on_exit=False)
+
+
+def raw_otel_span(loops: int) -> int:
+    tracer = _provider().get_tracer("bench")
+    start_span, name, attributes = tracer.start_as_current_span, ".".join(SPAN), METADATA
+    start = now()
+    for _ in range(loops):
+        with start_span(name, attributes=attributes):
+            pass
+    return now() - start
+
+
+def vsrtel_traced_span(loops: int) -> int:
+    registry = vsrtel.Registry()
+    spans.attach_tracer([SPAN], tracer_provider=_provider(), registry=registry)
+    span, prefix, metadata = registry.span, SPAN, METADATA
+    start = now()
+    for _ in range(loops):
+        with span(prefix, metadata):
+            pass
+    return now() - start
+
+
+def _filtered_logger() -> Any:
+    # Level info, so the debug calls below are filtered out.
+    return structlog.wrap_logger(
+        structlog.PrintLogger(io.StringIO()),  # never written: every call is filtered out
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    ).bind()
+
+
+def raw_structlog_filtered(loops: int) -> int:
+    debug = _filtered_logger().debug
+    event, measurements, metadata = ".".join(NAME), MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        debug(event, **measurements, **metadata)
+    return now() - start
+
+
+def execute_logs_filtered(loops: int) -> int:
+    registry = vsrtel.Registry()
+    logs.attach_logger(NAME, logger=_filtered_logger(), level="debug", registry=registry)
+    execute, name, measurements, metadata = registry.execute, NAME, MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        execute(name, measurements, metadata)
+    return now() - start
+
+
+RAW_OTEL = "raw OTel start_as_current_span + end"
+TRACED = "span, spans handler attached"
+RAW_STRUCTLOG = "structlog call, filtered out"
+LOGS_FILTERED = "execute, logs handler attached but filtered"
+
+CASES = [
+    Case(RAW_OTEL, raw_otel_span),
+    Case(TRACED, vsrtel_traced_span),
+    Case(RAW_STRUCTLOG, raw_structlog_filtered),
+    Case(LOGS_FILTERED, execute_logs_filtered),
+]
+
+TARGETS = [
+    Target("span + spans handler vs raw OTel span", TRACED, RAW_OTEL, 1.3),
+    Target(
+        "execute + filtered logs handler vs execute + 1 no-op handler",
+        LOGS_FILTERED,
+        CORE_ONE_HANDLER,
+        2.0,
+    ),
+]

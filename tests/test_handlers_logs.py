@@ -1,0 +1,294 @@
+"""Tests for vsrtel.handlers.logs and vsrtel.debug: vsrtel events as structlog calls."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.testing import capture_logs
+
+import vsrtel
+from vsrtel.handlers import logs, spans
+
+
+@pytest.fixture
+def captured() -> Iterator[list[Any]]:
+    with capture_logs() as entries:
+        yield entries
+
+
+def test_event_becomes_one_structlog_call(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.cache.hit", {"count": 3}, {"key": "user:1"})
+    vsrtel.execute("other.event", {"count": 1})
+    assert captured == [
+        {"event": "app.cache.hit", "log_level": "debug", "count": 3, "key": "user:1"}
+    ]
+
+
+def test_span_events_show_durations_in_milliseconds(captured: list[Any]) -> None:
+    class Clock:
+        now = 0
+
+        def monotonic_ns(self) -> int:
+            self.now += 1_234_567
+            return self.now
+
+        def time_ns(self) -> int:
+            return 1_700_000_000_000_000_000
+
+    registry = vsrtel.Registry(clock=Clock())
+    logs.attach_logger("db", registry=registry)
+    with registry.span("db.query", {"table": "users"}) as s:
+        s.measurements["queue_time"] = 2_000_000
+    start, stop = captured
+    assert start == {
+        "event": "db.query.start",
+        "log_level": "debug",
+        "table": "users",
+        "telemetry_span_context": start["telemetry_span_context"],
+    }
+    assert stop["event"] == "db.query.stop"
+    assert stop["duration_ms"] == 1.235
+    assert stop["queue_time_ms"] == 2.0
+    assert "monotonic_time" not in stop and "duration" not in stop
+    assert stop["telemetry_span_context"] == start["telemetry_span_context"]
+
+
+def test_exception_events_log_at_error_with_the_exception(captured: list[Any]) -> None:
+    logs.attach_logger(level="info", levels={"app": "debug"})
+    error = KeyError("missing")
+    with pytest.raises(KeyError), vsrtel.span("app.request", {"path": "/x"}):
+        raise error
+    start, exception = captured
+    assert start["log_level"] == "debug"
+    assert exception["event"] == "app.request.exception"
+    assert exception["log_level"] == "error"
+    assert exception["exc_info"] is error
+    assert exception["kind"] == "KeyError"
+    assert exception["path"] == "/x"
+    assert "stacktrace" not in exception and "reason" not in exception
+
+
+def test_handler_failures_are_logged_at_error(captured: list[Any]) -> None:
+    logs.attach_logger("vsrtel")
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    vsrtel.attach("broken", "app.tick", broken)
+    vsrtel.execute("app.tick", {"n": 1})
+    [failure] = captured
+    assert failure["event"] == "vsrtel.handler.failure"
+    assert failure["log_level"] == "error"
+    assert isinstance(failure["exc_info"], RuntimeError)
+
+
+def test_levels_map_prefixes_longest_match_wins(captured: list[Any]) -> None:
+    logs.attach_logger(
+        "vsr",
+        level="info",
+        levels={"vsr.heartbeat": "debug", ("vsr", "view"): "warning", "vsr.view.change": 20},
+    )
+    vsrtel.execute("vsr.heartbeat.sent", {"n": 1})
+    vsrtel.execute("vsr.view.change.start", {"n": 1})
+    vsrtel.execute("vsr.view.timeout", {"n": 1})
+    vsrtel.execute("vsr.prepare.sent", {"n": 1})
+    assert [(e["event"], e["log_level"]) for e in captured] == [
+        ("vsr.heartbeat.sent", "debug"),
+        ("vsr.view.change.start", "info"),
+        ("vsr.view.timeout", "warning"),
+        ("vsr.prepare.sent", "info"),
+    ]
+
+
+def test_filtered_out_events_build_nothing() -> None:
+    class Exploding(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __iter__(self) -> Iterator[str]:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __len__(self) -> int:
+            return 1
+
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    registry = vsrtel.Registry(on_error="raise")
+    logs.attach_logger("app", logger=logger, level="debug", registry=registry)
+    registry.execute("app.tick", {"n": 1}, Exploding())
+    assert out.getvalue() == ""
+    registry.execute("app.tick", {"n": 1}, lambda: Exploding())
+    assert out.getvalue() == ""
+
+
+def test_stdlib_logger_level_is_honoured_when_it_changes() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    std = logging.getLogger("vsrtel.test.stdlib")
+    std.propagate = False
+    std.addHandler(Collect())
+    std.setLevel(logging.INFO)
+    logger = structlog.wrap_logger(
+        std,
+        processors=[structlog.processors.KeyValueRenderer(sort_keys=True)],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    logs.attach_logger("app", logger=logger)
+    vsrtel.execute("app.tick", {"n": 1})
+    std.setLevel(logging.DEBUG)
+    vsrtel.execute("app.tick", {"n": 2})
+    assert [r.getMessage() for r in records] == ["event='app.tick' n=2"]
+
+
+def test_secrets_are_redacted_case_insensitively_and_nested(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute(
+        "app.login",
+        {"n": 1},
+        {
+            "user": "ann",
+            "PASSWORD": "hunter2",
+            "Authorization": "Bearer x",
+            "request": {"headers": {"Cookie": "c", "X-Api-Key": "k", "accept": "*/*"}},
+            "access_token": "t",
+            "tokens_used": 12,
+        },
+    )
+    [entry] = captured
+    assert entry["user"] == "ann"
+    assert entry["PASSWORD"] == "[REDACTED]"
+    assert entry["Authorization"] == "[REDACTED]"
+    assert entry["request"] == {
+        "headers": {"Cookie": "[REDACTED]", "X-Api-Key": "[REDACTED]", "accept": "*/*"}
+    }
+    assert entry["access_token"] == "[REDACTED]"
+    assert entry["tokens_used"] == 12
+
+
+def test_custom_and_empty_redact_sets(captured: list[Any]) -> None:
+    logs.attach_logger("a", redact={"ssn"})
+    logs.attach_logger("b", redact=())
+    vsrtel.execute("a.x", {"n": 1}, {"ssn": "1", "password": "p"})
+    vsrtel.execute("b.x", {"n": 1}, {"password": "p"})
+    assert captured[0]["ssn"] == "[REDACTED]" and captured[0]["password"] == "p"
+    assert captured[1]["password"] == "p"
+
+
+def test_trace_ids_are_added_when_a_span_is_recording(captured: list[Any]) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    logs.attach_logger("app")
+    spans.attach_tracer(["app.request"], tracer_provider=provider)
+    vsrtel.execute("app.before", {"n": 1})
+    with vsrtel.span("app.request"):
+        vsrtel.execute("app.inside", {"n": 1})
+    before, start, inside, stop = captured
+    [span] = exporter.get_finished_spans()
+    assert span.context is not None
+    assert "trace_id" not in before
+    assert inside["trace_id"] == trace.format_trace_id(span.context.trace_id)
+    assert inside["span_id"] == trace.format_span_id(span.context.span_id)
+    # The logs handler was attached first, so it runs before the span opens and after it ends.
+    assert "trace_id" not in start
+    assert stop["span_id"] == inside["span_id"]
+
+
+def test_reserved_structlog_keys_are_renamed(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.x", {"n": 1}, {"event": "mine", "exc_info": "nope"})
+    assert captured == [
+        {"event": "app.x", "log_level": "debug", "n": 1, "event_": "mine", "exc_info_": "nope"}
+    ]
+
+
+def test_handler_id_and_detach(captured: list[Any]) -> None:
+    handler_id = logs.attach_logger("app", handler_id="app-logs")
+    assert handler_id == "app-logs"
+    with pytest.raises(vsrtel.AlreadyAttachedError):
+        logs.attach_logger("app", handler_id="app-logs")
+    assert vsrtel.detach("app-logs")
+    vsrtel.execute("app.x", {"n": 1})
+    assert captured == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"level": "verbose"}, ValueError, "verbose"),
+        ({"level": 15}, ValueError, "15"),
+        ({"levels": {"app": "loud"}}, ValueError, "loud"),
+        ({"levels": {"": "info"}}, ValueError, "levels key"),
+        ({"prefix": ("a", 2)}, TypeError, "prefix"),
+        ({"prefix": "a..b"}, ValueError, "prefix"),
+        ({"redact": "password"}, TypeError, "password"),
+        ({"redact": ["ok", 3]}, TypeError, "3"),
+        ({"logger": object()}, TypeError, "logger"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_value(
+    kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        logs.attach_logger(**kwargs)
+    assert vsrtel.list_handlers() == []
+
+
+def test_debug_prints_readable_lines_and_detaches() -> None:
+    out = io.StringIO()
+    handle = vsrtel.debug("app", file=out)
+    vsrtel.execute("app.cache.hit", {"count": 3}, {"key": "user:1", "password": "x"})
+    vsrtel.execute("elsewhere.event", {"count": 1})
+    assert handle.detach() is True
+    assert handle.detach() is False
+    vsrtel.execute("app.cache.hit", {"count": 4})
+    [line] = out.getvalue().splitlines()
+    assert "app.cache.hit" in line and "count=3" in line and "key=user:1" in line
+    assert "[debug" in line
+    assert "password=[REDACTED]" in line
+
+
+def test_debug_as_a_context_manager_with_a_registry() -> None:
+    out = io.StringIO()
+    registry = vsrtel.Registry()
+    with vsrtel.debug(file=out, registry=registry) as handle:
+        assert [r.id for r in registry.list_handlers()] == [handle.handler_id]
+        with pytest.raises(ZeroDivisionError), registry.span("calc"):
+            1 / 0  # noqa: B018
+    assert registry.list_handlers() == []
+    text = out.getvalue()
+    assert "calc.start" in text and "calc.exception" in text
+    assert "ZeroDivisionError" in text
+
+
+def test_import_vsrtel_does_not_import_structlog_or_opentelemetry() -> None:
+    code = (
+        "import sys, vsrtel\n"
+        "assert callable(vsrtel.debug) and 'debug' in vsrtel.__all__\n"
+        "bad = [m for m in sys.modules if m.startswith(('structlog', 'opentelemetry'))]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

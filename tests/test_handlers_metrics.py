@@ -1,0 +1,632 @@
+"""Metric definitions, tag normalisers and the OpenTelemetry MetricsReporter."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ExponentialHistogramDataPoint,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    Metric,
+    Sum,
+)
+
+import vsrtel
+from vsrtel.handlers import metrics as m
+from vsrtel.testing import capture
+
+# ----------------------------------------------------------------------------- helpers
+
+segment = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True)
+names = st.lists(segment, min_size=2, max_size=6)
+
+
+class Sink:
+    """A MeterProvider with an in-memory reader, read back as {metric name: Metric}."""
+
+    def __init__(self, views: list[Any] | None = None) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader], views=views or ())
+
+    def collect(self) -> dict[str, Metric]:
+        data = self.reader.get_metrics_data()
+        out: dict[str, Metric] = {}
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                assert sm.scope.name == m.METER_NAME
+                for metric in sm.metrics:
+                    out[metric.name] = metric
+        return out
+
+    def points(self, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
+        metric = self.collect()[name]
+        return {frozenset((p.attributes or {}).items()): p for p in metric.data.data_points}
+
+    def value(self, name: str, **attrs: Any) -> Any:
+        return self.points(name)[frozenset(attrs.items())].value
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.provider.shutdown()
+
+
+@pytest.fixture
+def registry() -> vsrtel.Registry:
+    return vsrtel.Registry(on_error="detach")
+
+
+def report(
+    sink: Sink, registry: vsrtel.Registry, *defs: m.Metric
+) -> m.MetricsReporter:
+    return m.MetricsReporter(defs, meter_provider=sink.provider, registry=registry).attach()
+
+
+# ----------------------------------------------------------------------------- definitions
+
+
+@given(names)
+def test_name_splits_into_event_and_measurement(parts: list[str]) -> None:
+    for name in (".".join(parts), tuple(parts)):
+        d = m.sum(name)
+        assert d.name == ".".join(parts)
+        assert d.event_name == tuple(parts[:-1])
+        assert d.measurement == parts[-1]
+
+
+@given(names, names)
+def test_event_name_override_keeps_the_whole_name_as_metric_name(
+    parts: list[str], event: list[str]
+) -> None:
+    d = m.counter(".".join(parts), event_name=".".join(event))
+    assert d.event_name == tuple(event)
+    assert d.name == ".".join(parts)
+    assert d.measurement == parts[-1]
+
+
+def test_one_segment_name_needs_event_name() -> None:
+    with pytest.raises(ValueError, match=r"'requests'.*event_name"):
+        m.counter("requests")
+    d = m.counter("requests", event_name="http.request.stop")
+    assert d.event_name == ("http", "request", "stop")
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("", ValueError),
+        ((), ValueError),
+        ("a..b", ValueError),
+        (("a", ""), ValueError),
+        (("a", 3), TypeError),
+        (42, TypeError),
+        ("1abc.def", ValueError),  # not a valid OTel instrument name
+        ("a.b c", ValueError),
+    ],
+)
+def test_bad_names_raise_at_definition(name: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        m.counter(name)
+
+
+@pytest.mark.parametrize("kind", [m.counter, m.sum, m.last_value, m.summary, m.distribution])
+def test_every_constructor_validates_the_same_options(kind: Any) -> None:
+    with pytest.raises(ValueError, match="unknown unit 'parsec'"):
+        kind("a.b", unit="parsec")
+    with pytest.raises(ValueError, match="either keep or drop"):
+        kind("a.b", keep=lambda md: True, drop=lambda md: False)
+    with pytest.raises(ValueError, match="reporter option 'nope'"):
+        kind("a.b", reporter_options={"nope": 1})
+    with pytest.raises(TypeError, match="tags"):
+        kind("a.b", tags="reason")
+    with pytest.raises(ValueError, match="duplicate tag"):
+        kind("a.b", tags=["x", "x"])
+    with pytest.raises(ValueError, match="max_series"):
+        kind("a.b", reporter_options={"max_series": 0})
+    d = kind("a.b", description="explicit")
+    assert d.description == "explicit"
+    assert kind("a.b").description  # a default help text (promtool wants one)
+
+
+@pytest.mark.parametrize(
+    ("unit", "message"),
+    [
+        (("native", "parsec"), "unknown target unit 'parsec'"),
+        (("furlong", "second"), "unknown unit 'furlong'"),
+        (("byte", "second"), "cannot convert 'byte'"),
+        (("second", "native"), "unknown target unit 'native'"),
+        (("native",), "unit must be"),
+        (5, "unit must be"),
+    ],
+)
+def test_bad_units(unit: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.sum("a.b", unit=unit)
+
+
+def test_bucket_and_option_validation() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        m.distribution("a.b", reporter_options={"buckets": [1, 1, 2]})
+    with pytest.raises(ValueError, match="finite"):
+        m.distribution("a.b", reporter_options={"buckets": [1, math.inf]})
+    with pytest.raises(ValueError, match="buckets"):
+        m.distribution("a.b", reporter_options={"buckets": []})
+    with pytest.raises(ValueError, match="'buckets' does not apply to sum"):
+        m.sum("a.b", reporter_options={"buckets": [1]})
+    with pytest.raises(ValueError, match="monotonic"):
+        m.sum("a.b", reporter_options={"monotonic": "no"})
+    with pytest.raises(ValueError, match="max_scale"):
+        m.summary("a.b", reporter_options={"max_scale": 99})
+    with pytest.raises(ValueError, match="max_size"):
+        m.summary("a.b", reporter_options={"max_size": 1})
+    d = m.distribution("a.b", reporter_options={"buckets": [1, 2.5, 10]})
+    assert m.buckets_for(d) == (1.0, 2.5, 10.0)
+
+
+def test_callables_with_wrong_arity_are_rejected() -> None:
+    with pytest.raises(ValueError, match="measurement"):
+        m.sum("a.b", measurement=lambda: 1)
+    with pytest.raises(ValueError, match="keep"):
+        m.sum("a.b", keep=lambda a, b, c: True)
+    with pytest.raises(TypeError, match="drop must be callable"):
+        m.sum("a.b", drop=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tag_values"):
+        m.sum("a.b", tag_values=lambda a, b: a)
+
+
+@pytest.mark.parametrize(
+    ("unit", "factor", "export"),
+    [
+        (None, 1, ""),
+        ("native", 1e-9, "s"),  # native time is exported in base units
+        ("second", 1, "s"),
+        ("millisecond", 1, "ms"),
+        ("byte", 1, "By"),
+        ("1", 1, "1"),
+        (("native", "second"), 1e-9, "s"),
+        (("native", "millisecond"), 1e-6, "ms"),
+        (("native", "microsecond"), 1e-3, "us"),
+        (("byte", "kilobyte"), 1e-3, "KBy"),
+        (("byte", "megabyte"), 1e-6, "MBy"),
+        (("second", "millisecond"), 1e3, "ms"),
+    ],
+)
+def test_unit_resolution(unit: Any, factor: float, export: str) -> None:
+    d = m.distribution("a.b", unit=unit)
+    assert d.factor == pytest.approx(factor)
+    assert d.export_unit == export
+
+
+time_units = st.sampled_from(["native", "nanosecond", "microsecond", "millisecond", "second"])
+target_time_units = st.sampled_from(["nanosecond", "microsecond", "millisecond", "second"])
+
+
+@given(time_units, target_time_units, target_time_units)
+def test_conversions_compose(a: str, b: str, c: str) -> None:
+    ab = m.sum("a.b", unit=(a, b)).factor
+    bc = m.sum("a.b", unit=(b, c)).factor
+    ac = m.sum("a.b", unit=(a, c)).factor
+    assert ab * bc == pytest.approx(ac)
+    assert m.sum("a.b", unit=(a, c)).export_unit == m.sum("a.b", unit=c).export_unit
+
+
+def test_counter_ignores_units() -> None:
+    d = m.counter("a.b", unit=("native", "second"))
+    assert d.factor == 1 and d.export_unit == "{event}"
+
+
+def test_default_buckets_follow_the_unit() -> None:
+    sec = m.buckets_for(m.distribution("a.b", unit=("native", "second")))
+    ms = m.buckets_for(m.distribution("a.b", unit=("native", "millisecond")))
+    assert sec[0] == 0.0005 and sec[-1] == 10.0
+    assert ms == tuple(pytest.approx(b * 1000) for b in sec)
+    assert m.buckets_for(m.distribution("a.b", unit="byte"))[0] == 64.0
+    assert m.buckets_for(m.distribution("a.b"))[:3] == (0.0, 5.0, 10.0)
+
+
+# ----------------------------------------------------------------------------- normalisers
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("timeout", "timeout"),
+        (Color.RED, "RED"),
+        (TimeoutError("slow"), "TimeoutError"),
+        (KeyError, "KeyError"),
+        (("timeout", {"after": 5}), "timeout"),
+        ((Color.RED, "detail"), "RED"),
+        ((1, 2), "other"),
+        (None, "other"),
+        (42, "other"),
+        (("a", "b", "c"), "other"),
+    ],
+)
+def test_normalize_reason(reason: Any, expected: str) -> None:
+    assert m.normalize_reason(reason) == expected
+
+
+@given(st.integers(100, 599))
+def test_status_class_of_valid_codes(code: int) -> None:
+    assert m.status_class(code) == f"{code // 100}xx"
+    assert m.status_class(str(code)) == f"{code // 100}xx"
+
+
+@pytest.mark.parametrize("code", [99, 600, -1, "abc", None, 2.5, True])
+def test_status_class_other(code: Any) -> None:
+    assert m.status_class(code) == "other"
+
+
+@given(st.sets(st.text(max_size=5), max_size=5), st.text(max_size=5))
+def test_bounded(values: set[str], probe: str) -> None:
+    norm = m.bounded(values, other="<other>")
+    assert norm(probe) == (probe if probe in values else "<other>")
+    assert norm(["unhashable"]) == "<other>"
+
+
+# ----------------------------------------------------------------------------- reporter
+
+
+def test_one_metric_of_each_type_maps_to_the_right_instrument(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    report(
+        sink,
+        registry,
+        m.counter("db.query.stop.count"),
+        m.sum("db.query.stop.rows"),
+        m.sum("db.pool.change.delta", reporter_options={"monotonic": False}),
+        m.last_value("db.pool.change.size"),
+        m.distribution("db.query.stop.duration", unit=("native", "millisecond")),
+        m.summary("db.query.stop.bytes", unit="byte"),
+    )
+    registry.execute("db.query.stop", {"rows": 3, "duration": 2_000_000, "bytes": 100})
+    registry.execute("db.query.stop", {"rows": 4, "duration": 4_000_000, "bytes": 300})
+    registry.execute("db.pool.change", {"delta": 5, "size": 10})
+    registry.execute("db.pool.change", {"delta": -2, "size": 8})
+    got = sink.collect()
+
+    assert isinstance(got["db.query.stop.count"].data, Sum)
+    assert got["db.query.stop.count"].data.is_monotonic
+    assert sink.value("db.query.stop.count") == 2
+    assert sink.value("db.query.stop.rows") == 7
+    assert got["db.pool.change.delta"].data.is_monotonic is False
+    assert sink.value("db.pool.change.delta") == 3
+    assert isinstance(got["db.pool.change.size"].data, Gauge)
+    assert sink.value("db.pool.change.size") == 8
+
+    hist = got["db.query.stop.duration"]
+    assert isinstance(hist.data, Histogram)
+    assert hist.unit == "ms"
+    (point,) = hist.data.data_points
+    assert isinstance(point, HistogramDataPoint)
+    assert point.count == 2 and point.sum == pytest.approx(6.0)
+    assert tuple(point.explicit_bounds) == m.buckets_for(
+        m.distribution("x.y", unit=("native", "millisecond"))
+    )
+    assert got["db.query.stop.bytes"].unit == "By"
+    assert got["db.query.stop.count"].unit == "{event}"
+
+
+def test_summary_is_exponential_with_metric_views(registry: vsrtel.Registry) -> None:
+    defs = [
+        m.summary("rpc.call.stop.duration", unit=("native", "second"),
+                  reporter_options={"max_size": 40}),
+        m.distribution("rpc.call.stop.other", measurement="duration"),
+    ]
+    views = m.metric_views(defs)
+    assert len(views) == 1
+    sink = Sink(views=views)
+    report(sink, registry, *defs)
+    for ns in (1_000_000, 2_000_000, 400_000_000):
+        registry.execute("rpc.call.stop", {"duration": ns})
+    got = sink.collect()
+    (point,) = got["rpc.call.stop.duration"].data.data_points
+    assert isinstance(point, ExponentialHistogramDataPoint)
+    assert point.count == 3 and point.sum == pytest.approx(0.403)
+    assert point.min == pytest.approx(0.001) and point.max == pytest.approx(0.4)
+    (other,) = got["rpc.call.stop.other"].data.data_points
+    assert isinstance(other, HistogramDataPoint)  # views touch summaries only
+    sink.provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        (("native", "second"), 1.5),
+        (("native", "millisecond"), 1500.0),
+        (("native", "microsecond"), 1_500_000.0),
+        ("native", 1.5),
+        (None, 1_500_000_000),
+    ],
+)
+def test_unit_conversion_values(
+    sink: Sink, registry: vsrtel.Registry, unit: Any, expected: float
+) -> None:
+    report(sink, registry, m.last_value("job.run.stop.duration", unit=unit))
+    registry.execute("job.run.stop", {"duration": 1_500_000_000})
+    assert sink.value("job.run.stop.duration") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"), [(("byte", "kilobyte"), 2.5), (("byte", "megabyte"), 0.0025)]
+)
+def test_byte_conversion_values(
+    sink: Sink, registry: vsrtel.Registry, unit: Any, expected: float
+) -> None:
+    report(sink, registry, m.sum("io.write.done.size", unit=unit))
+    registry.execute("io.write.done", {"size": 2500})
+    assert sink.value("io.write.done.size") == pytest.approx(expected)
+
+
+def test_explicit_buckets_reach_the_histogram(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.distribution("b.e.size", reporter_options={"buckets": [10, 100]}))
+    for size in (5, 50, 500, 600):
+        registry.execute("b.e", {"size": size})
+    (point,) = sink.collect()["b.e.size"].data.data_points
+    assert tuple(point.explicit_bounds) == (10.0, 100.0)
+    assert tuple(point.bucket_counts) == (1, 1, 2)
+
+
+def test_measurement_key_and_callables(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(
+        sink,
+        registry,
+        m.sum("q.pop.done.items", measurement="n"),
+        m.sum("q.pop.done.double", measurement=lambda ms: ms["n"] * 2),
+        m.sum("q.pop.done.weighted", measurement=lambda ms, md: ms["n"] * md["weight"]),
+    )
+    registry.execute("q.pop.done", {"n": 3}, {"weight": 10})
+    assert sink.value("q.pop.done.items") == 3
+    assert sink.value("q.pop.done.double") == 6
+    assert sink.value("q.pop.done.weighted") == 30
+
+
+def test_keep_and_drop_of_both_arities(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(
+        sink,
+        registry,
+        m.counter("k.e.keep1", event_name="k.e", keep=lambda md: md["ok"]),
+        m.counter("k.e.keep2", event_name="k.e", keep=lambda md, ms: ms["n"] > 1),
+        m.counter("k.e.drop1", event_name="k.e", drop=lambda md: md["ok"]),
+        m.counter("k.e.drop2", event_name="k.e", drop=lambda md, ms: ms["n"] > 1),
+    )
+    registry.execute("k.e", {"n": 1}, {"ok": True})
+    registry.execute("k.e", {"n": 2}, {"ok": False})
+    registry.execute("k.e", {"n": 3}, {"ok": False})
+    assert sink.value("k.e.keep1") == 1
+    assert sink.value("k.e.keep2") == 2
+    assert sink.value("k.e.drop1") == 2
+    assert sink.value("k.e.drop2") == 1
+
+
+def test_tags_from_keys_callable_and_tag_values(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(
+        sink,
+        registry,
+        m.counter("h.req.stop.by_keys", event_name="h.req.stop", tags=["method", "status"]),
+        m.counter(
+            "h.req.stop.by_fn",
+            event_name="h.req.stop",
+            tags=lambda md: {"class": m.status_class(md["status"])},
+        ),
+        m.counter(
+            "h.req.stop.by_values",
+            event_name="h.req.stop",
+            tags=["status", "reason"],
+            tag_values=lambda md: {
+                **md,
+                "status": m.status_class(md["status"]),
+                "reason": m.normalize_reason(md.get("reason")),
+            },
+        ),
+    )
+    registry.execute("h.req.stop", {}, {"method": "GET", "status": 200})
+    registry.execute("h.req.stop", {}, {"method": "GET", "status": 204})
+    registry.execute("h.req.stop", {}, {"method": "PUT", "status": 503,
+                                         "reason": TimeoutError("x")})
+    assert sink.points("h.req.stop.by_keys").keys() == {
+        frozenset({("method", "GET"), ("status", 200)}),
+        frozenset({("method", "GET"), ("status", 204)}),
+        frozenset({("method", "PUT"), ("status", 503)}),
+    }
+    assert sink.value("h.req.stop.by_fn", **{"class": "2xx"}) == 2
+    assert sink.value("h.req.stop.by_fn", **{"class": "5xx"}) == 1
+    assert sink.value("h.req.stop.by_values", status="2xx", reason="other") == 2
+    assert sink.value("h.req.stop.by_values", status="5xx", reason="TimeoutError") == 1
+
+
+def test_tag_values_are_made_otel_compatible(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.counter("t.v.c", tags=["a", "b", "c"]))
+    registry.execute("t.v", {}, {"a": Color.RED, "b": None, "c": ["x"]})
+    assert sink.points("t.v.c").keys() == {
+        frozenset({("a", "Color.RED"), ("b", ""), ("c", "['x']")})
+    }
+
+
+def test_missing_measurement_or_tag_is_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = report(
+        sink,
+        registry,
+        m.sum("s.e.n", tags=["who"]),
+        m.counter("s.e.count", tags=["who"]),
+    )
+    caplog.set_level(logging.DEBUG, logger="vsrtel")
+    registry.execute("s.e", {"other": 1}, {"who": "a"})  # no "n"
+    registry.execute("s.e", {"n": 2}, {})  # no tag
+    registry.execute("s.e", {"n": "many"}, {"who": "a"})  # not a number
+    registry.execute("s.e", {"n": 5}, {"who": "a"})
+    assert reporter.attached
+    assert reporter.skipped == {"s.e.n": 3, "s.e.count": 1}
+    assert sink.value("s.e.n", who="a") == 5
+    assert sink.value("s.e.count", who="a") == 3  # counters need no measurement
+    assert any("'n' missing" in r.getMessage() for r in caplog.records)
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)
+    assert registry.list_handlers(("s", "e"))  # still attached
+
+
+def test_failing_user_callable_is_contained(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(ms: Mapping[str, Any]) -> float:
+        raise RuntimeError("bad measurement fn")
+
+    reporter = report(
+        sink, registry, m.sum("f.e.bad", measurement=boom), m.sum("f.e.good", measurement="n")
+    )
+    with capture(("vsrtel", "handler", "failure"), registry=registry) as failures:
+        registry.execute("f.e", {"n": 1})
+        registry.execute("f.e", {"n": 1})
+    assert failures == []
+    assert reporter.skipped["f.e.bad"] == 2
+    assert sink.value("f.e.good") == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # once per metric; later failures log at DEBUG
+    assert "f.e.bad" in errors[0].getMessage()
+    assert "bad measurement fn" in caplog.text
+
+
+def test_monotonic_sum_skips_negative_values(sink: Sink, registry: vsrtel.Registry) -> None:
+    reporter = report(sink, registry, m.sum("n.e.v"))
+    registry.execute("n.e", {"v": -1})
+    registry.execute("n.e", {"v": 4})
+    assert sink.value("n.e.v") == 4
+    assert reporter.skipped == {"n.e.v": 1}
+
+
+def test_overflow_series_past_max_series(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = report(
+        sink,
+        registry,
+        m.counter("o.e.n", tags=["id"], reporter_options={"max_series": 3}),
+        m.counter("o.e.fn", tags=lambda md: {"id": md["id"]},
+                  reporter_options={"max_series": 2}),
+    )
+    for i in range(10):
+        registry.execute("o.e", {}, {"id": i})
+    registry.execute("o.e", {}, {"id": 0})  # a known series still counts in its own series
+    points = {k: p.value for k, p in sink.points("o.e.n").items()}
+    assert points == {
+        frozenset({("id", 0)}): 2,
+        frozenset({("id", 1)}): 1,
+        frozenset({("id", 2)}): 1,
+        frozenset({(m.OVERFLOW_ATTRIBUTE, "true")}): 7,
+    }
+    assert sink.value("o.e.fn", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 8
+    assert reporter.series_count("o.e.n") == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # once per metric, not once per event
+    assert "o.e.n" in warnings[0].getMessage() or "o.e.n" in warnings[1].getMessage()
+
+
+def test_default_cap_is_1000(sink: Sink, registry: vsrtel.Registry) -> None:
+    reporter = report(sink, registry, m.counter("c.e.n", tags=["id"]))
+    for i in range(1005):
+        registry.execute("c.e", {}, {"id": i})
+    assert reporter.series_count("c.e.n") == 1000
+    assert sink.value("c.e.n", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 5
+
+
+def test_unhashable_tag_values_are_keyed_by_text(sink: Sink, registry: vsrtel.Registry) -> None:
+    reporter = report(sink, registry, m.counter("u.e.n", tags=["l"]),
+                      m.counter("u.e.two", tags=["l", "k"]))
+    registry.execute("u.e", {}, {"l": [1], "k": "x"})
+    registry.execute("u.e", {}, {"l": [1], "k": "x"})
+    assert sink.value("u.e.n", l="[1]") == 2
+    assert sink.value("u.e.two", l="[1]", k="x") == 2
+    assert reporter.series_count("u.e.n") == 1
+
+
+def test_one_handler_per_event_name(sink: Sink, registry: vsrtel.Registry) -> None:
+    reporter = m.MetricsReporter(
+        [m.counter("a.b.one"), m.sum("a.b.two"), m.counter("a.c.one")],
+        meter_provider=sink.provider,
+        registry=registry,
+    )
+    assert registry.list_handlers() == []
+    with reporter:
+        handlers = registry.list_handlers()
+        assert sorted(h.event_name for h in handlers) == [("a", "b"), ("a", "c")]
+        with pytest.raises(RuntimeError, match="already attached"):
+            reporter.attach()
+    assert registry.list_handlers() == []
+    reporter.detach()  # idempotent
+
+
+def test_reporter_rejects_duplicates_and_non_metrics(sink: Sink) -> None:
+    with pytest.raises(ValueError, match=r"'a\.b'"):
+        m.MetricsReporter([m.counter("a.b"), m.sum("a.b")], meter_provider=sink.provider)
+    with pytest.raises(TypeError, match="metric definition"):
+        m.MetricsReporter(["a.b"], meter_provider=sink.provider)  # type: ignore[list-item]
+
+
+def test_default_registry_and_concurrent_events(sink: Sink, vsrtel_registry: Any) -> None:
+    reporter = m.MetricsReporter(
+        [m.counter("p.e.n", tags=["t"])], meter_provider=sink.provider
+    ).attach()
+
+    def work(t: int) -> None:
+        for _ in range(500):
+            vsrtel.execute("p.e", {}, {"t": t % 3})
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    reporter.detach()
+    vsrtel.execute("p.e", {}, {"t": 0})  # detached: not counted
+    assert {k: p.value for k, p in sink.points("p.e.n").items()} == {
+        frozenset({("t", 0)}): 1000,
+        frozenset({("t", 1)}): 1000,
+        frozenset({("t", 2)}): 1000,
+    }
+
+
+class SteppingClock:
+    """A simulated clock: each monotonic reading is 1.5 s after the previous one."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def monotonic_ns(self) -> int:
+        self.now += 1_500_000_000
+        return self.now
+
+    def time_ns(self) -> int:
+        return 1_700_000_000_000_000_000
+
+
+def test_span_durations_become_seconds(sink: Sink) -> None:
+    registry = vsrtel.Registry(clock=SteppingClock())
+    report(sink, registry, m.distribution("w.job.stop.duration", unit=("native", "second")))
+    with registry.span(("w", "job")):
+        pass
+    (point,) = sink.collect()["w.job.stop.duration"].data.data_points
+    assert point.count == 1
+    assert point.sum == pytest.approx(1.5)

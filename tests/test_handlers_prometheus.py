@@ -1,0 +1,344 @@
+"""The Prometheus scrape endpoint: HTTP behaviour, names, promtool, and a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+import vsrtel
+from vsrtel.handlers import metrics as m
+from vsrtel.handlers.prometheus import (
+    MetricsServer,
+    prometheus_reader,
+    serve_metrics,
+    serve_registry,
+)
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+T = TypeVar("T")
+
+
+def fetch(url: str, accept: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+@pytest.fixture
+def server() -> Iterator[MetricsServer]:
+    with serve_metrics(port=0) as s:
+        yield s
+
+
+@pytest.fixture
+def registry() -> vsrtel.Registry:
+    return vsrtel.Registry()
+
+
+def one_of_each() -> list[m.Metric]:
+    return [
+        m.counter("shop.order.stop.count", tags=["region"]),
+        m.sum("shop.order.stop.amount", unit="byte", tags=["region"]),
+        m.sum("shop.cart.change.items", reporter_options={"monotonic": False}),
+        m.last_value("shop.cart.change.size"),
+        m.distribution("shop.order.stop.duration", unit=("native", "second"), tags=["region"]),
+        m.summary("shop.order.stop.latency", measurement="duration", unit="native"),
+    ]
+
+
+def emit_orders(registry: vsrtel.Registry) -> None:
+    for region, ns, amount in (("eu", 2_000_000, 100), ("eu", 30_000_000, 50), ("us", 5, 7)):
+        registry.execute(
+            "shop.order.stop", {"duration": ns, "amount": amount}, {"region": region}
+        )
+    registry.execute("shop.cart.change", {"items": 3, "size": 3})
+    registry.execute("shop.cart.change", {"items": -1, "size": 2})
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = {k: v for k, v in s.labels.items() if not k.startswith("otel_scope")}
+            out[(s.name, frozenset(labels.items()))] = s.value
+    return out
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+def test_reader_uses_a_private_registry() -> None:
+    reader, registry = prometheus_reader()
+    assert registry is not REGISTRY
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("x.y").add(2)
+    names = {f.name for f in registry.collect()}
+    assert "x_y" in names
+    assert "x_y" not in {f.name for f in REGISTRY.collect()}
+    provider.shutdown()
+
+
+def test_endpoints(server: MetricsServer) -> None:
+    assert server.host == "127.0.0.1"  # loopback unless asked otherwise
+    assert server.port > 0
+    assert server.url == f"http://127.0.0.1:{server.port}/metrics"
+    status, ctype, body = fetch(server.url)
+    assert status == 200
+    assert ctype.startswith("text/plain; version=0.0.4")
+    status, ctype, body = fetch(server.base_url + "/health")
+    assert (status, body) == (200, "OK")
+    status, _, body = fetch(server.base_url + "/nope")
+    assert status == 404
+
+
+def test_openmetrics_when_the_scraper_asks(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                           registry=registry):
+        emit_orders(registry)
+        _, ctype, body = fetch(server.url, accept="application/openmetrics-text;version=1.0.0")
+    assert ctype.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith("# EOF\n")
+    assert "# UNIT shop_order_stop_duration_seconds seconds" in body
+
+
+def test_port_in_use_names_the_port(server: MetricsServer) -> None:
+    with pytest.raises(OSError, match=f"port {server.port} is already in use"):
+        serve_metrics(port=server.port)
+
+
+@pytest.mark.parametrize("port", [-1, 70000, "9464", True])
+def test_bad_port(port: Any) -> None:
+    with pytest.raises(ValueError, match="port"):
+        serve_metrics(port=port)
+
+
+def test_close_releases_the_port_and_is_idempotent() -> None:
+    s = serve_metrics(port=0)
+    port = s.port
+    s.close()
+    s.close()
+    assert "closed" in repr(s)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    with serve_metrics(port=port) as again:
+        assert fetch(again.base_url + "/health")[0] == 200
+
+
+def test_serve_registry_for_an_external_provider(registry: vsrtel.Registry) -> None:
+    reader, prom_registry = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    with serve_registry(prom_registry, port=0, meter_provider=provider) as s:
+        assert s.meter_provider is provider
+        with m.MetricsReporter([m.counter("ext.e.n")], meter_provider=provider,
+                               registry=registry):
+            registry.execute("ext.e", {})
+            assert samples(fetch(s.url)[2])[("ext_e_n_total", frozenset())] == 1
+    # The server does not shut down a provider it does not own.
+    provider.get_meter("t").create_counter("still.alive").add(1)
+    provider.shutdown()
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def test_prometheus_names_units_and_values(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                           registry=registry):
+        emit_orders(registry)
+        text = fetch(server.url)[2]
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types["shop_order_stop_count"] == "counter"
+    assert types["shop_order_stop_amount_bytes"] == "counter"
+    assert types["shop_cart_change_items"] == "gauge"  # non-monotonic sum
+    assert types["shop_cart_change_size"] == "gauge"
+    assert types["shop_order_stop_duration_seconds"] == "histogram"
+    assert types["shop_order_stop_latency_seconds"] == "histogram"
+    s = samples(text)
+    eu = frozenset({("region", "eu")})
+    assert s[("shop_order_stop_count_total", eu)] == 2
+    assert s[("shop_order_stop_amount_bytes_total", eu)] == 150
+    assert s[("shop_cart_change_items", frozenset())] == 2
+    assert s[("shop_cart_change_size", frozenset())] == 2
+    assert s[("shop_order_stop_duration_seconds_sum", eu)] == pytest.approx(0.032)
+    assert s[("shop_order_stop_duration_seconds_count", eu)] == 2
+    assert s[("shop_order_stop_duration_seconds_bucket", eu | {("le", "0.0025")})] == 1
+    assert s[("shop_order_stop_latency_seconds_count", frozenset())] == 3
+
+
+def test_overflow_series_is_exposed(server: MetricsServer, registry: vsrtel.Registry) -> None:
+    defs = [m.counter("ov.e.n", tags=["id"], reporter_options={"max_series": 2})]
+    with m.MetricsReporter(defs, meter_provider=server.meter_provider, registry=registry):
+        for i in range(5):
+            registry.execute("ov.e", {}, {"id": str(i)})
+        s = samples(fetch(server.url)[2])
+    assert s[("ov_e_n_total", frozenset({("id", ""), ("otel_metric_overflow", "true")}))] == 3
+
+
+def test_promtool_check_metrics_is_clean(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not on PATH; CI must install it (Debian package prometheus)")
+        pytest.skip("promtool not installed")
+    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                           registry=registry):
+        emit_orders(registry)
+        text = fetch(server.url)[2]
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_promtool_finds_problems_it_is_meant_to_find(server: MetricsServer) -> None:
+    # Guards the test above: a non-base unit is a finding, so an empty output means something.
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not on PATH; CI must install it (Debian package prometheus)")
+        pytest.skip("promtool not installed")
+    assert server.meter_provider is not None
+    server.meter_provider.get_meter("t").create_histogram("slow.thing", unit="ms").record(1)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=fetch(server.url)[2], capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "milliseconds" in result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------- real Prometheus
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(what: str, probe: Callable[[], T | None], proc: subprocess.Popen[bytes],
+             timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited with {proc.returncode} while waiting {what}")
+        try:
+            value = probe()
+        except (OSError, ValueError, KeyError, IndexError):
+            value = None
+        if value is not None:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.mark.integration
+def test_real_prometheus_scrapes_the_endpoint(
+    server: MetricsServer, registry: vsrtel.Registry, tmp_path: Path
+) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if IN_CI:
+            pytest.fail(
+                "the prometheus binary is not on PATH but CI=true: this test must run in CI "
+                "(.ci/run installs the Debian package 'prometheus')"
+            )
+        pytest.skip("prometheus not installed (apt-get install prometheus)")
+
+    reporter = m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                                 registry=registry).attach()
+    emit_orders(registry)
+
+    api_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: vsrtel\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{server.port}']\n"
+    )
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{api_port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{api_port}/api/v1"
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        url = f"{api}/query?{urllib.parse.urlencode({'query': expr})}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def target_up() -> bool | None:
+        with urllib.request.urlopen(f"{api}/targets", timeout=5) as resp:
+            targets = json.load(resp)["data"]["activeTargets"]
+        return True if targets and targets[0]["health"] == "up" else None
+
+    def value_of(expr: str, expected: float) -> float | None:
+        result = query(expr)
+        value = float(result[0]["value"][1]) if result else None
+        return value if value == pytest.approx(expected) else None
+
+    try:
+        wait_for("the target to be up", target_up, proc)
+        assert wait_for("the counter", lambda: value_of(
+            'shop_order_stop_count_total{region="eu"}', 2), proc) == 2
+        registry.execute("shop.order.stop", {"duration": 1_000_000_000, "amount": 1},
+                         {"region": "eu"})
+        # A later scrape sees the new value: Prometheus reads live data, not a snapshot.
+        assert wait_for("the counter to move", lambda: value_of(
+            'shop_order_stop_count_total{region="eu"}', 3), proc) == 3
+        assert wait_for("the histogram", lambda: value_of(
+            'shop_order_stop_duration_seconds_count{region="eu"}', 3), proc) == 3
+        assert wait_for("the gauge", lambda: value_of("shop_cart_change_size", 2), proc) == 2
+        summed = query('sum(shop_order_stop_amount_bytes_total{region="eu"})')
+        assert float(summed[0]["value"][1]) == 151
+        up = query('up{job="vsrtel"}')
+        assert float(up[0]["value"][1]) == 1
+    except AssertionError:
+        log.flush()
+        print((tmp_path / "prometheus.log").read_text()[-4000:])
+        raise
+    finally:
+        reporter.detach()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()

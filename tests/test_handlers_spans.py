@@ -1,0 +1,446 @@
+"""Tests for vsrtel.handlers.spans: vsrtel spans as OpenTelemetry spans."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import vsrtel
+from vsrtel import otel
+from vsrtel.handlers import spans
+from vsrtel.testing import capture
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield tracer_provider
+    tracer_provider.shutdown()
+
+
+def finished(exporter: InMemorySpanExporter, name: str | None = None) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if name is None or s.name == name]
+
+
+def only(exporter: InMemorySpanExporter, name: str) -> ReadableSpan:
+    [span] = finished(exporter, name)
+    return span
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return span.context.span_id
+
+
+def test_span_becomes_an_otel_span_with_times_and_attributes(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app.request"], tracer_provider=provider)
+    with capture("app.request") as events, vsrtel.span("app.request", {"path": "/x"}) as s:
+        s.metadata["status"] = 200
+        s.measurements["bytes"] = 512
+    start, stop = events
+    span = only(exporter, "app.request")
+    assert span.start_time == start.measurements["system_time"]
+    assert span.end_time is not None
+    assert span.end_time - span.start_time == stop.measurements["duration"]
+    assert dict(span.attributes or {}) == {"path": "/x", "status": 200, "bytes": 512}
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.parent is None
+
+
+def test_span_is_current_for_its_body_and_nests(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app.outer", "app.inner"], tracer_provider=provider)
+    tracer = provider.get_tracer("user-code")
+    with vsrtel.span("app.outer"):
+        assert trace.get_current_span().is_recording()
+        with vsrtel.span("app.inner"), tracer.start_as_current_span("raw-otel"):
+            pass
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    outer, inner, raw = (only(exporter, n) for n in ("app.outer", "app.inner", "raw-otel"))
+    assert parent_id(inner) == span_id(outer)
+    assert parent_id(raw) == span_id(inner)
+    assert outer.context is not None and inner.context is not None
+    assert inner.context.trace_id == outer.context.trace_id
+
+
+def test_nesting_follows_threads(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    spans.attach_tracer(["job", "job.step"], tracer_provider=provider)
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> None:
+        with vsrtel.span("job", {"worker": i}):
+            barrier.wait()  # every outer span is open at once
+            for _ in range(3):
+                with vsrtel.span("job.step", {"worker": i}):
+                    pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outers = {s.attributes["worker"]: span_id(s) for s in finished(exporter, "job") if s.attributes}
+    steps = finished(exporter, "job.step")
+    assert len(outers) == 8 and len(steps) == 24
+    for step in steps:
+        assert step.attributes is not None
+        assert parent_id(step) == outers[step.attributes["worker"]]
+
+
+def test_nesting_follows_1000_concurrent_asyncio_tasks(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["task", "task.child"], tracer_provider=provider)
+
+    async def task(i: int) -> None:
+        async with vsrtel.span("task", {"task": i}):
+            await asyncio.sleep(0)
+            async with vsrtel.span("task.child", {"task": i}):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            async with vsrtel.span("task.child", {"task": i}):
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(task(i) for i in range(1000)))
+
+    asyncio.run(main())
+    tasks = {s.attributes["task"]: s for s in finished(exporter, "task") if s.attributes}
+    children = finished(exporter, "task.child")
+    assert len(tasks) == 1000 and len(children) == 2000
+    for c in children:
+        assert c.attributes is not None
+        parent = tasks[c.attributes["task"]]
+        assert parent_id(c) == span_id(parent)
+        assert c.context is not None and parent.context is not None
+        assert c.context.trace_id == parent.context.trace_id
+    assert len({s.context.trace_id for s in tasks.values() if s.context}) == 1000
+
+
+def test_exception_sets_error_status_and_records_it(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app.request"], tracer_provider=provider)
+    with pytest.raises(ValueError, match="boom"), vsrtel.span("app.request", {"kind": "read"}):
+        raise ValueError("boom")
+    span = only(exporter, "app.request")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "boom"
+    [event] = span.events
+    assert event.name == "exception"
+    assert event.attributes is not None
+    assert event.attributes["exception.type"] == "ValueError"
+    assert event.attributes["exception.message"] == "boom"
+    assert "Traceback" in str(event.attributes["exception.stacktrace"])
+    # The start metadata's own "kind" stays; the exception's kind/reason/stacktrace are events.
+    assert dict(span.attributes or {}) == {"kind": "read"}
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_manual_span_is_never_current_and_can_stop_elsewhere(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["rpc", "local"], tracer_provider=provider)
+    with vsrtel.span("local"):
+        manual = vsrtel.span("rpc", {"id": 1}).start()
+        # Still the with-span: the manual span did not become current.
+        assert getattr(trace.get_current_span(), "name", None) == "local"
+        with vsrtel.span("local"):
+            pass
+    assert otel_context.get_current() == {}
+    stopper = threading.Thread(target=manual.stop, kwargs={"error": TimeoutError("late")})
+    stopper.start()
+    stopper.join()
+    outer, inner = sorted(finished(exporter, "local"), key=lambda s: s.start_time or 0)
+    rpc = only(exporter, "rpc")
+    assert parent_id(rpc) == span_id(outer)
+    assert parent_id(inner) == span_id(outer)
+    assert rpc.status.status_code is StatusCode.ERROR
+    assert rpc.status.description == "late"
+
+
+def test_manual_span_started_outside_leaves_no_context_behind(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["rpc", "local"], tracer_provider=provider)
+    manual = vsrtel.span("rpc").start()
+    assert otel_context.get_current() == {}
+    with vsrtel.span("local"):
+        pass
+    manual.stop()
+    assert parent_id(only(exporter, "local")) is None
+    assert parent_id(only(exporter, "rpc")) is None
+
+
+def test_stop_or_exception_for_unknown_context_is_ignored(
+    provider: TracerProvider, exporter: InMemorySpanExporter, registry: vsrtel.Registry
+) -> None:
+    spans.attach_tracer(["app.request"], tracer_provider=provider, registry=registry)
+    # The registry re-raises handler errors: any crash here fails the test.
+    registry.execute("app.request.stop", {"duration": 5}, {"telemetry_span_context": 12345})
+    registry.execute("app.request.exception", {"duration": 5}, {"telemetry_span_context": [1]})
+    registry.execute("app.request.stop", {"duration": 5})
+    registry.execute("app.request.start", {"monotonic_time": 1, "system_time": 2})
+    assert finished(exporter) == []
+
+
+def test_plain_events_become_span_events_on_the_current_traced_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app.request"], tracer_provider=provider)
+    vsrtel.execute("app.cache.miss", {"count": 1})  # no traced span: nothing, no error
+    with vsrtel.span("app.request"):
+        with provider.get_tracer("user").start_as_current_span("raw"):
+            vsrtel.execute("app.cache.hit", {"count": 1}, {"key": "user:1", "token": "t0p"})
+        with vsrtel.span("untraced.op"):
+            pass
+    span = only(exporter, "app.request")
+    names = [event.name for event in span.events]
+    assert names == ["app.cache.hit", "untraced.op.start", "untraced.op.stop"]
+    assert dict(span.events[0].attributes or {}) == {"count": 1, "key": "user:1"}
+    assert only(exporter, "raw").events == ()
+
+
+def test_span_events_can_be_turned_off(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handler_id = spans.attach_tracer(["app.request"], tracer_provider=provider, span_events=False)
+    assert {r.event_name for r in vsrtel.list_handlers() if r.id == handler_id} == {
+        ("app", "request", "start"),
+        ("app", "request", "stop"),
+        ("app", "request", "exception"),
+    }
+    with vsrtel.span("app.request"):
+        vsrtel.execute("app.cache.hit", {"count": 1})
+    assert only(exporter, "app.request").events == ()
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+def test_attribute_values_are_converted_or_dropped(
+    provider: TracerProvider, exporter: InMemorySpanExporter, registry: vsrtel.Registry
+) -> None:
+    spans.attach_tracer(["app.request"], tracer_provider=provider, registry=registry)
+    metadata: dict[str, Any] = {
+        "none": None,
+        "obj": Color,
+        "enum": Color.RED,
+        "big": 2**70,
+        "nested": {"a": 1, "b": {"c": "d"}, "none": None},
+        "mixed": [1, "two", None],
+        "ints": (1, 2, 3),
+        "bad": Unprintable(),
+        "peer": ("10.0.0.1", 4000),
+        3: "non-str key",
+    }
+    with registry.span("app.request", metadata):
+        pass
+    attributes = dict(only(exporter, "app.request").attributes or {})
+    assert attributes == {
+        "obj": "Color",
+        "enum": "RED",
+        "big": str(2**70),
+        "nested.a": 1,
+        "nested.b.c": "d",
+        "mixed": ("1", "two"),
+        "ints": (1, 2, 3),
+        "peer": ("10.0.0.1", "4000"),
+    }
+
+
+def test_secret_keys_never_reach_a_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app.login"], tracer_provider=provider)
+    with vsrtel.span(
+        "app.login",
+        {"user": "ann", "Password": "hunter2", "auth": {"api_key": "k", "scheme": "basic"}},
+    ) as s:
+        s.metadata["session_token"] = "abc"
+        vsrtel.execute("app.login.check", {"n": 1}, {"cookie": "c", "ok": True})
+    span = only(exporter, "app.login")
+    assert dict(span.attributes or {}) == {"user": "ann", "auth.scheme": "basic"}
+    assert dict(span.events[0].attributes or {}) == {"n": 1, "ok": True}
+
+
+def test_custom_redact_set(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    spans.attach_tracer(["app.x"], tracer_provider=provider, redact={"ssn"})
+    with vsrtel.span("app.x", {"ssn": "1", "password": "p"}):
+        pass
+    assert dict(only(exporter, "app.x").attributes or {}) == {"password": "p"}
+
+
+def test_span_name_and_attribute_allow_list(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(
+        ["db.query"],
+        tracer_provider=provider,
+        span_name=lambda prefix, metadata: f"{metadata['table']} {prefix[-1]}",
+        attributes={"table"},
+    )
+    spans.attach_tracer(["db.fixed"], tracer_provider=provider, span_name="fixed")
+    with vsrtel.span("db.query", {"table": "users", "sql": "select 1"}):
+        pass
+    with vsrtel.span("db.fixed"):
+        pass
+    assert dict(only(exporter, "users query").attributes or {}) == {"table": "users"}
+    assert only(exporter, "fixed")
+
+
+def test_remote_parent_via_inject_and_extract(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["net.send", "net.receive"], tracer_provider=provider)
+    with vsrtel.span("net.send"):
+        headers = spans.inject({})
+    assert set(headers) >= {"traceparent"}
+    # ... the message crosses to another node, which continues the trace:
+    with vsrtel.span("net.receive", {"trace_parent": spans.extract(headers)}):
+        pass
+    with vsrtel.span("net.receive", {"trace_parent": headers["traceparent"]}):
+        pass
+    send = only(exporter, "net.send")
+    receives = finished(exporter, "net.receive")
+    assert len(receives) == 2
+    for receive in receives:
+        assert receive.parent is not None and receive.parent.is_remote
+        assert parent_id(receive) == span_id(send)
+        assert receive.context is not None and send.context is not None
+        assert receive.context.trace_id == send.context.trace_id
+        assert "trace_parent" not in (receive.attributes or {})
+
+
+def test_inject_for_a_manual_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["net.request"], tracer_provider=provider)
+    request = vsrtel.span("net.request").start()
+    assert spans.inject({}) == {}  # nothing is current
+    headers = spans.inject({}, span=request)
+    request.stop()
+    context = trace.get_current_span(spans.extract(headers)).get_span_context()
+    assert context.span_id == span_id(only(exporter, "net.request"))
+
+
+def test_deterministic_clock_sets_span_times(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    class Clock:
+        now = 1_000
+
+        def monotonic_ns(self) -> int:
+            self.now += 250
+            return self.now
+
+        def time_ns(self) -> int:
+            return 1_700_000_000_000_000_000
+
+    registry = vsrtel.Registry(clock=Clock())
+    spans.attach_tracer(["sim.step"], tracer_provider=provider, registry=registry)
+    with registry.span("sim.step"):
+        pass
+    span = only(exporter, "sim.step")
+    assert span.start_time == 1_700_000_000_000_000_000
+    assert span.end_time == span.start_time + 250
+
+
+def test_detach_stops_tracing(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:
+    handler_id = spans.attach_tracer(["a"], tracer_provider=provider, handler_id="tracer")
+    assert handler_id == "tracer"
+    with pytest.raises(vsrtel.AlreadyAttachedError):
+        spans.attach_tracer(["b"], tracer_provider=provider, handler_id="tracer")
+    assert vsrtel.detach(handler_id)
+    with vsrtel.span("a"):
+        pass
+    assert finished(exporter) == []
+
+
+def test_falls_back_to_the_global_tracer_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    spans.attach_tracer("app.global")
+    with vsrtel.span("app.global"):
+        pass
+    assert only(exporter, "app.global")
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "error"),
+    [([], ValueError), (["a..b"], ValueError), ([("a", 1)], TypeError), ([""], ValueError)],
+)
+def test_bad_prefixes(prefixes: Any, error: type[Exception], provider: TracerProvider) -> None:
+    with pytest.raises(error):
+        spans.attach_tracer(prefixes, tracer_provider=provider)
+
+
+def test_bad_options(provider: TracerProvider) -> None:
+    with pytest.raises(TypeError, match="span_name"):
+        spans.attach_tracer(["a"], tracer_provider=provider, span_name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="attributes"):
+        spans.attach_tracer(["a"], tracer_provider=provider, attributes="table")
+    with pytest.raises(TypeError, match="redact"):
+        spans.attach_tracer(["a"], tracer_provider=provider, redact="password")
+    assert vsrtel.list_handlers() == []
+
+
+def test_unreachable_otlp_endpoint_does_not_reach_the_instrumented_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    export_threads: list[threading.Thread] = []
+    original = OTLPSpanExporter.export
+
+    def recording_export(self: OTLPSpanExporter, batch: Any) -> Any:
+        export_threads.append(threading.current_thread())
+        return original(self, batch)
+
+    monkeypatch.setattr(OTLPSpanExporter, "export", recording_export)
+    setup = otel.configure("unreachable")
+    spans.attach_tracer(["app.request"], tracer_provider=setup.tracer_provider)
+    for i in range(600):  # more than one export batch (512)
+        with vsrtel.span("app.request", {"i": i}):
+            vsrtel.execute("app.work", {"n": i})
+    setup.shutdown(timeout_millis=5000)
+    assert export_threads
+    assert threading.main_thread() not in export_threads

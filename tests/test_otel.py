@@ -1,0 +1,347 @@
+"""Tests for vsrtel.otel: providers, resources and exporters chosen from OTEL_* variables."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from vsrtel import otel
+
+_OTEL_VARS = (
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_SDK_DISABLED",
+    "OTEL_BSP_SCHEDULE_DELAY",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+class _Collector:
+    """A minimal OTLP/HTTP receiver on loopback that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bytes]] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def span_names(self) -> list[str]:
+        names = []
+        for path, body in self.requests:
+            if path == "/v1/traces":
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        names.extend(span.name for span in scope_spans.spans)
+        return names
+
+    def metric_names(self) -> list[str]:
+        names = []
+        for path, body in self.requests:
+            if path == "/v1/metrics":
+                request = ExportMetricsServiceRequest.FromString(body)
+                for resource_metrics in request.resource_metrics:
+                    for scope_metrics in resource_metrics.scope_metrics:
+                        names.extend(metric.name for metric in scope_metrics.metrics)
+        return names
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[_Collector]:
+    c = _Collector()
+    yield c
+    c.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _emit(setup: otel.OTel, name: str = "work") -> None:
+    with setup.tracer_provider.get_tracer("test").start_as_current_span(name):
+        pass
+    setup.meter_provider.get_meter("test").create_counter("jobs").add(1)
+
+
+def test_no_environment_means_no_exporter_no_thread_no_error() -> None:
+    before = threading.active_count()
+    memory = InMemorySpanExporter()
+    setup = otel.configure(span_processors=[SimpleSpanProcessor(memory)])
+    assert threading.active_count() == before
+    _emit(setup)
+    assert [span.name for span in memory.get_finished_spans()] == ["work"]
+    assert setup.shutdown() is True
+    assert setup.tracer_provider.resource.attributes["service.name"] == "vsrtel"
+
+
+def test_service_name_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    def name(**kwargs: Any) -> object:
+        setup = otel.configure(**kwargs)
+        setup.shutdown()
+        return setup.tracer_provider.resource.attributes["service.name"]
+
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs,region=eu")
+    assert name() == "from-attrs"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    assert name() == "from-env"
+    assert name(service_name="from-arg") == "from-arg"
+    setup = otel.configure("svc", resource_attributes={"service.instance.id": "node-1"})
+    setup.shutdown()
+    attributes = setup.meter_provider._sdk_config.resource.attributes
+    assert attributes["service.instance.id"] == "node-1"
+    assert attributes["region"] == "eu"
+    assert attributes["service.name"] == "svc"
+
+
+@pytest.mark.parametrize("bad", [3, b"svc"])
+def test_bad_service_name_type(bad: Any) -> None:
+    with pytest.raises(TypeError, match="service_name"):
+        otel.configure(bad)
+
+
+def test_empty_service_name() -> None:
+    with pytest.raises(ValueError, match="service_name"):
+        otel.configure("")
+
+
+def test_bad_console() -> None:
+    with pytest.raises(TypeError, match="console"):
+        otel.configure(console=42)  # type: ignore[arg-type]
+
+
+def test_otlp_endpoint_exports_both_signals(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    setup = otel.configure("exported")
+    _emit(setup, "exported.work")
+    assert setup.shutdown() is True
+    assert collector.span_names() == ["exported.work"]
+    assert "jobs" in collector.metric_names()
+
+
+def test_force_flush_exports_without_shutting_down(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    setup = otel.configure()
+    _emit(setup, "first")
+    assert setup.force_flush() is True
+    assert collector.span_names() == ["first"]
+    _emit(setup, "second")
+    assert setup.shutdown() is True
+    assert collector.span_names() == ["first", "second"]
+
+
+def test_signal_specific_endpoint_only_exports_that_signal(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{collector.url}/v1/traces")
+    setup = otel.configure()
+    _emit(setup)
+    assert setup.shutdown() is True
+    assert {path for path, _ in collector.requests} == {"/v1/traces"}
+
+
+def test_exporter_none_turns_a_signal_off(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    setup = otel.configure()
+    _emit(setup)
+    assert setup.shutdown() is True
+    assert {path for path, _ in collector.requests} == {"/v1/metrics"}
+
+
+def test_console_stream_prints_spans_and_metrics() -> None:
+    out = io.StringIO()
+    setup = otel.configure("printed", console=out)
+    _emit(setup, "printed.work")
+    assert setup.shutdown() is True
+    text = out.getvalue()
+    first = json.JSONDecoder().raw_decode(text)[0]
+    assert first["name"] == "printed.work"
+    assert first["resource"]["attributes"]["service.name"] == "printed"
+    assert '"jobs"' in text
+
+
+def test_extra_metric_reader_is_wired() -> None:
+    reader = InMemoryMetricReader()
+    setup = otel.configure(metric_readers=[reader])
+    _emit(setup)
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = [
+        metric.name
+        for resource_metrics in data.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    ]
+    assert names == ["jobs"]
+    setup.shutdown()
+
+
+def test_unreachable_endpoint_does_not_fail_and_exports_off_the_caller_thread(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    export_threads: list[threading.Thread] = []
+    original = OTLPSpanExporter.export
+
+    def recording_export(self: OTLPSpanExporter, spans: Any) -> Any:
+        export_threads.append(threading.current_thread())
+        return original(self, spans)
+
+    monkeypatch.setattr(OTLPSpanExporter, "export", recording_export)
+    setup = otel.configure()
+    for i in range(100):
+        _emit(setup, f"span-{i}")
+    assert export_threads == []  # nothing was exported by the emitting (main) thread
+    with caplog.at_level(logging.WARNING):
+        setup.shutdown(timeout_millis=5000)
+    assert export_threads
+    assert threading.main_thread() not in export_threads
+    assert any("export" in record.getMessage().lower() for record in caplog.records)
+
+
+def test_shutdown_is_bounded_when_the_exporter_keeps_retrying(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    # A retry budget far longer than the shutdown deadline below.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "120")
+    export_returned = threading.Event()
+    original = OTLPSpanExporter.export
+
+    def watched_export(self: OTLPSpanExporter, spans: Any) -> Any:
+        try:
+            return original(self, spans)
+        finally:
+            export_returned.set()
+
+    monkeypatch.setattr(OTLPSpanExporter, "export", watched_export)
+    setup = otel.configure()
+    _emit(setup)
+    with caplog.at_level(logging.WARNING, logger="vsrtel"):
+        assert setup.shutdown(timeout_millis=300) is False
+    assert any("did not finish" in r.getMessage() for r in caplog.records if r.name == "vsrtel")
+    # The retrying export was aborted rather than left running for its 120 s budget.
+    assert export_returned.wait(30)
+    assert setup.shutdown() is True  # idempotent
+
+
+def test_missing_otlp_extra_is_reported_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    monkeypatch.setitem(
+        sys.modules, "opentelemetry.exporter.otlp.proto.http.metric_exporter", None
+    )
+    with caplog.at_level(logging.ERROR, logger="vsrtel"):
+        setup = otel.configure()
+    messages = [r.getMessage() for r in caplog.records if r.name == "vsrtel"]
+    assert any("vsrtel[otlp]" in m and "traces" in m for m in messages)
+    assert any("vsrtel[otlp]" in m and "metrics" in m for m in messages)
+    _emit(setup)
+    assert setup.shutdown() is True
+
+
+def test_globals_untouched_by_default_and_set_on_request() -> None:
+    # Global providers can be set once per process, so this runs in a fresh interpreter.
+    code = (
+        "from opentelemetry import metrics, trace\n"
+        "from vsrtel import otel\n"
+        "a = otel.configure()\n"
+        "assert trace.get_tracer_provider() is not a.tracer_provider\n"
+        "assert metrics.get_meter_provider() is not a.meter_provider\n"
+        "b = otel.configure(set_global=True)\n"
+        "assert trace.get_tracer_provider() is b.tracer_provider\n"
+        "assert metrics.get_meter_provider() is b.meter_provider\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_prometheus_port_serves_the_meter_providers_metrics() -> None:
+    setup = otel.configure("prom-test", prometheus_port=0)
+    try:
+        assert setup.metrics_server is not None
+        assert setup.metrics_server.host == "127.0.0.1"
+        _emit(setup)
+        with urllib.request.urlopen(setup.metrics_server.url, timeout=5) as response:
+            text = response.read().decode()
+        assert "jobs_total" in text
+        assert 'service_name="prom-test"' in text
+    finally:
+        setup.shutdown()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(setup.metrics_server.url, timeout=2)
+
+
+def test_prometheus_port_in_use_fails_clearly_and_leaks_nothing() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"port {port} is already in use"):
+            otel.configure(prometheus_port=port)

@@ -1,0 +1,262 @@
+"""Log vsrtel events with structlog.
+
+>>> from vsrtel.handlers import logs
+>>> handler_id = logs.attach_logger("app", level="info", levels={"app.heartbeat": "debug"})
+
+Each event under the prefix becomes one structlog call whose event is the dotted event name and
+whose key/value pairs are the measurements and metadata: durations (``duration``, ``*_duration``
+and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
+``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
+secret metadata is replaced by ``"[REDACTED]"``, and ``trace_id``/``span_id`` are added when an
+OpenTelemetry span is recording. ``exception`` events (and the core's handler-failure event)
+log at error with the exception as ``exc_info``.
+
+When the logger's level filters an event out, the handler returns before building anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TextIO
+
+import structlog
+from opentelemetry import trace
+
+import vsrtel
+from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
+
+__all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "DebugHandle", "attach_logger", "debug"]
+
+EventName = tuple[str, ...]
+
+LEVELS: Mapping[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+_METHODS = {number: name for name, number in LEVELS.items()}
+_CLOCKS = frozenset({"monotonic_time", "system_time"})
+# Keys a structlog call interprets itself; event data under these names is renamed with "_".
+_RESERVED = frozenset({"event", "exc_info", "stack_info"})
+_FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
+_MAX_CACHED_NAMES = 10_000
+_handler_ids = itertools.count(1)
+
+
+def attach_logger(
+    prefix: str | Iterable[str] = (),
+    *,
+    level: str | int = "debug",
+    logger: Any = None,
+    handler_id: Hashable | None = None,
+    redact: Iterable[str] = DEFAULT_SECRET_KEYS,
+    levels: Mapping[str | tuple[str, ...], str | int] | None = None,
+    registry: vsrtel.Registry | None = None,
+) -> Hashable:
+    """Attach a handler that logs every event under ``prefix`` (``()`` = all) with structlog.
+
+    ``level`` is the default level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``,
+    ``"critical"`` or a `logging` number); ``levels`` maps event-name prefixes to levels, the
+    longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
+    ``exception`` events always log at error. ``logger`` is a structlog bound logger
+    (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
+    structlog before attaching. ``redact`` names secret metadata keys (case-insensitive, nested
+    mappings included, shared with the spans handler).
+
+    Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
+    Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
+    """
+    event_prefix = _prefix(prefix, "prefix", allow_empty=True)
+    default = _level(level)
+    rules = sorted(
+        ((_prefix(key, "levels key"), _level(value)) for key, value in (levels or {}).items()),
+        key=lambda rule: -len(rule[0]),
+    )
+    if logger is None:
+        logger = structlog.get_logger("vsrtel")
+    bind = getattr(logger, "bind", None)
+    if callable(bind):
+        # Resolves a lazy proxy once: otherwise every call, even a filtered-out one, would
+        # assemble a new bound logger.
+        logger = bind()
+    if not callable(getattr(logger, "info", None)):
+        raise TypeError(f"logger must be a structlog logger, got {logger!r}")
+    if handler_id is None:
+        handler_id = ("vsrtel.handlers.logs", next(_handler_ids))
+    handler = _LogHandler(logger, default, rules, Secrets(redact))
+    if registry is None:
+        vsrtel.attach_prefix(handler_id, event_prefix, handler.handle)
+    else:
+        registry.attach_prefix(handler_id, event_prefix, handler.handle)
+    return handler_id
+
+
+class DebugHandle:
+    """The console logger attached by `debug`; ``detach()`` it, or use it as a context manager."""
+
+    def __init__(self, handler_id: Hashable, registry: vsrtel.Registry | None) -> None:
+        self.handler_id = handler_id
+        self._registry = registry
+
+    def detach(self) -> bool:
+        """Stop logging; False if it was already detached."""
+        if self._registry is None:
+            return vsrtel.detach(self.handler_id)
+        return self._registry.detach(self.handler_id)
+
+    def __enter__(self) -> DebugHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        return f"<vsrtel.handlers.logs.DebugHandle {self.handler_id!r}>"
+
+
+def debug(
+    prefix: str | Iterable[str] = (),
+    *,
+    file: TextIO | None = None,
+    registry: vsrtel.Registry | None = None,
+) -> DebugHandle:
+    """Print every event under ``prefix`` (``()`` = all) readably to ``file`` (stderr).
+
+    A debugging aid independent of the structlog configuration. Returns a `DebugHandle`:
+    call ``.detach()`` or use ``with vsrtel.debug("app"):`` to stop.
+    """
+    out = file if file is not None else sys.stderr
+    colors = "NO_COLOR" not in os.environ and hasattr(out, "isatty") and out.isatty()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=False),
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        context_class=dict,
+    )
+    handler_id = attach_logger(
+        prefix,
+        logger=logger,
+        handler_id=("vsrtel.debug", next(_handler_ids)),
+        registry=registry,
+    )
+    return DebugHandle(handler_id, registry)
+
+
+class _LogHandler:
+    """The state of one attached logs handler."""
+
+    def __init__(
+        self,
+        logger: Any,
+        default: int,
+        rules: list[tuple[EventName, int]],
+        secrets: Secrets,
+    ) -> None:
+        self.logger = logger
+        self.default = default
+        self.rules = rules
+        self.secrets = secrets
+        self.is_enabled_for: Callable[[int], bool] | None = getattr(
+            logger, "is_enabled_for", None
+        ) or getattr(logger, "isEnabledFor", None)
+        self.names: dict[EventName, tuple[int, str, str]] = {}
+
+    def resolve(self, name: EventName) -> tuple[int, str, str]:
+        if name[-1] == "exception" or name == _FAILURE_EVENT:
+            level = logging.ERROR
+        else:
+            level = next(
+                (lvl for prefix, lvl in self.rules if name[: len(prefix)] == prefix),
+                self.default,
+            )
+        if len(self.names) >= _MAX_CACHED_NAMES:
+            self.names = {}
+        resolved = self.names[name] = (level, _METHODS[level], ".".join(name))
+        return resolved
+
+    def handle(
+        self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
+    ) -> None:
+        resolved = self.names.get(name)
+        if resolved is None:
+            resolved = self.resolve(name)
+        level, method, dotted = resolved
+        is_enabled_for = self.is_enabled_for
+        if is_enabled_for is not None and not is_enabled_for(level):
+            return
+        fields: dict[str, Any] = {}
+        for key, value in self.secrets.redact(metadata).items():
+            fields[_field(key)] = value
+        if level >= logging.ERROR and isinstance(fields.get("reason"), BaseException):
+            fields["exc_info"] = fields.pop("reason")
+            fields.pop("stacktrace", None)
+            kind = fields.get("kind")
+            if isinstance(kind, type):
+                fields["kind"] = kind.__qualname__
+        for key, value in measurements.items():
+            if key in _CLOCKS:
+                continue
+            if _is_duration(key, value):
+                fields[f"{key}_ms"] = round(value / 1_000_000, 3)
+            else:
+                fields[_field(key)] = value
+        span = trace.get_current_span()
+        if span.is_recording():
+            span_context = span.get_span_context()
+            fields["trace_id"] = trace.format_trace_id(span_context.trace_id)
+            fields["span_id"] = trace.format_span_id(span_context.span_id)
+        getattr(self.logger, method)(dotted, **fields)
+
+
+def _field(key: Any) -> str:
+    key = str(key)
+    return f"{key}_" if key in _RESERVED else key
+
+
+def _is_duration(key: str, value: Any) -> bool:
+    return (
+        (key == "duration" or key.endswith(("_duration", "_time")))
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    )
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, str) and level.lower() in LEVELS:
+        return LEVELS[level.lower()]
+    if isinstance(level, int) and not isinstance(level, bool) and level in _METHODS:
+        return level
+    raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
+
+
+def _prefix(value: str | Iterable[str], what: str, allow_empty: bool = False) -> EventName:
+    if isinstance(value, str):
+        segments = value.split(".") if value else []
+    elif isinstance(value, Iterable):
+        segments = list(value)
+    else:
+        raise TypeError(f"{what} must be a dotted str or a tuple of str, got {value!r}")
+    if not segments and not allow_empty:
+        raise ValueError(f"{what} is empty: {value!r}")
+    for segment in segments:
+        if not isinstance(segment, str):
+            raise TypeError(f"{what} {value!r}: segment {segment!r} is not a str")
+        if not segment:
+            raise ValueError(f"{what} {value!r} has an empty segment")
+    return tuple(segments)

@@ -1,0 +1,880 @@
+"""Metrics from events: definitions in the style of Elixir's Telemetry.Metrics, reported via OTel.
+
+Libraries emit events once; the application chooses which metrics it wants from them::
+
+    from vsrtel.handlers import metrics as m
+
+    reporter = m.MetricsReporter([
+        m.counter("vsr.protocol.client_request.stop.count"),
+        m.distribution("vsr.protocol.client_request.stop.duration",
+                       unit=("native", "second"), tags=["operation"]),
+    ])
+    reporter.attach()
+
+A definition is pure data, validated when it is built. `MetricsReporter` turns definitions into
+OpenTelemetry instruments on a MeterProvider and attaches one handler per event name.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import itertools
+import logging
+import math
+import re
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+import vsrtel
+
+__all__ = [
+    "METER_NAME",
+    "OVERFLOW_ATTRIBUTE",
+    "Metric",
+    "MetricsReporter",
+    "bounded",
+    "buckets_for",
+    "counter",
+    "distribution",
+    "last_value",
+    "metric_views",
+    "normalize_reason",
+    "status_class",
+    "sum",
+    "summary",
+]
+
+_log = logging.getLogger("vsrtel")
+
+METER_NAME: Final = "vsrtel.handlers.metrics"
+"""Name of the OpenTelemetry meter (instrumentation scope) the reporter creates instruments on."""
+
+OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
+"""Tag carried by the one series that collects observations past a metric's `max_series` cap."""
+
+MetricType: TypeAlias = Literal["counter", "sum", "last_value", "summary", "distribution"]
+Measurements: TypeAlias = Mapping[str, Any]
+Metadata: TypeAlias = Mapping[str, Any]
+UnitSpec: TypeAlias = "str | tuple[str, str] | None"
+
+DEFAULT_MAX_SERIES: Final = 1000
+
+# OpenTelemetry's instrument-name syntax; checked here so a bad name fails at definition time.
+_OTEL_NAME = re.compile(r"[A-Za-z][-_./A-Za-z0-9]{0,254}\Z")
+
+
+# --------------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _UnitInfo:
+    dimension: str
+    scale: float  # size of one unit in the dimension's smallest unit (ns, byte)
+    otel: str  # UCUM code as OpenTelemetry (and its Prometheus exporter) expects
+
+
+_UNITS: Final[Mapping[str, _UnitInfo]] = {
+    "native": _UnitInfo("time", 1, "ns"),
+    "nanosecond": _UnitInfo("time", 1, "ns"),
+    "microsecond": _UnitInfo("time", 1e3, "us"),
+    "millisecond": _UnitInfo("time", 1e6, "ms"),
+    "second": _UnitInfo("time", 1e9, "s"),
+    "byte": _UnitInfo("bytes", 1, "By"),
+    "kilobyte": _UnitInfo("bytes", 1e3, "KBy"),
+    "megabyte": _UnitInfo("bytes", 1e6, "MBy"),
+    "1": _UnitInfo("dimensionless", 1, "1"),
+}
+
+# Default explicit bucket bounds per exported unit (OTel code); seconds mirror Prometheus' habits.
+_SECOND_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+_BYTE_BUCKETS: Final = tuple(float(64 * 4**i) for i in range(12))  # 64 B .. 256 MiB
+_OTEL_DEFAULT_BUCKETS: Final = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
+    7500.0, 10000.0,
+)
+
+
+def _scaled(bounds: Sequence[float], factor: float) -> tuple[float, ...]:
+    return tuple(float(f"{b * factor:.6g}") for b in bounds)
+
+
+_DEFAULT_BUCKETS: Final[Mapping[str, tuple[float, ...]]] = {
+    "s": _SECOND_BUCKETS,
+    "ms": _scaled(_SECOND_BUCKETS, 1e3),
+    "us": _scaled(_SECOND_BUCKETS, 1e6),
+    "ns": _scaled(_SECOND_BUCKETS, 1e9),
+    "By": _BYTE_BUCKETS,
+    "KBy": _scaled(_BYTE_BUCKETS, 1e-3),
+    "MBy": _scaled(_BYTE_BUCKETS, 1e-6),
+}
+
+
+@dataclass(frozen=True)
+class _Unit:
+    factor: float  # multiply the measurement by this
+    otel: str  # exported unit
+
+
+def _parse_unit(unit: object) -> _Unit:
+    """Resolve a unit option into a conversion factor and the exported OTel unit."""
+    if unit is None:
+        return _Unit(1, "")
+    if isinstance(unit, str):
+        info = _UNITS.get(unit)
+        if info is None:
+            raise ValueError(f"unknown unit {unit!r}; known units: {', '.join(_UNITS)}")
+        if unit == "native":
+            # Native time is nanoseconds; Prometheus and OTel want base units (seconds).
+            return _Unit(1e-9, "s")
+        return _Unit(1, info.otel)
+    if isinstance(unit, tuple) and len(unit) == 2:
+        src, dst = unit
+        src_info = _UNITS.get(src) if isinstance(src, str) else None
+        dst_info = _UNITS.get(dst) if isinstance(dst, str) and dst != "native" else None
+        if src_info is None:
+            raise ValueError(f"unknown unit {src!r} in conversion {unit!r}")
+        if dst_info is None:
+            raise ValueError(f"unknown target unit {dst!r} in conversion {unit!r}")
+        if src_info.dimension != dst_info.dimension:
+            raise ValueError(
+                f"cannot convert {src!r} ({src_info.dimension}) to {dst!r} ({dst_info.dimension})"
+            )
+        return _Unit(src_info.scale / dst_info.scale, dst_info.otel)
+    raise ValueError(
+        f"unit must be a unit name or a (from, to) pair, got {unit!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Definitions
+# --------------------------------------------------------------------------------------------
+
+_OPTIONS: Final[Mapping[str, frozenset[str]]] = {
+    "counter": frozenset({"max_series"}),
+    "sum": frozenset({"max_series", "monotonic"}),
+    "last_value": frozenset({"max_series"}),
+    "distribution": frozenset({"max_series", "buckets"}),
+    "summary": frozenset({"max_series", "max_size", "max_scale"}),
+}
+
+_KIND_TEXT: Final[Mapping[str, str]] = {
+    "counter": "Number of",
+    "sum": "Sum of",
+    "last_value": "Last value of",
+    "distribution": "Distribution of",
+    "summary": "Summary of",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Metric:
+    """One metric definition; build it with `counter`, `sum`, `last_value`, `summary`, ...
+
+    Attributes are normalised: `name` is the dotted metric (and OTel instrument) name,
+    `event_name` the event tuple it listens to, `measurement` the key or callable as given,
+    `tags` a tuple of metadata keys or a callable, `unit` the unit option as given and
+    `export_unit` the OTel unit the values are exported in.
+    """
+
+    type: MetricType
+    name: str
+    event_name: tuple[str, ...]
+    measurement: str | Callable[..., Any]
+    tags: tuple[str, ...] | Callable[[Metadata], Mapping[str, Any]]
+    tag_values: Callable[[Metadata], Metadata] | None
+    keep: Callable[..., bool] | None
+    drop: Callable[..., bool] | None
+    unit: UnitSpec
+    export_unit: str
+    factor: float
+    description: str
+    reporter_options: Mapping[str, Any]
+    max_series: int
+    # Normalised callables used by the reporter (two-argument forms).
+    _measure: Callable[[Measurements, Metadata], Any] | None = field(repr=False)
+    _filter: Callable[[Metadata, Measurements], bool] | None = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"<vsrtel metric {self.type} {self.name!r} on {'.'.join(self.event_name)}>"
+
+
+def _split_name(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{what} must not be empty")
+        parts = tuple(value.split("."))
+    elif isinstance(value, (tuple, list)):
+        parts = tuple(value)
+        if not parts:
+            raise ValueError(f"{what} must not be empty")
+    else:
+        raise TypeError(f"{what} must be a dotted string or a tuple of strings, got {value!r}")
+    for part in parts:
+        if not isinstance(part, str):
+            raise TypeError(f"{what} {value!r}: segment {part!r} is not a string")
+        if not part:
+            raise ValueError(f"{what} {value!r} has an empty segment")
+    return parts
+
+
+def _arity(fn: Callable[..., Any], choices: tuple[int, ...], what: str) -> int:
+    """How many positional arguments to pass to `fn`: the largest of `choices` it accepts."""
+    if not callable(fn):
+        raise TypeError(f"{what} must be callable, got {fn!r}")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no signature: assume the simple form
+        return choices[0]
+    positional = [
+        p for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = len([p for p in positional if p.default is inspect.Parameter.empty])
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
+    for n in sorted(choices, reverse=True):
+        if required <= n and (variadic or n <= len(positional)):
+            return n
+    raise ValueError(
+        f"{what} {fn!r} must take {' or '.join(map(str, choices))} positional argument(s)"
+    )
+
+
+def _measure_fn(
+    measurement: str | Callable[..., Any],
+) -> Callable[[Measurements, Metadata], Any] | None:
+    if isinstance(measurement, str):
+        if not measurement:
+            raise ValueError("measurement key must not be empty")
+        return None
+    if _arity(measurement, (1, 2), "measurement") == 1:
+        fn1 = measurement
+        return lambda measurements, metadata: fn1(measurements)
+    return measurement
+
+
+def _filter_fn(
+    keep: Callable[..., bool] | None, drop: Callable[..., bool] | None
+) -> Callable[[Metadata, Measurements], bool] | None:
+    if keep is not None and drop is not None:
+        raise ValueError("give either keep or drop, not both")
+    pred = keep if keep is not None else drop
+    if pred is None:
+        return None
+    what = "keep" if keep is not None else "drop"
+    two = _arity(pred, (1, 2), what) == 2
+    if keep is not None:
+        if two:
+            return lambda md, ms: bool(pred(md, ms))
+        return lambda md, ms: bool(pred(md))
+    if two:
+        return lambda md, ms: not pred(md, ms)
+    return lambda md, ms: not pred(md)
+
+
+def _check_options(kind: MetricType, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(options or {})
+    allowed = _OPTIONS[kind]
+    for key in opts:
+        if key not in allowed:
+            raise ValueError(
+                f"reporter option {key!r} does not apply to {kind}; allowed: {sorted(allowed)}"
+            )
+    if "max_series" in opts:
+        n = opts["max_series"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"max_series must be a positive integer, got {n!r}")
+    if "monotonic" in opts and not isinstance(opts["monotonic"], bool):
+        raise ValueError(f"monotonic must be True or False, got {opts['monotonic']!r}")
+    if "buckets" in opts:
+        buckets = opts["buckets"]
+        if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Iterable):
+            raise ValueError(f"buckets must be a sequence of numbers, got {buckets!r}")
+        bounds = tuple(buckets)
+        if not bounds or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+            for b in bounds
+        ):
+            raise ValueError(f"buckets must be a non-empty sequence of finite numbers: {buckets!r}")
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"buckets must be strictly increasing: {buckets!r}")
+        opts["buckets"] = tuple(float(b) for b in bounds)
+    if "max_size" in opts:
+        n = opts["max_size"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+            raise ValueError(f"max_size must be an integer >= 2, got {n!r}")
+    if "max_scale" in opts:
+        n = opts["max_scale"]
+        if isinstance(n, bool) or not isinstance(n, int) or not -10 <= n <= 20:
+            raise ValueError(f"max_scale must be an integer in [-10, 20], got {n!r}")
+    return opts
+
+
+def _define(
+    kind: MetricType,
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None,
+    measurement: str | Callable[..., Any] | None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]],
+    tag_values: Callable[[Metadata], Metadata] | None,
+    keep: Callable[..., bool] | None,
+    drop: Callable[..., bool] | None,
+    unit: UnitSpec,
+    description: str | None,
+    reporter_options: Mapping[str, Any] | None,
+) -> Metric:
+    parts = _split_name(name, "metric name")
+    if event_name is None:
+        if len(parts) < 2:
+            raise ValueError(
+                f"metric name {name!r} has one segment: it needs event segments before the "
+                "measurement, or an explicit event_name"
+            )
+        event = parts[:-1]
+    else:
+        event = _split_name(event_name, "event_name")
+    dotted = ".".join(parts)
+    if not _OTEL_NAME.match(dotted):
+        raise ValueError(
+            f"metric name {dotted!r} is not a valid OpenTelemetry instrument name "
+            "(a letter, then up to 254 of letters, digits, '_', '.', '-', '/')"
+        )
+    if measurement is None:
+        measurement = parts[-1]
+    measure = _measure_fn(measurement)
+
+    tag_spec: tuple[str, ...] | Callable[[Metadata], Mapping[str, Any]]
+    if callable(tags):
+        _arity(tags, (1,), "tags")
+        tag_spec = tags
+    elif isinstance(tags, (str, bytes)) or not isinstance(tags, Iterable):
+        raise TypeError(f"tags must be a list of metadata keys or a callable, got {tags!r}")
+    else:
+        tag_spec = tuple(tags)
+        for key in tag_spec:
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"tag {key!r} must be a non-empty string")
+        if len(set(tag_spec)) != len(tag_spec):
+            raise ValueError(f"duplicate tag in {list(tag_spec)!r}")
+    if tag_values is not None:
+        _arity(tag_values, (1,), "tag_values")
+
+    filt = _filter_fn(keep, drop)
+    converted = _parse_unit(unit)
+    opts = _check_options(kind, reporter_options)
+    if description is None:
+        what = "events" if kind == "counter" else f"measurement {parts[-1]!r} of events"
+        if kind != "counter" and not isinstance(measurement, str):
+            what = "a computed measurement of events"
+        description = f"{_KIND_TEXT[kind]} {what} {'.'.join(event)}"
+    elif not isinstance(description, str):
+        raise TypeError(f"description must be a string, got {description!r}")
+
+    return Metric(
+        type=kind,
+        name=dotted,
+        event_name=event,
+        measurement=measurement,
+        tags=tag_spec,
+        tag_values=tag_values,
+        keep=keep,
+        drop=drop,
+        unit=unit,
+        export_unit="{event}" if kind == "counter" else converted.otel,
+        factor=1 if kind == "counter" else converted.factor,
+        description=description,
+        reporter_options=opts,
+        max_series=opts.get("max_series", DEFAULT_MAX_SERIES),
+        _measure=measure,
+        _filter=filt,
+    )
+
+
+def counter(
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None = None,
+    measurement: str | Callable[..., Any] | None = None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]] = (),
+    tag_values: Callable[[Metadata], Metadata] | None = None,
+    keep: Callable[..., bool] | None = None,
+    drop: Callable[..., bool] | None = None,
+    unit: UnitSpec = None,
+    description: str | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """Count events (the measurement's value is ignored; it need not even be present).
+
+    `name` is a dotted string or tuple: its last segment names the measurement and the rest is
+    the event name, unless `event_name` overrides it. Options:
+
+    - `measurement`: a measurement key, or a callable of `(measurements)` or
+      `(measurements, metadata)` returning the value.
+    - `tags`: metadata keys to tag observations with, or a callable of metadata returning the
+      tag mapping; `tag_values`: a callable applied to metadata before tags are taken.
+    - `keep` / `drop`: a predicate of `(metadata)` or `(metadata, measurements)` choosing which
+      events count (not both).
+    - `unit`: a unit name (`"native"` = nanoseconds, exported in seconds; `"second"`,
+      `"millisecond"`, `"microsecond"`, `"nanosecond"`, `"byte"`, `"kilobyte"`, `"megabyte"`,
+      `"1"`) or a conversion pair such as `("native", "second")` or `("byte", "kilobyte")`.
+    - `description`: help text (a default is derived from the definition).
+    - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000), and per
+      type `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
+
+    Raises ValueError or TypeError naming the bad option at once.
+    """
+    return _define(
+        "counter", name, event_name=event_name, measurement=measurement, tags=tags,
+        tag_values=tag_values, keep=keep, drop=drop, unit=unit, description=description,
+        reporter_options=reporter_options,
+    )
+
+
+def sum(  # Telemetry.Metrics' name; this module is meant to be used qualified (m.sum)
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None = None,
+    measurement: str | Callable[..., Any] | None = None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]] = (),
+    tag_values: Callable[[Metadata], Metadata] | None = None,
+    keep: Callable[..., bool] | None = None,
+    drop: Callable[..., bool] | None = None,
+    unit: UnitSpec = None,
+    description: str | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """Add up a measurement (an OTel Counter; `reporter_options={"monotonic": False}` gives an
+    UpDownCounter that accepts negative values). Options as for `counter`."""
+    return _define(
+        "sum", name, event_name=event_name, measurement=measurement, tags=tags,
+        tag_values=tag_values, keep=keep, drop=drop, unit=unit, description=description,
+        reporter_options=reporter_options,
+    )
+
+
+def last_value(
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None = None,
+    measurement: str | Callable[..., Any] | None = None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]] = (),
+    tag_values: Callable[[Metadata], Metadata] | None = None,
+    keep: Callable[..., bool] | None = None,
+    drop: Callable[..., bool] | None = None,
+    unit: UnitSpec = None,
+    description: str | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """Keep the most recent value of a measurement (an OTel synchronous Gauge). Options as for
+    `counter`."""
+    return _define(
+        "last_value", name, event_name=event_name, measurement=measurement, tags=tags,
+        tag_values=tag_values, keep=keep, drop=drop, unit=unit, description=description,
+        reporter_options=reporter_options,
+    )
+
+
+def summary(
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None = None,
+    measurement: str | Callable[..., Any] | None = None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]] = (),
+    tag_values: Callable[[Metadata], Metadata] | None = None,
+    keep: Callable[..., bool] | None = None,
+    drop: Callable[..., bool] | None = None,
+    unit: UnitSpec = None,
+    description: str | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """Summarise a measurement's distribution without choosing buckets (an OTel Histogram).
+
+    OpenTelemetry fixes aggregations when a MeterProvider is built: pass `metric_views(...)` to
+    the provider to get exponential-bucket aggregation (`max_size` / `max_scale` options). Without
+    those views, and on Prometheus (whose text format cannot carry exponential histograms), a
+    summary is an explicit-bucket histogram with the unit's default buckets. Options as for
+    `counter`.
+    """
+    return _define(
+        "summary", name, event_name=event_name, measurement=measurement, tags=tags,
+        tag_values=tag_values, keep=keep, drop=drop, unit=unit, description=description,
+        reporter_options=reporter_options,
+    )
+
+
+def distribution(
+    name: str | Sequence[str],
+    *,
+    event_name: str | Sequence[str] | None = None,
+    measurement: str | Callable[..., Any] | None = None,
+    tags: Sequence[str] | Callable[[Metadata], Mapping[str, Any]] = (),
+    tag_values: Callable[[Metadata], Metadata] | None = None,
+    keep: Callable[..., bool] | None = None,
+    drop: Callable[..., bool] | None = None,
+    unit: UnitSpec = None,
+    description: str | None = None,
+    reporter_options: Mapping[str, Any] | None = None,
+) -> Metric:
+    """Bucket a measurement (an OTel Histogram with explicit bounds).
+
+    `reporter_options={"buckets": [...]}` sets the bounds (in the exported unit); the default
+    depends on the unit (seconds: 0.5 ms .. 10 s; bytes: 64 B .. 256 MiB; none: OTel's
+    default). Options as for `counter`.
+    """
+    return _define(
+        "distribution", name, event_name=event_name, measurement=measurement, tags=tags,
+        tag_values=tag_values, keep=keep, drop=drop, unit=unit, description=description,
+        reporter_options=reporter_options,
+    )
+
+
+def buckets_for(metric: Metric) -> tuple[float, ...]:
+    """The explicit bucket bounds a distribution (or non-exponential summary) is recorded with."""
+    explicit = metric.reporter_options.get("buckets")
+    if explicit is not None:
+        return tuple(explicit)
+    return _DEFAULT_BUCKETS.get(metric.export_unit, _OTEL_DEFAULT_BUCKETS)
+
+
+def metric_views(metrics: Iterable[Metric]) -> list[View]:
+    """OpenTelemetry Views giving each `summary` in `metrics` exponential-bucket aggregation.
+
+    Pass them when building the MeterProvider that a `MetricsReporter` reports to, e.g.
+    `MeterProvider(metric_readers=[...], views=metric_views(defs))`. Do not use them with the
+    Prometheus reader: its text exposition cannot carry exponential histograms and drops them.
+    """
+    views = []
+    for metric in metrics:
+        if metric.type != "summary":
+            continue
+        opts = metric.reporter_options
+        views.append(
+            View(
+                instrument_type=SdkHistogram,
+                instrument_name=metric.name,
+                meter_name=METER_NAME,
+                aggregation=ExponentialBucketHistogramAggregation(
+                    max_size=opts.get("max_size", 160), max_scale=opts.get("max_scale", 20)
+                ),
+            )
+        )
+    return views
+
+
+# --------------------------------------------------------------------------------------------
+# Tag normalisers
+# --------------------------------------------------------------------------------------------
+
+def normalize_reason(reason: object) -> str:
+    """Turn a failure reason into a bounded tag value.
+
+    A string stays as it is; an enum member becomes its name; an exception (instance or class)
+    becomes its class name; a `(tag, detail)` tuple becomes `tag` (normalised the same way);
+    anything else becomes `"other"`.
+    """
+    if isinstance(reason, str):
+        return reason
+    if isinstance(reason, enum.Enum):
+        return reason.name
+    if isinstance(reason, BaseException):
+        return type(reason).__name__
+    if isinstance(reason, type) and issubclass(reason, BaseException):
+        return reason.__name__
+    if isinstance(reason, tuple) and len(reason) == 2 and isinstance(reason[0], (str, enum.Enum)):
+        return normalize_reason(reason[0])
+    return "other"
+
+
+def status_class(code: object) -> str:
+    """Map an HTTP status code (int or digit string) to `"1xx"` .. `"5xx"`; else `"other"`."""
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+        return f"{code // 100}xx"
+    return "other"
+
+
+def bounded(values: Collection[Any], other: str = "other") -> Callable[[Any], Any]:
+    """Return a normaliser keeping a value found in `values` and mapping anything else to `other`.
+
+    `bounded({"read", "write"})("delete") == "other"`: it keeps a label's cardinality fixed.
+    """
+    allowed = frozenset(values)
+
+    def normalise(value: Any) -> Any:
+        try:
+            return value if value in allowed else other
+        except TypeError:  # unhashable
+            return other
+
+    return normalise
+
+
+# --------------------------------------------------------------------------------------------
+# Reporter
+# --------------------------------------------------------------------------------------------
+
+_MISSING: Final = object()
+_OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
+
+
+def _attr(value: Any) -> Any:
+    # OTel accepts str/bool/int/float attribute values; everything else becomes its str().
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if value is None:
+        return ""
+    return str(value)
+
+
+class _State:
+    """Per-metric mutable state: known series and skip counts."""
+
+    __slots__ = ("failed", "lock", "metric", "series", "skipped", "warned")
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.series: dict[Any, Mapping[str, Any]] = {}
+        self.skipped = 0
+        self.warned = False
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def skip(self, why: str, *args: Any) -> None:
+        with self.lock:
+            self.skipped += 1
+        _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
+
+    def new_series(self, key: Any, tags: Mapping[str, Any]) -> Mapping[str, Any]:
+        attrs = {k: _attr(v) for k, v in tags.items()}
+        with self.lock:
+            known = self.series.get(key)
+            if known is not None:
+                return known
+            if len(self.series) >= self.metric.max_series:
+                if not self.warned:
+                    self.warned = True
+                    _log.warning(
+                        "metric %s reached %d distinct tag sets; further new tag sets are "
+                        "recorded in one series tagged %s=\"true\"",
+                        self.metric.name, self.metric.max_series, OVERFLOW_ATTRIBUTE,
+                    )
+                return _OVERFLOW_ATTRS
+            self.series[key] = attrs
+            return attrs
+
+
+def _recorder(
+    metric: Metric, update: Callable[[Any, Mapping[str, Any]], None], state: _State
+) -> Callable[[Measurements, Metadata], None]:
+    """Build the per-event closure for one metric, specialised on its options."""
+    is_counter = metric.type == "counter"
+    key = metric.measurement if isinstance(metric.measurement, str) else None
+    measure = metric._measure
+    filt = metric._filter
+    tag_values = metric.tag_values
+    factor = metric.factor
+    scale = factor != 1
+    no_negative = metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    tag_fn = metric.tags if callable(metric.tags) else None
+    tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
+    getter = itemgetter(*tag_keys) if tag_keys else None
+    series = state.series
+    empty: Mapping[str, Any] = {}
+
+    def record(measurements: Measurements, metadata: Metadata) -> None:
+        try:
+            if filt is not None and not filt(metadata, measurements):
+                return
+            if is_counter:
+                value: Any = 1
+            else:
+                if key is not None:
+                    value = measurements.get(key, _MISSING)
+                    if value is _MISSING:
+                        state.skip("measurement %r missing", key)
+                        return
+                else:
+                    assert measure is not None
+                    value = measure(measurements, metadata)
+                if not isinstance(value, (int, float)) or value != value:  # NaN too
+                    state.skip("measurement value %r is not a number", value)
+                    return
+                if scale:
+                    value = value * factor
+                if no_negative and value < 0:
+                    state.skip("negative value %r for a monotonic sum", value)
+                    return
+            md = metadata if tag_values is None else tag_values(metadata)
+            if getter is not None:
+                try:
+                    tag_key = getter(md)
+                except KeyError as exc:
+                    state.skip("tag %s missing from metadata", exc)
+                    return
+                try:
+                    attrs = series.get(tag_key)
+                except TypeError:  # an unhashable tag value: key by its text form
+                    tag_key = tuple(map(_attr, tag_key)) if len(tag_keys) > 1 else _attr(tag_key)
+                    attrs = series.get(tag_key)
+                if attrs is None:
+                    values = tag_key if len(tag_keys) > 1 else (tag_key,)
+                    attrs = state.new_series(tag_key, dict(zip(tag_keys, values, strict=True)))
+            elif tag_fn is not None:
+                tags = tag_fn(md)
+                try:
+                    tag_key = frozenset(tags.items())
+                    attrs = series.get(tag_key)
+                except TypeError:
+                    tag_key = frozenset((k, _attr(v)) for k, v in tags.items())
+                    attrs = series.get(tag_key)
+                if attrs is None:
+                    attrs = state.new_series(tag_key, tags)
+            else:
+                attrs = empty
+            update(value, attrs)
+        except Exception:
+            # A faulty user callable must not detach the whole reporter: count and report it,
+            # at ERROR the first time only so a hot event cannot flood the log.
+            with state.lock:
+                state.skipped += 1
+                first, state.failed = not state.failed, True
+            _log.log(
+                logging.ERROR if first else logging.DEBUG,
+                "metric %s: failed to record an event; skipped (further failures log at DEBUG)",
+                metric.name,
+                exc_info=True,
+            )
+
+    return record
+
+
+def _dispatch(
+    event_name: tuple[str, ...],
+    measurements: Measurements,
+    metadata: Metadata,
+    config: tuple[Callable[[Measurements, Metadata], None], ...],
+) -> None:
+    for record in config:
+        record(measurements, metadata)
+
+
+class MetricsReporter:
+    """Report metric definitions to OpenTelemetry instruments from the events they name.
+
+    `meter_provider` defaults to OpenTelemetry's global one; `registry` to vsrtel's default
+    registry. Instruments are created at construction; `attach()` attaches one handler per event
+    name (all metrics of that event share it) and `detach()` removes them. Also a context
+    manager. Two metrics with the same name raise ValueError.
+
+    Events lacking a measurement or tag are skipped (debug log) and counted in `skipped`; a
+    user callable that raises is logged and counted too. Neither ever detaches the reporter.
+    """
+
+    def __init__(
+        self,
+        metrics: Iterable[Metric],
+        *,
+        meter_provider: otel_metrics.MeterProvider | None = None,
+        registry: vsrtel.Registry | None = None,
+    ) -> None:
+        self.metrics: tuple[Metric, ...] = tuple(metrics)
+        names: set[str] = set()
+        for metric in self.metrics:
+            if not isinstance(metric, Metric):
+                raise TypeError(f"expected a metric definition, got {metric!r}")
+            if metric.name in names:
+                raise ValueError(f"two metrics are named {metric.name!r}")
+            names.add(metric.name)
+        provider = meter_provider or otel_metrics.get_meter_provider()
+        meter = provider.get_meter(METER_NAME)
+        self._registry = registry if registry is not None else vsrtel.default_registry
+        self._states = [_State(m) for m in self.metrics]
+        by_event: dict[tuple[str, ...], list[Callable[[Measurements, Metadata], None]]] = {}
+        for metric, state in zip(self.metrics, self._states, strict=True):
+            update = _instrument(meter, metric)
+            by_event.setdefault(metric.event_name, []).append(_recorder(metric, update, state))
+        self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
+        self._id = f"vsrtel.handlers.metrics/{uuid.uuid4().hex[:12]}"
+        self._attached: list[str] = []
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Per metric name, how many events were skipped (missing data or a failing callable)."""
+        return {s.metric.name: s.skipped for s in self._states}
+
+    @property
+    def attached(self) -> bool:
+        """Whether the reporter's handlers are attached."""
+        return bool(self._attached)
+
+    def series_count(self, name: str) -> int:
+        """Distinct tag sets recorded so far for metric `name` (the overflow series excluded)."""
+        for state in self._states:
+            if state.metric.name == name:
+                return len(state.series)
+        raise KeyError(name)
+
+    def attach(self) -> MetricsReporter:
+        """Attach one handler per event name; raises RuntimeError if already attached."""
+        if self._attached:
+            raise RuntimeError("this MetricsReporter is already attached")
+        try:
+            for event, records in self._handlers.items():
+                handler_id = f"{self._id}/{'.'.join(event)}"
+                self._registry.attach(handler_id, event, _dispatch, records)
+                self._attached.append(handler_id)
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        """Detach every handler this reporter attached (no-op when not attached)."""
+        while self._attached:
+            self._registry.detach(self._attached.pop())
+
+    def __enter__(self) -> MetricsReporter:
+        return self.attach()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+
+def _instrument(
+    meter: otel_metrics.Meter, metric: Metric
+) -> Callable[[Any, Mapping[str, Any]], None]:
+    """Create the OTel instrument for `metric` and return its bound update method."""
+    name, unit, desc = metric.name, metric.export_unit, metric.description
+    if metric.type == "counter":
+        return meter.create_counter(name, unit=unit, description=desc).add
+    if metric.type == "sum":
+        if metric.reporter_options.get("monotonic", True):
+            return meter.create_counter(name, unit=unit, description=desc).add
+        return meter.create_up_down_counter(name, unit=unit, description=desc).add
+    if metric.type == "last_value":
+        return meter.create_gauge(name, unit=unit, description=desc).set
+    return meter.create_histogram(
+        name,
+        unit=unit,
+        description=desc,
+        explicit_bucket_boundaries_advisory=buckets_for(metric),
+    ).record

@@ -1,0 +1,193 @@
+"""A Prometheus scrape endpoint for vsrtel metrics, built on OpenTelemetry's Prometheus exporter.
+
+    from vsrtel.handlers import metrics as m
+    from vsrtel.handlers.prometheus import serve_metrics
+
+    server = serve_metrics(port=9464)
+    m.MetricsReporter(defs, meter_provider=server.meter_provider).attach()
+    # Prometheus scrapes server.url; server.close() when done.
+
+The exposition format (Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it) is
+produced by prometheus_client from a private CollectorRegistry; nothing here formats metrics.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+__all__ = ["MetricsServer", "prometheus_reader", "serve_metrics", "serve_registry"]
+
+_StartResponse = Callable[..., Any]
+_Environ = dict[str, Any]
+
+
+def prometheus_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
+    """Build OpenTelemetry's Prometheus reader on a new private prometheus_client registry.
+
+    Give the reader to a `MeterProvider(metric_readers=[reader, ...])` (readers cannot be added
+    to an existing provider) and serve the registry with `serve_registry`. A private registry
+    keeps prometheus_client's process-wide default registry (and its process/GC collectors) out
+    of the scrape, and lets several providers coexist in one process.
+    """
+    registry = CollectorRegistry()
+    return PrometheusMetricReader(registry=registry), registry
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request handler that keeps scrapes out of stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        if path == "/health" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"OK"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: try /metrics or /health\n"]
+
+    return app
+
+
+class _ThreadingServerV6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """A running scrape endpoint: `url` (of /metrics), `host`, `port`, `registry`,
+    `meter_provider` (None if the server was given a registry only) and `close()`.
+    Also a context manager."""
+
+    def __init__(
+        self,
+        httpd: WSGIServer,
+        registry: CollectorRegistry,
+        meter_provider: MeterProvider | None,
+        owns_provider: bool,
+    ) -> None:
+        self._httpd = httpd
+        self.registry = registry
+        self.meter_provider = meter_provider
+        self._owns_provider = owns_provider
+        self.host: str = httpd.server_address[0]  # type: ignore[assignment]
+        self.port: int = httpd.server_address[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"http://{host}:{self.port}"
+        self.url = f"{self.base_url}/metrics"
+        self._closed = False
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, name=f"vsrtel-metrics-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving, release the port, and shut down the meter provider if it owns it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+        if self._owns_provider and self.meter_provider is not None:
+            self.meter_provider.shutdown()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "serving"
+        return f"<MetricsServer {state} {self.url}>"
+
+
+def _check_port(port: object) -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+    return port
+
+
+def serve_registry(
+    registry: CollectorRegistry,
+    port: int = 9464,
+    host: str = "127.0.0.1",
+    *,
+    meter_provider: MeterProvider | None = None,
+) -> MetricsServer:
+    """Serve `registry` on `GET /metrics` and `GET /health` from a daemon thread.
+
+    For wiring the reader of `prometheus_reader()` into a provider built elsewhere; the server
+    does not shut down `meter_provider` (it only exposes it as `server.meter_provider`).
+    `port=0` picks a free port; a port in use raises OSError naming host and port.
+    """
+    return _serve(registry, _check_port(port), host, meter_provider, owns_provider=False)
+
+
+def _serve(
+    registry: CollectorRegistry,
+    port: int,
+    host: str,
+    meter_provider: MeterProvider | None,
+    owns_provider: bool,
+) -> MetricsServer:
+    server_class = _ThreadingServerV6 if ":" in host else ThreadingWSGIServer
+    try:
+        httpd = make_server(host, port, _app(registry), server_class, handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                exc.errno, f"cannot serve metrics on {host}:{port}: port {port} is already in use"
+            ) from exc
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    return MetricsServer(httpd, registry, meter_provider, owns_provider)
+
+
+def serve_metrics(
+    port: int = 9464,
+    host: str = "127.0.0.1",
+    *,
+    resource: Resource | None = None,
+) -> MetricsServer:
+    """Start a Prometheus scrape endpoint with its own OpenTelemetry MeterProvider.
+
+    Serves `GET /metrics` (Prometheus text 0.0.4, or OpenMetrics when the Accept header asks for
+    it) and `GET /health` (200 `OK`). Pass `server.meter_provider` to
+    `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
+    the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
+    `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
+    resource shown in `target_info`. Call `server.close()` (or use `with`) to stop it.
+    """
+    port = _check_port(port)
+    reader, registry = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader], resource=resource)
+    try:
+        return _serve(registry, port, host, provider, owns_provider=True)
+    except BaseException:
+        provider.shutdown()
+        raise

@@ -1,0 +1,326 @@
+"""OpenTelemetry setup that follows the ``OTEL_*`` environment conventions.
+
+`configure` builds a `TracerProvider` and a `MeterProvider` for vsrtel's handlers. Exporters are
+chosen from the standard environment variables, so the same program runs silently on a laptop
+and ships telemetry in production:
+
+- ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the resource (service name defaults to
+  ``"vsrtel"``).
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (both signals), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+  ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``: add the OTLP/HTTP exporters (extra ``vsrtel[otlp]``);
+  headers, timeout, compression and certificates come from the matching ``OTEL_EXPORTER_OTLP_*``
+  variables, read by the exporter itself.
+- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``none`` turns a signal's exporters off,
+  ``otlp`` turns OTLP on without an endpoint variable (default ``http://localhost:4318``),
+  ``console`` prints to stdout.
+- ``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED``
+  and ``OTEL_PROPAGATORS`` are honoured by the SDK components themselves.
+
+Spans are exported by a `BatchSpanProcessor` and metrics by a `PeriodicExportingMetricReader`:
+both run on their own threads, so an exporter that is slow or unreachable never delays
+`vsrtel.execute`; its failures are logged by the exporter and bounded by its timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+if TYPE_CHECKING:
+    from vsrtel.handlers.prometheus import MetricsServer
+
+__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure"]
+
+DEFAULT_SERVICE_NAME = "vsrtel"
+
+_log = logging.getLogger("vsrtel")
+
+# After the shutdown deadline, exporters are told to stop retrying; this is how long the
+# providers then get to notice before `shutdown` gives up on them.
+_ABORT_GRACE_SECONDS = 1.0
+
+
+class _Exporter(Protocol):
+    def shutdown(self) -> Any: ...
+
+
+class OTel:
+    """The providers built by `configure`, and how to flush and stop them.
+
+    ``tracer_provider`` and ``meter_provider`` are the SDK providers; pass them to the handlers
+    (``attach_tracer(..., tracer_provider=otel.tracer_provider)``). ``metrics_server`` is the
+    Prometheus endpoint when ``configure(prometheus_port=...)`` started one, else None.
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        exporters: Iterable[_Exporter] = (),
+        metrics_server: MetricsServer | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.metrics_server = metrics_server
+        self._exporters = tuple(exporters)
+        self._lock = threading.Lock()
+        self._stopped = False
+        atexit.register(self.shutdown)
+
+    def __repr__(self) -> str:
+        name = self.tracer_provider.resource.attributes.get(SERVICE_NAME)
+        return f"<vsrtel.otel.OTel service_name={name!r} exporters={len(self._exporters)}>"
+
+    def force_flush(self, timeout_millis: int = 5000) -> bool:
+        """Export everything buffered so far; return False if it did not finish in time."""
+        return _run_bounded(
+            lambda: self.tracer_provider.force_flush(timeout_millis)
+            and self.meter_provider.force_flush(timeout_millis),
+            timeout_millis,
+        )
+
+    def shutdown(self, timeout_millis: int = 5000) -> bool:
+        """Flush and stop both providers within ``timeout_millis``; later calls do nothing.
+
+        Returns True when everything was flushed. When an exporter is still busy at the deadline
+        (an unreachable endpoint being retried), its retries are cut short, a warning is logged
+        to the ``"vsrtel"`` logger, the unexported telemetry is dropped and False is returned.
+        Never raises. Also called at interpreter exit.
+        """
+        with self._lock:
+            if self._stopped:
+                return True
+            self._stopped = True
+        atexit.unregister(self.shutdown)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+
+        def stop() -> bool:
+            ok = True
+            for name, provider_shutdown in (
+                ("tracer provider", self.tracer_provider.shutdown),
+                ("meter provider", lambda: self.meter_provider.shutdown(timeout_millis)),
+            ):
+                try:
+                    provider_shutdown()
+                except Exception:
+                    _log.exception("vsrtel.otel: %s shutdown failed", name)
+                    ok = False
+            return ok
+
+        done = _run_bounded(stop, timeout_millis, wait_after_timeout=self._abort_exporters)
+        if not done:
+            _log.warning(
+                "vsrtel.otel: shutdown did not finish within %d ms; unexported telemetry dropped",
+                timeout_millis,
+            )
+        return done
+
+    def _abort_exporters(self) -> None:
+        for exporter in self._exporters:
+            try:
+                exporter.shutdown()
+            except Exception:
+                _log.exception("vsrtel.otel: exporter %r failed to shut down", exporter)
+
+
+def _run_bounded(
+    function: Any,
+    timeout_millis: int,
+    wait_after_timeout: Any = None,
+) -> bool:
+    # SDK shutdown/flush may block for the exporter's whole retry budget: run it on a helper
+    # thread so the caller waits at most timeout_millis (plus a grace period after aborting).
+    result: list[bool] = []
+
+    def run() -> None:
+        try:
+            result.append(bool(function()))
+        except Exception:
+            _log.exception("vsrtel.otel: flush failed")
+            result.append(False)
+
+    worker = threading.Thread(target=run, name="vsrtel-otel-flush", daemon=True)
+    worker.start()
+    worker.join(max(timeout_millis, 0) / 1000)
+    if not worker.is_alive():
+        return all(result)
+    if wait_after_timeout is not None:
+        wait_after_timeout()
+        worker.join(_ABORT_GRACE_SECONDS)
+    return False
+
+
+def configure(
+    service_name: str | None = None,
+    *,
+    console: bool | TextIO = False,
+    set_global: bool = False,
+    resource_attributes: Mapping[str, Any] | None = None,
+    span_processors: Iterable[SpanProcessor] = (),
+    metric_readers: Iterable[MetricReader] = (),
+    prometheus_port: int | None = None,
+    prometheus_host: str = "127.0.0.1",
+) -> OTel:
+    """Build tracer and meter providers with exporters chosen from the ``OTEL_*`` variables.
+
+    ``service_name`` wins over ``OTEL_SERVICE_NAME``, which wins over ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``; the default is ``"vsrtel"``. ``resource_attributes`` are added
+    to the resource (over the environment's). ``console=True`` (or a text stream) also prints
+    spans and metrics there. ``span_processors`` and ``metric_readers`` are added as given
+    (tests pass an in-memory exporter or reader here). With nothing configured there is no
+    exporter, no thread and no network traffic.
+
+    ``prometheus_port`` (extra ``vsrtel[prometheus]``) also serves the meter provider's metrics
+    at ``http://{prometheus_host}:{port}/metrics`` (``0`` picks a free port; loopback unless
+    told otherwise); see ``.metrics_server``.
+
+    Global providers are installed only with ``set_global=True`` (OpenTelemetry allows that
+    once per process); otherwise pass the providers to the handlers. Call ``.shutdown()`` to
+    flush (it also runs at exit). Raises `TypeError`/`ValueError` for a bad ``service_name``.
+    """
+    if service_name is not None and not isinstance(service_name, str):
+        raise TypeError(f"service_name must be a str or None, got {service_name!r}")
+    if service_name == "":
+        raise ValueError("service_name must not be empty")
+    out = _console_stream(console)
+    resource = _resource(service_name, resource_attributes)
+    exporters: list[_Exporter] = []
+
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
+    for span_exporter in _span_exporters(out):
+        exporters.append(span_exporter)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+
+    readers = _metric_readers(metric_readers, out, exporters)
+    scrape = None  # (port, prometheus_client registry) when Prometheus is asked for
+    if prometheus_port is not None:
+        from vsrtel.handlers.prometheus import prometheus_reader
+
+        reader, prometheus_registry = prometheus_reader()
+        readers.append(reader)
+        scrape = (prometheus_port, prometheus_registry)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
+    )
+
+    server = None
+    if scrape is not None:
+        from vsrtel.handlers.prometheus import serve_registry
+
+        port, prometheus_registry = scrape
+        try:
+            server = serve_registry(
+                prometheus_registry, port, prometheus_host, meter_provider=meter_provider
+            )
+        except BaseException:
+            meter_provider.shutdown()
+            tracer_provider.shutdown()
+            raise
+
+    if set_global:
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(meter_provider)
+    return OTel(tracer_provider, meter_provider, exporters, server)
+
+
+def _console_stream(console: bool | TextIO) -> TextIO | None:
+    if console is True:
+        return sys.stdout
+    if console is False:
+        return None
+    if callable(getattr(console, "write", None)):
+        return console
+    raise TypeError(f"console must be a bool or a text stream, got {console!r}")
+
+
+def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) -> Resource:
+    extra: dict[str, Any] = dict(attributes or {})
+    if service_name is not None:
+        extra[SERVICE_NAME] = service_name
+    resource = Resource.create(extra)
+    detected = str(resource.attributes.get(SERVICE_NAME, ""))
+    if detected.startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    return resource
+
+
+def _wanted(signal: str) -> tuple[bool, bool]:
+    """(otlp, console) for "TRACES" or "METRICS", from the endpoint and exporter variables."""
+    names = {
+        name.strip().lower()
+        for name in os.environ.get(f"OTEL_{signal}_EXPORTER", "").split(",")
+        if name.strip()
+    }
+    if "none" in names:
+        return False, False
+    endpoint = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    return bool(endpoint) or "otlp" in names, "console" in names
+
+
+def _otlp_module(signal: str) -> Any:
+    protocol = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol != "http/protobuf":
+        _log.warning(
+            "vsrtel.otel: OTLP protocol %r is not supported, using http/protobuf", protocol
+        )
+    module = "trace_exporter" if signal == "TRACES" else "metric_exporter"
+    try:
+        return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{module}")
+    except ImportError:
+        _log.error(
+            "vsrtel.otel: an OTLP endpoint is configured but the OTLP/HTTP exporter is not "
+            "installed (pip install 'vsrtel[otlp]'); %s are not exported",
+            signal.lower(),
+        )
+        return None
+
+
+def _span_exporters(console: TextIO | None) -> list[SpanExporter]:
+    otlp, console_env = _wanted("TRACES")
+    exporters: list[SpanExporter] = []
+    if otlp and (module := _otlp_module("TRACES")) is not None:
+        exporters.append(module.OTLPSpanExporter())
+    if console is not None or console_env:
+        exporters.append(ConsoleSpanExporter(out=console or sys.stdout))
+    return exporters
+
+
+def _metric_readers(
+    given: Iterable[MetricReader], console: TextIO | None, exporters: list[_Exporter]
+) -> list[MetricReader]:
+    """Every reader of the MeterProvider is chosen here; push exporters go into ``exporters``."""
+    readers = list(given)
+    pushed: list[MetricExporter] = []
+    otlp, console_env = _wanted("METRICS")
+    if otlp and (module := _otlp_module("METRICS")) is not None:
+        pushed.append(module.OTLPMetricExporter())
+    if console is not None or console_env:
+        pushed.append(ConsoleMetricExporter(out=console or sys.stdout))
+    exporters.extend(pushed)
+    readers.extend(PeriodicExportingMetricReader(exporter) for exporter in pushed)
+    return readers
