@@ -233,12 +233,12 @@ def test_lagging_backup_fetches_state_from_the_primary(cluster: Cluster) -> None
     cluster.step(2, Commit(0, 3, 0), now=10 * MS)
     assert backup.commit_number == 0
     with capture("vsr.state_transfer", registry=cluster.registry) as events:
-        out = cluster.step(2, TICK, now=30 * MS)  # the lag outlived Timeouts.lag (20 ms)
+        out = cluster.step(2, TICK, now=70 * MS)  # the lag outlived Timeouts.lag (60 ms)
         assert out.messages == [(0, GetState(0, 0, 0, 0, 2))]
-        served = cluster.step(0, out.messages[0][1], now=31 * MS)
+        served = cluster.step(0, out.messages[0][1], now=71 * MS)
         new_state = served.messages[0][1]
         assert new_state == NewState(0, 1, tuple(entries), 3, 3, 0)
-        cluster.step(2, new_state, now=32 * MS)
+        cluster.step(2, new_state, now=72 * MS)
     assert names(events) == ["state_transfer.request_sent", "state_transfer.request_received",
                              "state_transfer.snapshot_sent", "state_transfer.snapshot_received"]
     assert events[0].metadata["reason"] == "lagging"

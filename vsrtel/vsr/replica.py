@@ -91,7 +91,7 @@ class Timeouts:
     primary: int = 60 * MS  # backup: silence from the primary before a view change
     view_change: int = 80 * MS  # a view change that has not completed moves to the next view
     prepare_retry: int = 25 * MS  # primary: retransmit unacknowledged PREPAREs
-    lag: int = 20 * MS  # backup: how long a gap in its log may last before state transfer
+    lag: int = 60 * MS  # backup: how long a gap may last before state transfer (> 2 retries)
     state_transfer: int = 40 * MS  # retry GETSTATE
     retransmit_window: int = 16  # entries per backup per retransmission
 
@@ -430,8 +430,6 @@ class Replica:
         if count:
             self._emit(("protocol", "commit", "sent"), {"count": count})
         self._heartbeat_at = self._now + self.timeouts.heartbeat
-        if self.commit_number >= self.op_number:
-            self._retry_at = None
 
     def _advance_commit(self, target: int) -> None:
         """Set the commit-number to ``target`` and execute the newly committed entries."""
@@ -530,11 +528,13 @@ class Replica:
 
     def _retransmit(self) -> None:
         """Primary: resend PREPAREs that backups have not acknowledged."""
+        window = self.timeouts.retransmit_window
         destinations: dict[int, list[int]] = {}
         for i in self._others():
-            start = max(self._acked.get(i, 0), self.commit_number) + 1
-            end = min(self.op_number, start + self.timeouts.retransmit_window - 1)
-            for n in range(start, end + 1):
+            acked = self._acked.get(i, self.commit_number)
+            if acked < self.commit_number - window:
+                continue  # far behind: its own lag detection fetches the state instead
+            for n in range(acked + 1, min(self.op_number, acked + window) + 1):
                 destinations.setdefault(n, []).append(i)
         for n in sorted(destinations):
             prepare = Prepare(self.view_number, self.log[n - 1], n, self.commit_number,
@@ -543,8 +543,7 @@ class Replica:
                 self._send(i, prepare)
             self._emit(("protocol", "prepare", "sent"), {"count": len(destinations[n])},
                        {"entry_op_number": n, "retransmit": True})
-        more = self.op_number > self.commit_number
-        self._retry_at = self._now + self.timeouts.prepare_retry if more else None
+        self._retry_at = self._now + self.timeouts.prepare_retry if destinations else None
 
     # -- view change ---------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""What ``vsrtel demo`` attaches to a simulated cluster: logs, metrics, traces.
+
+Each piece is one function taking the registry to attach to; ``vsrtel.cli`` composes them. The
+handler modules are imported inside the functions: ``vsrtel.vsr`` itself only needs the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from vsrtel import Registry, Span
+from vsrtel.vsr.replica import Propagation
+
+if TYPE_CHECKING:
+    from vsrtel.handlers.metrics import Metric, MetricsReporter
+    from vsrtel.handlers.prometheus import MetricsServer
+    from vsrtel.otel import OTel
+
+#: The events the demo logs at info: view changes and state transfers, begun and done.
+LOGGED_EVENTS = (
+    "vsr.view_change.start",
+    "vsr.view_change.complete",
+    "vsr.state_transfer.request_sent",
+    "vsr.state_transfer.snapshot_received",
+)
+#: The span prefixes a trace of the demo is made of.
+TRACED_SPANS = ("vsr.protocol.client_request", "vsr.state_machine.operation")
+
+
+def trace_propagation() -> Propagation:
+    """W3C trace context in messages, through the spans handler's ``inject``/``extract``."""
+    from vsrtel.handlers import spans
+
+    def inject(carrier: dict[str, str], span: Span) -> None:
+        spans.inject(carrier, span=span)
+
+    def extract(carrier: Mapping[str, str]) -> object:
+        return spans.extract(carrier)
+
+    return Propagation(inject, extract)
+
+
+def attach_logs(registry: Registry, stream: TextIO) -> list[Hashable]:
+    """Log :data:`LOGGED_EVENTS` at info to ``stream``; return the handler ids."""
+    import structlog
+
+    from vsrtel.handlers.logs import attach_logger
+
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(stream),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        context_class=dict,
+    )
+    return [
+        attach_logger(name, level="info", logger=logger, registry=registry)
+        for name in LOGGED_EVENTS
+    ]
+
+
+def metrics() -> list[Metric]:
+    """The demo's metric definitions: latency, traffic, view changes and state transfers."""
+    from vsrtel.handlers import metrics as m
+
+    node = ["node_id"]
+    return [
+        m.distribution("vsr.protocol.client_request.stop.duration", unit=("native", "millisecond"),
+                       tags=node, description="client request latency at the primary"),
+        m.counter("vsr.protocol.client_request.exception.count", tags=node,
+                  description="client requests abandoned by their primary"),
+        m.counter("vsr.state_machine.operation.exception.count", tags=node,
+                  description="operations rejected by the state machine"),
+        m.sum("vsr.protocol.prepare.sent.count", tags=node, description="PREPARE frames sent"),
+        m.sum("vsr.protocol.commit.sent.count", tags=node, description="COMMIT frames sent"),
+        m.sum("vsr.timer.heartbeat_sent.count", tags=node, description="heartbeat frames sent"),
+        m.counter("vsr.timer.primary_timeout.count", tags=node,
+                  description="primary timeouts seen by backups"),
+        m.distribution("vsr.view_change.complete.duration", unit=("native", "millisecond"),
+                       tags=["role"], description="view change duration"),
+        m.counter("vsr.state_transfer.snapshot_received.count", tags=node,
+                  description="state transfers applied"),
+        m.last_value("vsr.state.commit_advance.commit_number",
+                     measurement=lambda _, metadata: metadata["commit_number"], tags=node,
+                     description="commit-number per replica"),
+        m.last_value("vsr.state.view_change.view_number",
+                     measurement=lambda _, metadata: metadata["view_number"], tags=node,
+                     description="view-number per replica"),
+    ]
+
+
+def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, MetricsReporter]:
+    """Serve :func:`metrics` for Prometheus on 127.0.0.1:``port`` (0: any free port).
+
+    Returns the server (``.url``, ``.close()``) and the attached reporter (``.detach()``).
+    Raises ``OSError`` naming the port when it is taken.
+    """
+    from vsrtel.handlers.metrics import MetricsReporter
+    from vsrtel.handlers.prometheus import serve_metrics as serve
+
+    server = serve(port)
+    reporter = MetricsReporter(metrics(), meter_provider=server.meter_provider, registry=registry)
+    return server, reporter.attach()
+
+
+def otlp_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for OTLP trace export."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def trace_to_otlp(registry: Registry, **configure: Any) -> tuple[OTel, Hashable]:
+    """Export the demo's spans to OTLP (configured by the ``OTEL_*`` variables).
+
+    Returns the OTel setup (call ``.shutdown()`` to flush) and the spans handler id. Use
+    :func:`trace_propagation` in the simulation so that each request is one trace.
+    """
+    from vsrtel import otel
+    from vsrtel.handlers.spans import attach_tracer
+
+    setup = otel.configure(configure.pop("service_name", "vsrtel-demo"), **configure)
+    handler_id = attach_tracer(TRACED_SPANS, tracer_provider=setup.tracer_provider,
+                               registry=registry, span_events=False)
+    return setup, handler_id
