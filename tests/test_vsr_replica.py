@@ -231,6 +231,7 @@ def test_lagging_backup_fetches_state_from_the_primary(cluster: Cluster) -> None
         entries.append(prepare.entry)
     # Replica 2 saw nothing; a commit tells it that it lags.
     cluster.step(2, Commit(0, 3, 0), now=10 * MS)
+    cluster.step(2, Commit(0, 3, 0, heartbeat=True), now=40 * MS)
     assert backup.commit_number == 0
     with capture("vsr.state_transfer", registry=cluster.registry) as events:
         out = cluster.step(2, TICK, now=70 * MS)  # the lag outlived Timeouts.lag (60 ms)
@@ -299,3 +300,18 @@ def test_common_metadata_reflects_the_state_at_each_event(cluster: Cluster) -> N
         "node_id": 0, "view_number": 0, "status": "normal", "is_primary": True,
         "op_number": 0, "commit_number": 0,
     }
+
+
+def test_a_late_start_view_of_a_view_already_joined_is_ignored(cluster: Cluster) -> None:
+    # Regression (seed 1153): a recovering replica took a delayed STARTVIEW of its own view
+    # and shrank its log below its commit-number.
+    entries = (Entry(1, 1, 1, Operation("set", "a", 1)),)
+    cluster.step(2, StartView(1, entries, 1, 0, 1), now=1 * MS)
+    more = Entry(1, 1, 2, Operation("set", "a", 2))
+    cluster.step(2, Prepare(1, more, 2, 2, 1), now=2 * MS)
+    replica = cluster.replicas[2]
+    replica.crash(3 * MS)
+    replica.restart(4 * MS)
+    assert replica.status == "recovering" and replica.commit_number == 2
+    cluster.step(2, StartView(1, entries, 1, 0, 1), now=5 * MS)
+    assert replica.log == [entries[0], more] and replica.status == "recovering"

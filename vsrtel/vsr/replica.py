@@ -185,6 +185,7 @@ class Replica:
         self._last_heard = now
         self._heartbeat_at = now + self.timeouts.heartbeat
         self._retry_at: int | None = None
+        self._prepared_at: dict[int, int] = {}  # primary: op-number -> last PREPARE sent
         self._view_change_deadline = now + self.timeouts.view_change
 
     # -- entry points --------------------------------------------------------------------------
@@ -352,6 +353,7 @@ class Replica:
         self._emit(("replication", "log_append"), {}, {"entry_op_number": op_number})
         prepare = Prepare(self.view_number, entry, op_number, self.commit_number, self.node_id)
         count = self._broadcast(prepare)
+        self._prepared_at[op_number] = self._now
         self._emit(("protocol", "prepare", "sent"), {"count": count},
                    {"entry_op_number": op_number, "retransmit": False})
         self._heartbeat_at = self._now + self.timeouts.heartbeat
@@ -528,22 +530,33 @@ class Replica:
 
     def _retransmit(self) -> None:
         """Primary: resend PREPAREs that backups have not acknowledged."""
-        window = self.timeouts.retransmit_window
+        window, due = self.timeouts.retransmit_window, self._now - self.timeouts.prepare_retry
+        sent_at = self._prepared_at
         destinations: dict[int, list[int]] = {}
+        waiting = False
+        lowest = self.op_number
         for i in self._others():
             acked = self._acked.get(i, self.commit_number)
+            lowest = min(lowest, acked)
             if acked < self.commit_number - window:
                 continue  # far behind: its own lag detection fetches the state instead
             for n in range(acked + 1, min(self.op_number, acked + window) + 1):
-                destinations.setdefault(n, []).append(i)
+                if sent_at.get(n, 0) <= due:
+                    destinations.setdefault(n, []).append(i)
+                else:
+                    waiting = True  # sent recently: its PREPAREOK may be on the way
+        for n in [n for n in sent_at if n <= lowest]:
+            del sent_at[n]
         for n in sorted(destinations):
             prepare = Prepare(self.view_number, self.log[n - 1], n, self.commit_number,
                               self.node_id)
             for i in destinations[n]:
                 self._send(i, prepare)
+            sent_at[n] = self._now
             self._emit(("protocol", "prepare", "sent"), {"count": len(destinations[n])},
                        {"entry_op_number": n, "retransmit": True})
-        self._retry_at = self._now + self.timeouts.prepare_retry if destinations else None
+        more = destinations or waiting
+        self._retry_at = self._now + self.timeouts.prepare_retry if more else None
 
     # -- view change ---------------------------------------------------------------------------
 
@@ -618,7 +631,8 @@ class Replica:
         self._try_commit()
 
     def _on_start_view(self, msg: StartView) -> None:
-        if msg.view < self.view_number or (msg.view == self.view_number and self.status == NORMAL):
+        # Stale when we already hold a log of that view (which has only grown since).
+        if msg.view < self.view_number or msg.view <= self.last_normal_view:
             return
         if msg.replica == self.node_id:
             return

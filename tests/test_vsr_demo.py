@@ -1,0 +1,103 @@
+"""vsrtel.vsr.demo: the logs, metrics and tracing wiring of ``vsrtel demo``."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+from collections import defaultdict
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import vsrtel
+from vsrtel.handlers.spans import attach_tracer
+from vsrtel.vsr import demo, simulate
+
+
+def test_one_client_request_is_one_trace_across_the_replicas() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    registry = vsrtel.Registry()
+    attach_tracer(demo.TRACED_SPANS, tracer_provider=provider, registry=registry,
+                  span_events=False)
+    report = simulate(seed=4, requests=12, faults="none", registry=registry,
+                      propagation=demo.trace_propagation())
+    assert report["invariants"] == "ok"
+    traces: dict[int, list[ReadableSpan]] = defaultdict(list)
+    for span in exporter.get_finished_spans():
+        traces[span.context.trace_id].append(span)
+    assert len(traces) == 12
+    for spans in traces.values():
+        roots = [s for s in spans if s.name == "vsr.protocol.client_request"]
+        operations = [s for s in spans if s.name == "vsr.state_machine.operation"]
+        assert len(roots) == 1 and len(operations) == 3
+        root = roots[0]
+        assert root.parent is None
+        assert all(op.parent is not None and op.parent.span_id == root.context.span_id
+                   for op in operations)
+        assert sorted(op.attributes["node_id"] for op in operations) == [0, 1, 2]  # type: ignore[index,misc]
+        assert root.attributes is not None
+        assert (root.attributes["client_id"], root.attributes["request_number"]) == (
+            operations[0].attributes["client_id"],  # type: ignore[index]
+            operations[0].attributes["request_number"],  # type: ignore[index]
+        )
+        # Simulated time: the request span ends when the operation runs on its primary.
+        assert root.end_time is not None and root.start_time is not None
+        assert 0 < root.end_time - root.start_time < 20_000_000
+
+
+def test_metrics_are_served_for_prometheus_while_the_cluster_runs() -> None:
+    registry = vsrtel.Registry()
+    server, reporter = demo.serve_metrics(registry, 0)
+    try:
+        simulate(seed=1, requests=30, faults="heavy", registry=registry)
+        with urllib.request.urlopen(server.url) as response:
+            text = response.read().decode()
+    finally:
+        reporter.detach()
+        server.close()
+    assert 'vsr_state_commit_advance_commit_number{node_id="0"' in text
+    assert "vsr_protocol_client_request_stop_duration_milliseconds_bucket" in text
+    assert "vsr_protocol_prepare_sent_count_total" in text
+    assert all(count == 0 for count in reporter.skipped.values())
+    assert registry.list_handlers() == []
+
+
+def test_logs_show_view_changes_and_state_transfers_only() -> None:
+    registry = vsrtel.Registry()
+    stream = io.StringIO()
+    handler_ids = demo.attach_logs(registry, stream)
+    report = simulate(seed=3, requests=60, faults="heavy", registry=registry)
+    for handler_id in handler_ids:
+        registry.detach(handler_id)
+    lines = stream.getvalue().splitlines()
+    assert report["view_changes"] > 0 and report["state_transfers"] > 0
+    assert any("vsr.view_change.complete" in line for line in lines)
+    assert any("vsr.state_transfer.snapshot_received" in line for line in lines)
+    assert all("[info" in line for line in lines)
+    logged = {line.split()[2] for line in lines}
+    assert logged <= set(demo.LOGGED_EVENTS)
+
+
+def test_otlp_export_follows_the_environment() -> None:
+    assert not demo.otlp_configured({})
+    assert demo.otlp_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert demo.otlp_configured({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"})
+
+
+def test_trace_to_otlp_attaches_the_spans_handler_to_the_registry() -> None:
+    exporter = InMemorySpanExporter()
+    registry = vsrtel.Registry()
+    processor = SimpleSpanProcessor(exporter)
+    setup, handler_id = demo.trace_to_otlp(registry, span_processors=[processor])
+    try:
+        simulate(seed=2, requests=3, faults="none", registry=registry,
+                 propagation=demo.trace_propagation())
+    finally:
+        registry.detach(handler_id)
+        setup.shutdown()
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names.count("vsr.protocol.client_request") == 3
+    assert names.count("vsr.state_machine.operation") == 9
