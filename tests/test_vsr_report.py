@@ -31,7 +31,7 @@ def test_sample_trace_is_the_request_span_with_each_replicas_operation() -> None
     with Simulation(seed=2, requests=10, faults="none", registry=vsrtel.Registry()) as sim:
         sim.run()
         tree = sample_trace(sim, 1, 2)
-    assert tree["name"] == "request c1#2" and tree["status"] == "ok"
+    assert tree["name"] == "request c1#2 (1 attempt)" and tree["status"] == "ok"
     [request] = tree["children"]
     assert request["name"] == "vsr.protocol.client_request" and request["node"] == 0
     assert request["status"] == "ok"

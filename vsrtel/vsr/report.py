@@ -74,8 +74,10 @@ def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[s
     client = sim.clients[client_id - 1]
     sent = client.sent_at[request_number]
     latency = client.latency_of.get(request_number)
+    attempts = client.attempts_of.get(request_number, 0)
     root: dict[str, Any] = {
-        "name": f"request c{client_id}#{request_number}",
+        "name": f"request c{client_id}#{request_number} ({attempts} "
+                f"attempt{'' if attempts == 1 else 's'})",
         "node": None,
         "start_ms": 0.0,
         "duration_ms": _ms(latency) if latency is not None else None,
@@ -167,9 +169,9 @@ def render_text(report: dict[str, Any]) -> str:
         f"max {latency['max']:.3f} ms  (simulated)",
         f"  view changes        {report['view_changes']}",
         f"  state transfers     {report['state_transfers']}",
-        f"  faults injected     {report['crashes']} crashes, {report['partitions']} partitions, "
-        f"{messages['dropped']} of {messages['sent']} messages lost, "
-        f"{messages['duplicated']} duplicated",
+        f"  faults injected     crashes {report['crashes']}, partitions {report['partitions']}, "
+        f"messages lost {messages['dropped']} of {messages['sent']}, "
+        f"duplicated {messages['duplicated']}",
         f"  simulated time      {report['simulated_ms'] / 1000:.3f} s",
         f"  invariants          {'OK' if report['invariants'] == 'ok' else report['invariants']}",
         "",

@@ -93,6 +93,7 @@ class _Client:
         self.attempt = 0
         self.latencies: list[int] = []
         self.latency_of: dict[int, int] = {}
+        self.attempts_of: dict[int, int] = {}
         self.sent_at: dict[int, int] = {}
 
     @property
@@ -384,6 +385,7 @@ class Simulation:
         latency = self.now - client.first_sent
         client.latencies.append(latency)
         client.latency_of[request.request_number] = latency
+        client.attempts_of[request.request_number] = client.attempt + 1
         client.view = max(client.view, reply.view)
         client.pending = None
         self.completed += 1

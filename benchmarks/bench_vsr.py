@@ -1,0 +1,54 @@
+"""The VSR simulation as a realistic load: one committed request, end to end, per operation.
+
+Each operation is one client request of a fault-free 3-replica run (``simulate(requests=200)``
+divided by 200): about 23 catalogue events, 7 messages, the invariant checks, and the report's
+recorder (a prefix handler on ``vsr``). ``+ metrics`` adds the demo's MetricsReporter (11
+metrics, in-memory reader) on the same registry.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import vsrtel
+from benchmarks._harness import Case, Target, now
+from vsrtel.handlers.metrics import MetricsReporter
+from vsrtel.vsr import simulate
+from vsrtel.vsr.demo import metrics
+
+REQUESTS = 200
+
+
+def _run(loops: int, *, with_metrics: bool) -> int:
+    total = 0
+    done = 0
+    while done < loops:
+        registry = vsrtel.Registry()
+        reporter = None
+        if with_metrics:
+            provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            reporter = MetricsReporter(metrics(), meter_provider=provider, registry=registry)
+            reporter.attach()
+        start = now()
+        simulate(seed=done, requests=REQUESTS, faults="none", registry=registry)
+        total += now() - start
+        if reporter is not None:
+            reporter.detach()
+        done += REQUESTS
+    return total * loops // done
+
+
+def request(loops: int) -> int:
+    return _run(loops, with_metrics=False)
+
+
+def request_with_metrics(loops: int) -> int:
+    return _run(loops, with_metrics=True)
+
+
+CASES = [
+    Case("vsr simulated request (3 replicas, ~23 events)", request),
+    Case("vsr simulated request + metrics reporter", request_with_metrics),
+]
+TARGETS: list[Target] = []
