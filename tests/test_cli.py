@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -123,3 +125,30 @@ def test_catalog_prints_markdown_or_json() -> None:
     assert json.loads(as_json.stdout) == CATALOG.to_dict()
     bad = run("catalog", "--format", "yaml")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_demo_serve_keeps_metrics_up_until_ctrl_c() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vsrtel", "demo", "--requests", "10", "--seed", "1",
+         "--metrics-port", str(port), "--serve"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "until Ctrl-C" in line:
+                break
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+            assert "vsr_state_commit_advance_commit_number" in response.read().decode()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "invariants          OK" in out

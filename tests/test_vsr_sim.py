@@ -74,7 +74,7 @@ def test_report_of_a_fault_free_run() -> None:
     assert events["vsr.protocol.client_request.start"] == 50
     assert events["vsr.protocol.client_request.stop"] == 50
     assert events["vsr.state_machine.operation.start"] == 5 * 50  # every replica executes
-    # Fan-out counts are frames: 4 backups per PREPARE.
+    # One prepare.sent per request, no retransmission without faults (its count: 4 frames).
     assert events["vsr.protocol.prepare.sent"] == 50
 
 

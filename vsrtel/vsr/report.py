@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
-from vsrtel import Clock, EventName, Registry, default_registry
+from vsrtel import EventName, Registry, default_registry
 from vsrtel.vsr.catalog import PREFIX
 
 if TYPE_CHECKING:
@@ -26,9 +26,8 @@ SpanRecord = tuple[str, str, int, int, Any, str, str]
 class Recorder:
     """Counts every ``vsr`` event and keeps the span events of each client request."""
 
-    def __init__(self, registry: Registry | None, clock: Clock) -> None:
+    def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else default_registry
-        self.clock = clock
         self.counts: dict[EventName, int] = {}
         self.views_established = 0
         self.spans: dict[tuple[int, int], list[SpanRecord]] = {}

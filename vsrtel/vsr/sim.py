@@ -96,10 +96,6 @@ class _Client:
         self.attempts_of: dict[int, int] = {}
         self.sent_at: dict[int, int] = {}
 
-    @property
-    def done(self) -> bool:
-        return self.pending is None and self.next_number > self.quota
-
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -160,7 +156,7 @@ class Simulation:
             for c in range(clients)
         ]
         self.checker = Checker(seed, self.replicas)
-        self.recorder = Recorder(self.scope.registry, self.clock)
+        self.recorder = Recorder(self.scope.registry)
         self.crashed: set[int] = set()
         self.partition: frozenset[int] = frozenset()
         self.faults_on = faults != "none"
