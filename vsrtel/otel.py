@@ -189,7 +189,7 @@ def configure(
     (tests pass an in-memory exporter or reader here). With nothing configured there is no
     exporter, no thread and no network traffic.
 
-    ``prometheus_port`` (extra ``vsrtel[prometheus]``) also serves the meter provider's metrics
+    ``prometheus_port`` also serves the meter provider's metrics
     at ``http://{prometheus_host}:{port}/metrics`` (``0`` picks a free port; loopback unless
     told otherwise); see ``.metrics_server``.
 
