@@ -91,10 +91,8 @@ def attach_logger(
     if handler_id is None:
         handler_id = ("vsrtel.handlers.logs", next(_handler_ids))
     handler = _LogHandler(logger, default, rules, Secrets(redact))
-    if registry is None:
-        vsrtel.attach_prefix(handler_id, event_prefix, handler.handle)
-    else:
-        registry.attach_prefix(handler_id, event_prefix, handler.handle)
+    registry = registry if registry is not None else vsrtel.default_registry
+    registry.attach_prefix(handler_id, event_prefix, handler.handle)
     return handler_id
 
 
@@ -103,12 +101,10 @@ class DebugHandle:
 
     def __init__(self, handler_id: Hashable, registry: vsrtel.Registry | None) -> None:
         self.handler_id = handler_id
-        self._registry = registry
+        self._registry = registry if registry is not None else vsrtel.default_registry
 
     def detach(self) -> bool:
         """Stop logging; False if it was already detached."""
-        if self._registry is None:
-            return vsrtel.detach(self.handler_id)
         return self._registry.detach(self.handler_id)
 
     def __enter__(self) -> DebugHandle:
