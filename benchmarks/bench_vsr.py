@@ -2,8 +2,8 @@
 
 Each operation is one client request of a fault-free 3-replica run (``simulate(requests=200)``
 divided by 200): about 23 catalogue events, 7 messages, the invariant checks, and the report's
-recorder (a prefix handler on ``vsr``). ``+ metrics`` adds the demo's MetricsReporter (11
-metrics, in-memory reader) on the same registry.
+recorder (a prefix handler on ``vsr``). ``+ metrics`` adds a MetricsReporter of
+``vsrtel.vsr.METRICS`` (in-memory reader) on the same registry.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import vsrtel
 from benchmarks._harness import Case, Target, now
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.vsr import simulate
-from vsrtel.vsr.demo import metrics
+from vsrtel.vsr.metrics import METRICS
 
 REQUESTS = 200
 
@@ -28,7 +28,7 @@ def _run(loops: int, *, with_metrics: bool) -> int:
         reporter = None
         if with_metrics:
             provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-            reporter = MetricsReporter(metrics(), meter_provider=provider, registry=registry)
+            reporter = MetricsReporter(METRICS, meter_provider=provider, registry=registry)
             reporter.attach()
         start = now()
         simulate(seed=done, requests=REQUESTS, faults="none", registry=registry)

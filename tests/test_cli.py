@@ -143,7 +143,7 @@ def test_demo_serve_keeps_metrics_up_until_ctrl_c() -> None:
             if "until Ctrl-C" in line:
                 break
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
-            assert "vsr_state_commit_advance_commit_number" in response.read().decode()
+            assert "vsr_replica_commit_number" in response.read().decode()
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     finally:

@@ -58,8 +58,8 @@ def test_metrics_are_served_for_prometheus_while_the_cluster_runs() -> None:
     finally:
         reporter.detach()
         server.close()
-    assert 'vsr_state_commit_advance_commit_number{node_id="0"' in text
-    assert "vsr_protocol_client_request_stop_duration_milliseconds_bucket" in text
+    assert 'vsr_replica_commit_number{node_id="0"' in text
+    assert "vsr_protocol_client_request_stop_duration_seconds_bucket" in text
     assert "vsr_protocol_prepare_sent_count_total" in text
     assert all(count == 0 for count in reporter.skipped.values())
     assert registry.list_handlers() == []

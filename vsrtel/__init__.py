@@ -17,6 +17,7 @@ from vsrtel._registry import (
     HandlerRecord,
     Registry,
     default_registry,
+    event_name,
 )
 from vsrtel._span import Span, current_span
 from vsrtel.scope import Scope
@@ -75,6 +76,7 @@ __all__ = [
     "default_registry",
     "detach",
     "enabled",
+    "event_name",
     "execute",
     "list_handlers",
     "signal",

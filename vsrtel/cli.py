@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("--format", choices=("markdown", "json"), default="markdown",
                          help="output format (default markdown)")
     catalog.set_defaults(run=_catalog)
+
+    metrics = commands.add_parser(
+        "metrics",
+        help="print the recommended VSR metrics with their Prometheus names",
+        description="Print vsrtel.vsr.METRICS as a table: Prometheus series, type, unit, labels.",
+    )
+    metrics.set_defaults(run=_metrics)
     return parser
 
 
@@ -94,6 +101,13 @@ def _catalog(args: argparse.Namespace) -> int:
     from vsrtel.vsr import CATALOG
 
     print(CATALOG.to_json() if args.format == "json" else CATALOG.render_markdown())
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from vsrtel.vsr.metrics import render_markdown
+
+    print(render_markdown())
     return 0
 
 

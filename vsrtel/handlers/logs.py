@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -51,7 +51,7 @@ _handler_ids = itertools.count(1)
 
 
 def attach_logger(
-    prefix: str | Iterable[str] = (),
+    prefix: str | Sequence[str] = (),
     *,
     level: str | int = "debug",
     logger: Any = None,
@@ -73,10 +73,13 @@ def attach_logger(
     Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
     Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
     """
-    event_prefix = _prefix(prefix, "prefix", allow_empty=True)
+    event_prefix = vsrtel.event_name(prefix, what="prefix", allow_empty=True)
     default = _level(level)
     rules = sorted(
-        ((_prefix(key, "levels key"), _level(value)) for key, value in (levels or {}).items()),
+        (
+            (vsrtel.event_name(key, what="levels key"), _level(value))
+            for key, value in (levels or {}).items()
+        ),
         key=lambda rule: -len(rule[0]),
     )
     if logger is None:
@@ -91,10 +94,8 @@ def attach_logger(
     if handler_id is None:
         handler_id = ("vsrtel.handlers.logs", next(_handler_ids))
     handler = _LogHandler(logger, default, rules, Secrets(redact))
-    if registry is None:
-        vsrtel.attach_prefix(handler_id, event_prefix, handler.handle)
-    else:
-        registry.attach_prefix(handler_id, event_prefix, handler.handle)
+    registry = registry if registry is not None else vsrtel.default_registry
+    registry.attach_prefix(handler_id, event_prefix, handler.handle)
     return handler_id
 
 
@@ -103,12 +104,10 @@ class DebugHandle:
 
     def __init__(self, handler_id: Hashable, registry: vsrtel.Registry | None) -> None:
         self.handler_id = handler_id
-        self._registry = registry
+        self._registry = registry if registry is not None else vsrtel.default_registry
 
     def detach(self) -> bool:
         """Stop logging; False if it was already detached."""
-        if self._registry is None:
-            return vsrtel.detach(self.handler_id)
         return self._registry.detach(self.handler_id)
 
     def __enter__(self) -> DebugHandle:
@@ -127,7 +126,7 @@ class DebugHandle:
 
 
 def debug(
-    prefix: str | Iterable[str] = (),
+    prefix: str | Sequence[str] = (),
     *,
     file: TextIO | None = None,
     registry: vsrtel.Registry | None = None,
@@ -243,20 +242,3 @@ def _level(level: str | int) -> int:
     if isinstance(level, int) and not isinstance(level, bool) and level in _METHODS:
         return level
     raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
-
-
-def _prefix(value: str | Iterable[str], what: str, allow_empty: bool = False) -> EventName:
-    if isinstance(value, str):
-        segments = value.split(".") if value else []
-    elif isinstance(value, Iterable):
-        segments = list(value)
-    else:
-        raise TypeError(f"{what} must be a dotted str or a tuple of str, got {value!r}")
-    if not segments and not allow_empty:
-        raise ValueError(f"{what} is empty: {value!r}")
-    for segment in segments:
-        if not isinstance(segment, str):
-            raise TypeError(f"{what} {value!r}: segment {segment!r} is not a str")
-        if not segment:
-            raise ValueError(f"{what} {value!r} has an empty segment")
-    return tuple(segments)

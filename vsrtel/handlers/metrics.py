@@ -211,25 +211,6 @@ class Metric:
         return f"<vsrtel metric {self.type} {self.name!r} on {'.'.join(self.event_name)}>"
 
 
-def _split_name(value: object, what: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        if not value:
-            raise ValueError(f"{what} must not be empty")
-        parts = tuple(value.split("."))
-    elif isinstance(value, (tuple, list)):
-        parts = tuple(value)
-        if not parts:
-            raise ValueError(f"{what} must not be empty")
-    else:
-        raise TypeError(f"{what} must be a dotted string or a tuple of strings, got {value!r}")
-    for part in parts:
-        if not isinstance(part, str):
-            raise TypeError(f"{what} {value!r}: segment {part!r} is not a string")
-        if not part:
-            raise ValueError(f"{what} {value!r} has an empty segment")
-    return parts
-
-
 def _arity(fn: Callable[..., Any], choices: tuple[int, ...], what: str) -> int:
     """How many positional arguments to pass to `fn`: the largest of `choices` it accepts."""
     if not callable(fn):
@@ -336,7 +317,7 @@ def _define(
     description: str | None,
     reporter_options: Mapping[str, Any] | None,
 ) -> Metric:
-    parts = _split_name(name, "metric name")
+    parts = vsrtel.event_name(name, what="metric name")
     if event_name is None:
         if len(parts) < 2:
             raise ValueError(
@@ -345,7 +326,7 @@ def _define(
             )
         event = parts[:-1]
     else:
-        event = _split_name(event_name, "event_name")
+        event = vsrtel.event_name(event_name, what="event_name")
     dotted = ".".join(parts)
     if not _OTEL_NAME.match(dotted):
         raise ValueError(

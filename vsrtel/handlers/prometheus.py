@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -27,7 +28,17 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-__all__ = ["MetricsServer", "prometheus_reader", "serve_metrics", "serve_registry"]
+import vsrtel
+from vsrtel.handlers.metrics import Metric, MetricsReporter
+
+__all__ = [
+    "Exposition",
+    "MetricsServer",
+    "exposition",
+    "prometheus_reader",
+    "serve_metrics",
+    "serve_registry",
+]
 
 _StartResponse = Callable[..., Any]
 _Environ = dict[str, Any]
@@ -191,3 +202,58 @@ def serve_metrics(
     except BaseException:
         provider.shutdown()
         raise
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """How one metric definition appears in a Prometheus scrape."""
+
+    metric: Metric
+    name: str  # the metric family name
+    type: str  # counter, gauge or histogram
+    unit: str
+    labels: tuple[str, ...]
+    samples: tuple[str, ...]  # the series names a query uses (``_total``, ``_bucket``...)
+
+
+class _Anything(Mapping[str, int]):
+    """Measurements or metadata that hold every key, each with the value 1."""
+
+    def __getitem__(self, key: str) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def exposition(metrics: Iterable[Metric]) -> list[Exposition]:
+    """Return the Prometheus name, type, unit, labels and series of each metric definition.
+
+    Each metric records one synthetic event through a real `MetricsReporter` and
+    OpenTelemetry's Prometheus reader, so the names are the exporter's own (for reference docs
+    and alert rules), never re-derived here.
+    """
+    found = []
+    for metric in metrics:
+        reader, registry = prometheus_reader()
+        provider = MeterProvider(metric_readers=[reader])
+        events = vsrtel.Registry(on_error="raise")
+        with MetricsReporter([metric], meter_provider=provider, registry=events):
+            events.execute(metric.event_name, _Anything(), _Anything())
+        [family] = [f for f in registry.collect() if f.type != "info"]  # not target_info
+        provider.shutdown()
+        labels = {k for s in family.samples for k in s.labels if not k.startswith("otel_scope")}
+        found.append(
+            Exposition(
+                metric=metric,
+                name=family.name,
+                type=family.type,
+                unit=family.unit,
+                labels=tuple(sorted(labels - {"le"})),
+                samples=tuple(dict.fromkeys(s.name for s in family.samples)),
+            )
+        )
+    return found

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextvars import Token
 from enum import Enum
 from typing import Any
@@ -58,7 +66,7 @@ _Open = tuple[trace.Span, "Token[Context] | None", Mapping[str, Any], "int | Non
 
 
 def attach_tracer(
-    prefixes: Iterable[str | Iterable[str]],
+    prefixes: Iterable[str | Sequence[str]],
     *,
     tracer_provider: TracerProvider | None = None,
     handler_id: Hashable | None = None,
@@ -83,7 +91,7 @@ def attach_tracer(
     """
     if isinstance(prefixes, str):
         prefixes = [prefixes]
-    names = [_span_prefix(prefix) for prefix in prefixes]
+    names = [vsrtel.event_name(prefix, what="span prefix") for prefix in prefixes]
     if not names:
         raise ValueError("attach_tracer needs at least one span prefix")
     if span_name is not None and not (isinstance(span_name, str) or callable(span_name)):
@@ -100,32 +108,13 @@ def attach_tracer(
         None if attributes is None else frozenset(attributes),
         Secrets(redact),
     )
+    registry = registry if registry is not None else vsrtel.default_registry
     if span_events:
-        if registry is None:
-            vsrtel.attach_prefix(handler_id, (), tracer.handle)
-        else:
-            registry.attach_prefix(handler_id, (), tracer.handle)
+        registry.attach_prefix(handler_id, (), tracer.handle)
     else:
-        events = list(tracer.events)
-        if registry is None:
-            vsrtel.attach_many(handler_id, events, tracer.handle)
-        else:
-            registry.attach_many(handler_id, events, tracer.handle)
+        registry.attach_many(handler_id, list(tracer.events), tracer.handle)
     _tracers.add(tracer)
     return handler_id
-
-
-def _span_prefix(prefix: str | Iterable[str]) -> EventName:
-    """Validate a span prefix given as a dotted str or a sequence of str segments."""
-    segments = prefix.split(".") if isinstance(prefix, str) else list(prefix)
-    if not segments:
-        raise ValueError(f"span prefix is empty: {prefix!r}")
-    for segment in segments:
-        if not isinstance(segment, str):
-            raise TypeError(f"span prefix {prefix!r}: segment {segment!r} is not a str")
-        if not segment:
-            raise ValueError(f"span prefix {prefix!r} has an empty segment")
-    return tuple(segments)
 
 
 def inject(

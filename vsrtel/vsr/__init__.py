@@ -19,6 +19,7 @@ from vsrtel.vsr.sim import FAULTS, FaultProfile, SimClock, Simulation, simulate
 __all__ = [
     "CATALOG",
     "FAULTS",
+    "METRICS",
     "NO_PROPAGATION",
     "PREFIX",
     "TICK",
@@ -36,3 +37,12 @@ __all__ = [
     "simulate",
     "telemetry",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # METRICS needs the metrics handler (OpenTelemetry): load it only when asked for.
+    if name == "METRICS":
+        from vsrtel.vsr.metrics import METRICS
+
+        return METRICS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

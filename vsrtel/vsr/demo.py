@@ -15,7 +15,7 @@ from vsrtel import Registry, Span
 from vsrtel.vsr.replica import Propagation
 
 if TYPE_CHECKING:
-    from vsrtel.handlers.metrics import Metric, MetricsReporter
+    from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.prometheus import MetricsServer
     from vsrtel.otel import OTel
 
@@ -64,47 +64,18 @@ def attach_logs(registry: Registry, stream: TextIO) -> list[Hashable]:
     ]
 
 
-def metrics() -> list[Metric]:
-    """The demo's metric definitions: latency, traffic, view changes and state transfers."""
-    from vsrtel.handlers import metrics as m
-
-    node = ["node_id"]
-    return [
-        m.distribution("vsr.protocol.client_request.stop.duration", unit=("native", "millisecond"),
-                       tags=node, description="client request latency at the primary"),
-        m.counter("vsr.protocol.client_request.exception.count", tags=node,
-                  description="client requests abandoned by their primary"),
-        m.counter("vsr.state_machine.operation.exception.count", tags=node,
-                  description="operations rejected by the state machine"),
-        m.sum("vsr.protocol.prepare.sent.count", tags=node, description="PREPARE frames sent"),
-        m.sum("vsr.protocol.commit.sent.count", tags=node, description="COMMIT frames sent"),
-        m.sum("vsr.timer.heartbeat_sent.count", tags=node, description="heartbeat frames sent"),
-        m.counter("vsr.timer.primary_timeout.count", tags=node,
-                  description="primary timeouts seen by backups"),
-        m.distribution("vsr.view_change.complete.duration", unit=("native", "millisecond"),
-                       tags=["role"], description="view change duration"),
-        m.counter("vsr.state_transfer.snapshot_received.count", tags=node,
-                  description="state transfers applied"),
-        m.last_value("vsr.state.commit_advance.commit_number",
-                     measurement=lambda _, metadata: metadata["commit_number"], tags=node,
-                     description="commit-number per replica"),
-        m.last_value("vsr.state.view_change.view_number",
-                     measurement=lambda _, metadata: metadata["view_number"], tags=node,
-                     description="view-number per replica"),
-    ]
-
-
 def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, MetricsReporter]:
-    """Serve :func:`metrics` for Prometheus on 127.0.0.1:``port`` (0: any free port).
+    """Serve :data:`vsrtel.vsr.METRICS` for Prometheus on 127.0.0.1:``port`` (0: any port).
 
     Returns the server (``.url``, ``.close()``) and the attached reporter (``.detach()``).
     Raises ``OSError`` naming the port when it is taken.
     """
     from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.prometheus import serve_metrics as serve
+    from vsrtel.vsr.metrics import METRICS
 
     server = serve(port)
-    reporter = MetricsReporter(metrics(), meter_provider=server.meter_provider, registry=registry)
+    reporter = MetricsReporter(METRICS, meter_provider=server.meter_provider, registry=registry)
     return server, reporter.attach()
 
 
