@@ -47,6 +47,17 @@ def vsrtel_traced_span(loops: int) -> int:
     return now() - start
 
 
+def execute_outside_spans_traced(loops: int) -> int:
+    # span_events=True listens to every event; outside any span it must stay near a no-op.
+    registry = vsrtel.Registry()
+    spans.attach_tracer([SPAN], tracer_provider=_provider(), registry=registry)
+    execute, name, measurements, metadata = registry.execute, NAME, MEASUREMENTS, METADATA
+    start = now()
+    for _ in range(loops):
+        execute(name, measurements, metadata)
+    return now() - start
+
+
 def _filtered_logger() -> Any:
     # Level info, so the debug calls below are filtered out.
     return structlog.wrap_logger(
@@ -80,9 +91,11 @@ TRACED = "span, spans handler attached"
 RAW_STRUCTLOG = "structlog call, filtered out"
 LOGS_FILTERED = "execute, logs handler attached but filtered"
 
+OUTSIDE_SPANS = "execute outside spans, spans handler attached"
 CASES = [
     Case(RAW_OTEL, raw_otel_span),
     Case(TRACED, vsrtel_traced_span),
+    Case(OUTSIDE_SPANS, execute_outside_spans_traced),
     Case(RAW_STRUCTLOG, raw_structlog_filtered),
     Case(LOGS_FILTERED, execute_logs_filtered),
 ]
@@ -92,6 +105,12 @@ TARGETS = [
     Target(
         "execute + filtered logs handler vs execute + 1 no-op handler",
         LOGS_FILTERED,
+        CORE_ONE_HANDLER,
+        2.0,
+    ),
+    Target(
+        "execute outside spans + spans handler vs execute + 1 no-op handler",
+        OUTSIDE_SPANS,
         CORE_ONE_HANDLER,
         2.0,
     ),

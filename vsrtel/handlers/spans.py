@@ -255,6 +255,8 @@ class _Tracer:
     def add_event(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
+        if current_span() is None:
+            return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
         span = otel_context.get_value(self.current_key)
         if isinstance(span, trace.Span):
             attributes = self.attributes(metadata, _SPAN_KEYS)
