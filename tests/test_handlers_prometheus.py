@@ -24,6 +24,7 @@ import vsrtel
 from vsrtel.handlers import metrics as m
 from vsrtel.handlers.prometheus import (
     MetricsServer,
+    exposition,
     prometheus_reader,
     serve_metrics,
     serve_registry,
@@ -342,3 +343,27 @@ def test_real_prometheus_scrapes_the_endpoint(
             proc.kill()
             proc.wait(timeout=15)
         log.close()
+
+
+def test_exposition_reports_the_exporters_names_types_units_and_labels() -> None:
+    found = exposition(
+        [
+            m.counter("app.request.stop.count", tags=["route"]),
+            m.distribution("app.request.stop.duration", unit=("native", "second")),
+            m.last_value("app.queue.depth", keep=lambda md: md["queue"] == "main"),
+            m.sum("app.bytes.sent", measurement=lambda ms: ms["n"] * 2, tags=lambda md: {"p": 1}),
+        ]
+    )
+    assert [(f.name, f.type, f.unit, f.labels) for f in found] == [
+        ("app_request_stop_count", "counter", "", ("route",)),
+        ("app_request_stop_duration_seconds", "histogram", "seconds", ()),
+        ("app_queue_depth", "gauge", "", ()),
+        ("app_bytes_sent", "counter", "", ("p",)),
+    ]
+    assert found[0].samples == ("app_request_stop_count_total",)
+    assert "app_request_stop_duration_seconds_bucket" in found[1].samples
+
+
+def test_exposition_names_a_metric_whose_tags_reject_stand_in_metadata() -> None:
+    with pytest.raises(ValueError, match=r"'a\.b\.c'"):
+        exposition([m.counter("a.b.c", tags=lambda md: {"k": md["x"]["y"]})])

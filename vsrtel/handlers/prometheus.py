@@ -13,6 +13,7 @@ produced by prometheus_client from a private CollectorRegistry; nothing here for
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
 import threading
@@ -229,22 +230,34 @@ class _Anything(Mapping[str, int]):
         return 0
 
 
+def _one(*_: Any) -> int:
+    return 1
+
+
 def exposition(metrics: Iterable[Metric]) -> list[Exposition]:
     """Return the Prometheus name, type, unit, labels and series of each metric definition.
 
     Each metric records one synthetic event through a real `MetricsReporter` and
     OpenTelemetry's Prometheus reader, so the names are the exporter's own (for reference docs
-    and alert rules), never re-derived here.
+    and alert rules), never re-derived here. Raises ValueError when a metric's ``tags``
+    callable rejects the synthetic metadata (every key present, each value 1).
     """
     found = []
     for metric in metrics:
+        # The probe always records: filters and measurement callables could reject the stand-ins.
+        probe = dataclasses.replace(
+            metric, _filter=None, _measure=_one, measurement=_one, tag_values=None
+        )
         reader, registry = prometheus_reader()
         provider = MeterProvider(metric_readers=[reader])
         events = vsrtel.Registry(on_error="raise")
-        with MetricsReporter([metric], meter_provider=provider, registry=events):
+        with MetricsReporter([probe], meter_provider=provider, registry=events):
             events.execute(metric.event_name, _Anything(), _Anything())
-        [family] = [f for f in registry.collect() if f.type != "info"]  # not target_info
+        families = [f for f in registry.collect() if f.type != "info"]  # not target_info
         provider.shutdown()
+        if len(families) != 1:
+            raise ValueError(f"metric {metric.name!r}: its tags callable rejects stand-in metadata")
+        [family] = families
         labels = {k for s in family.samples for k in s.labels if not k.startswith("otel_scope")}
         found.append(
             Exposition(
