@@ -94,6 +94,14 @@ def test_handler_failures_are_logged_at_error(captured: list[Any]) -> None:
     assert isinstance(failure["exc_info"], RuntimeError)
 
 
+def test_any_failure_event_is_logged_at_error(captured: list[Any]) -> None:
+    logs.attach_logger("vsrtel", level="debug")
+    error = OSError("disk gone")
+    vsrtel.execute("vsrtel.poller.failure", {}, {"kind": OSError, "reason": error})
+    [failure] = captured
+    assert failure["log_level"] == "error" and failure["exc_info"] is error
+
+
 def test_levels_map_prefixes_longest_match_wins(captured: list[Any]) -> None:
     logs.attach_logger(
         "vsr",

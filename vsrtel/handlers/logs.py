@@ -8,8 +8,8 @@ whose key/value pairs are the measurements and metadata: durations (``duration``
 and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
 ``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
 secret metadata is replaced by ``"[REDACTED]"``, and ``trace_id``/``span_id`` are added when an
-OpenTelemetry span is recording. ``exception`` events (and the core's handler-failure event)
-log at error with the exception as ``exc_info``.
+OpenTelemetry span is recording. ``exception`` and ``failure`` events (a span's exception, the
+core's handler failures, the poller's) log at error with the exception as ``exc_info``.
 
 When the logger's level filters an event out, the handler returns before building anything.
 """
@@ -45,7 +45,6 @@ _METHODS = {number: name for name, number in LEVELS.items()}
 _CLOCKS = frozenset({"monotonic_time", "system_time"})
 # Keys a structlog call interprets itself; event data under these names is renamed with "_".
 _RESERVED = frozenset({"event", "exc_info", "stack_info"})
-_FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
 
@@ -65,7 +64,7 @@ def attach_logger(
     ``level`` is the default level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``,
     ``"critical"`` or a `logging` number); ``levels`` maps event-name prefixes to levels, the
     longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
-    ``exception`` events always log at error. ``logger`` is a structlog bound logger
+    ``exception`` and ``failure`` events always log at error. ``logger`` is a structlog bound logger
     (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
     structlog before attaching. ``redact`` names secret metadata keys (case-insensitive, nested
     mappings included, shared with the spans handler).
@@ -177,7 +176,7 @@ class _LogHandler:
         self.names: dict[EventName, tuple[int, str, str]] = {}
 
     def resolve(self, name: EventName) -> tuple[int, str, str]:
-        if name[-1] == "exception" or name == _FAILURE_EVENT:
+        if name[-1] in ("exception", "failure"):
             level = logging.ERROR
         else:
             level = next(
