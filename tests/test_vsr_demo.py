@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import vsrtel
+from vsrtel import otel
 from vsrtel.handlers.spans import attach_tracer
 from vsrtel.vsr import demo, simulate
 
@@ -82,9 +83,15 @@ def test_logs_show_view_changes_and_state_transfers_only() -> None:
 
 
 def test_otlp_export_follows_the_environment() -> None:
-    assert not demo.otlp_configured({})
-    assert demo.otlp_configured({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
-    assert demo.otlp_configured({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"})
+    assert not otel.exports_otlp("traces", {})
+    assert otel.exports_otlp("traces", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    endpoint = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"}
+    assert otel.exports_otlp("traces", endpoint)
+    assert not otel.exports_otlp("metrics", endpoint)
+    assert otel.exports_otlp("traces", {"OTEL_TRACES_EXPORTER": "otlp"})
+    assert not otel.exports_otlp(
+        "traces", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "none"}
+    )
 
 
 def test_trace_to_otlp_attaches_the_spans_handler_to_the_registry() -> None:

@@ -134,6 +134,7 @@ class _Progress:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from vsrtel import otel
     from vsrtel.vsr import NO_PROPAGATION, Simulation, render_text
     from vsrtel.vsr import demo as wiring
 
@@ -155,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
             stack.callback(reporter.detach)
             progress.show(f"metrics at {server.url}", final=True)
         propagation = NO_PROPAGATION
-        if wiring.otlp_configured():
+        if otel.exports_otlp("traces"):
             setup, tracer_id = wiring.trace_to_otlp(registry)
             stack.callback(setup.shutdown)
             stack.callback(registry.detach, tracer_id)

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 if TYPE_CHECKING:
     from vsrtel.handlers.prometheus import MetricsServer
 
-__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure"]
+__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure", "exports_otlp"]
 
 DEFAULT_SERVICE_NAME = "vsrtel"
 
@@ -265,16 +265,27 @@ def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) ->
     return resource
 
 
-def _wanted(signal: str) -> tuple[bool, bool]:
+def exports_otlp(
+    signal: Literal["traces", "metrics"], environ: Mapping[str, str] | None = None
+) -> bool:
+    """Return whether the ``OTEL_*`` variables ask for OTLP export of ``signal``.
+
+    The same decision `configure` makes, for callers that wire things around it; ``environ``
+    defaults to ``os.environ``.
+    """
+    return _wanted(signal.upper(), os.environ if environ is None else environ)[0]
+
+
+def _wanted(signal: str, environ: Mapping[str, str] = os.environ) -> tuple[bool, bool]:
     """(otlp, console) for "TRACES" or "METRICS", from the endpoint and exporter variables."""
     names = {
         name.strip().lower()
-        for name in os.environ.get(f"OTEL_{signal}_EXPORTER", "").split(",")
+        for name in environ.get(f"OTEL_{signal}_EXPORTER", "").split(",")
         if name.strip()
     }
     if "none" in names:
         return False, False
-    endpoint = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get(
+    endpoint = environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
     return bool(endpoint) or "otlp" in names, "console" in names

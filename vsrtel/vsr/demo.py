@@ -7,7 +7,6 @@ handler modules are imported inside the functions: ``vsrtel.vsr`` itself only ne
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -77,13 +76,6 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
     server = serve(port)
     reporter = MetricsReporter(METRICS, meter_provider=server.meter_provider, registry=registry)
     return server, reporter.attach()
-
-
-def otlp_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment asks for OTLP trace export."""
-    env = os.environ if environ is None else environ
-    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
 def trace_to_otlp(registry: Registry, **configure: Any) -> tuple[OTel, Hashable]:
