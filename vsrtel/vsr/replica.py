@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from vsrtel import Scope, Span
-from vsrtel.vsr.catalog import ReplicaLike, common_metadata
+from vsrtel.vsr.catalog import ReplicaLike
 from vsrtel.vsr.messages import (
     Commit,
     DoViewChange,
@@ -256,6 +256,24 @@ class Replica:
             self._send(i, message)
         return len(others)
 
+    def _span_metadata(
+        self, request: Request | Entry, op_number: int, **extra: Any
+    ) -> dict[str, Any]:
+        """Metadata of a client_request or operation span, under the sender's trace if any."""
+        metadata: dict[str, Any] = {
+            "client_id": request.client_id,
+            "request_number": request.request_number,
+            "operation": request.operation.kind,
+            "entry_op_number": op_number,
+            **extra,
+            "telemetry_span_context": self._next_context(),
+        }
+        if request.trace:
+            parent = self.propagation.extract(request.trace)
+            if parent is not None:
+                metadata["trace_parent"] = parent
+        return metadata
+
     def _next_context(self) -> str:
         self._span_seq += 1
         return f"{self.context_prefix}n{self.node_id}.{self.incarnation}.{self._span_seq}"
@@ -301,7 +319,7 @@ class Replica:
             try:  # raised so that its traceback (the span's stacktrace) is this frame only
                 raise RequestAbandoned(why)
             except RequestAbandoned as error:
-                span.metadata.update(common_metadata(self))
+                span.metadata.update(self.scope.metadata(self))
                 span.stop(error=error)
 
     def _replace_log(self, log: list[Entry], cause: str) -> None:
@@ -331,18 +349,8 @@ class Replica:
             if (entry.client_id, entry.request_number) == (msg.client_id, msg.request_number):
                 return  # in progress: the reply follows the commit
         op_number = self.op_number + 1
-        context = self._next_context()
-        metadata: dict[str, Any] = {
-            "client_id": msg.client_id,
-            "request_number": msg.request_number,
-            "operation": msg.operation.kind,
-            "entry_op_number": op_number,
-            "telemetry_span_context": context,
-        }
-        if msg.trace:
-            parent = self.propagation.extract(msg.trace)
-            if parent is not None:
-                metadata["trace_parent"] = parent
+        metadata = self._span_metadata(msg, op_number)
+        context = metadata["telemetry_span_context"]
         span = self.scope.span(_CLIENT_REQUEST, self, metadata).start()
         carrier: dict[str, str] = {}
         self.propagation.inject(carrier, span)
@@ -449,18 +457,7 @@ class Replica:
         if self.machine.is_duplicate(entry):
             result = self.machine.cached(entry.client_id, entry.request_number)
         else:
-            metadata: dict[str, Any] = {
-                "client_id": entry.client_id,
-                "request_number": entry.request_number,
-                "operation": entry.operation.kind,
-                "entry_op_number": op_number,
-                "client_request_context": entry.origin,
-                "telemetry_span_context": self._next_context(),
-            }
-            if entry.trace:
-                parent = self.propagation.extract(entry.trace)
-                if parent is not None:
-                    metadata["trace_parent"] = parent
+            metadata = self._span_metadata(entry, op_number, client_request_context=entry.origin)
             try:
                 with self.scope.span(_OPERATION, self, metadata):
                     result = Result(True, self.machine.apply(entry.operation))
@@ -474,7 +471,7 @@ class Replica:
         )
         span = self._spans.pop((entry.client_id, entry.request_number), None)
         if span is not None:
-            span.metadata.update(common_metadata(self))
+            span.metadata.update(self.scope.metadata(self))
             span.stop()
 
     def _in_view(self, view: int) -> bool:
