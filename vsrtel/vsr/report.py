@@ -57,10 +57,12 @@ class Recorder:
 
 def percentile(sorted_values: list[int], pct: float) -> int:
     """Nearest-rank percentile of an ascending list (0 when empty)."""
-    if not sorted_values:
-        return 0
-    rank = max(1, -(-len(sorted_values) * pct // 100))
-    return sorted_values[int(rank) - 1]
+    return sorted_values[_rank(len(sorted_values), pct)] if sorted_values else 0
+
+
+def _rank(count: int, pct: float) -> int:
+    """Index of the nearest-rank ``pct`` percentile among ``count`` ascending values."""
+    return int(max(1, -(-count * pct // 100))) - 1
 
 
 def _ms(ns: int) -> float:
@@ -117,8 +119,7 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         c.latency_of.items()
     )
     if finished:
-        rank = max(1, -(-len(finished) * 99 // 100))
-        _, client_id, number = finished[rank - 1]
+        _, client_id, number = finished[_rank(len(finished), 99)]
         sample = sample_trace(sim, client_id, number)
     stats = sim.stats
     return {
