@@ -36,6 +36,7 @@ from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 
 import vsrtel
+from vsrtel.handlers._attributes import scalar
 
 __all__ = [
     "METER_NAME",
@@ -613,12 +614,9 @@ _OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
 
 
 def _attr(value: Any) -> Any:
-    # OTel accepts str/bool/int/float attribute values; everything else becomes its str().
-    if isinstance(value, (str, bool, int, float)):
-        return value
-    if value is None:
-        return ""
-    return str(value)
+    # As span attributes are converted; but a tag always has a value, so None becomes "".
+    converted = scalar(value)
+    return "" if converted is None else converted
 
 
 class _State:

@@ -30,7 +30,6 @@ from collections.abc import (
     Sequence,
 )
 from contextvars import Token
-from enum import Enum
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -41,6 +40,7 @@ from opentelemetry.util.types import AttributeValue
 
 import vsrtel
 from vsrtel import current_span
+from vsrtel.handlers._attributes import INT64, scalar, text
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
@@ -53,7 +53,6 @@ _START, _STOP, _EXCEPTION = 0, 1, 2
 _SPAN_KEYS = frozenset({"telemetry_span_context", "trace_parent"})
 _EXCEPTION_KEYS = _SPAN_KEYS | {"kind", "reason", "stacktrace"}
 _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
-_INT64 = range(-(2**63), 2**63)
 _MAX_DEPTH = 4
 _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
@@ -295,7 +294,7 @@ def _flatten(
         ):
             continue
         cls = value.__class__
-        if cls is str or cls is float or cls is bool or (cls is int and value in _INT64):
+        if cls is str or cls is float or cls is bool or (cls is int and value in INT64):
             out[prefix + key] = value
         elif isinstance(value, Mapping):
             if depth < _MAX_DEPTH:
@@ -309,32 +308,11 @@ def _flatten(
 def _attribute_value(value: Any) -> AttributeValue | None:
     """An OTel attribute value for ``value``, or None to drop it."""
     if isinstance(value, list | tuple | set | frozenset):
-        items = [item for item in map(_scalar, value) if item is not None]
+        items = [item for item in map(scalar, value) if item is not None]
         if items and any(type(item) is not type(items[0]) for item in items):
             return tuple(str(item) for item in items)
         return tuple(items)
-    return _scalar(value)
-
-
-def _scalar(value: Any) -> str | bool | int | float | None:
-    if isinstance(value, str | bool | float):
-        return value
-    if isinstance(value, int):
-        return value if value in _INT64 else str(value)
-    if value is None:
-        return None
-    if isinstance(value, Enum):
-        return value.name
-    if isinstance(value, type):
-        return value.__qualname__
-    return _str(value)
-
-
-def _str(value: Any) -> str | None:
-    try:
-        return str(value)
-    except Exception:  # an object whose __str__ fails is dropped, not an error
-        return None
+    return scalar(value)
 
 
 def _parent(trace_parent: Any) -> Context | None:
@@ -357,7 +335,7 @@ def _record_exception(span: trace.Span, metadata: Mapping[str, Any], end_time: i
     else:
         kind = metadata.get("kind")
         kind_name = kind.__qualname__ if isinstance(kind, type) else str(kind)
-        description = _str(reason) or kind_name
+        description = text(reason) or kind_name
         span.add_event(
             "exception",
             {"exception.type": kind_name, "exception.message": description},
