@@ -638,6 +638,8 @@ class _State:
         _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
 
     def new_series(self, key: Any, tags: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self.warned:  # the cap was reached: series never grows again, no lock needed
+            return _OVERFLOW_ATTRS
         attrs = {k: _attr(v) for k, v in tags.items()}
         with self.lock:
             known = self.series.get(key)
