@@ -230,11 +230,9 @@ def test_span_events_can_be_turned_off(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     handler_id = spans.attach_tracer(["app.request"], tracer_provider=provider, span_events=False)
-    assert {r.event_name for r in vsrtel.list_handlers() if r.id == handler_id} == {
-        ("app", "request", "start"),
-        ("app", "request", "stop"),
-        ("app", "request", "exception"),
-    }
+    assert [r.event_name for r in vsrtel.list_handlers() if r.id == handler_id] == [
+        ("app", "request")
+    ]
     with vsrtel.span("app.request"):
         vsrtel.execute("app.cache.hit", {"count": 1})
     assert only(exporter, "app.request").events == ()
