@@ -280,10 +280,13 @@ def test_generators_consumed_alternately_leave_no_stale_span() -> None:
 
 
 def test_a_child_built_from_its_parents_metadata_gets_its_own_context() -> None:
-    with capture("a", "b") as events, vsrtel.span("a", {"k": 1}) as a:
-        with vsrtel.span("b", dict(a.metadata)) as b:
-            assert b.context != a.context
-            assert b.metadata["k"] == 1
+    with (
+        capture("a", "b") as events,
+        vsrtel.span("a", {"k": 1}) as a,
+        vsrtel.span("b", dict(a.metadata)) as b,
+    ):
+        assert b.context != a.context
+        assert b.metadata["k"] == 1
     contexts = {".".join(e.name): e.metadata["telemetry_span_context"] for e in events}
     assert contexts["a.start"] == contexts["a.stop"] != contexts["b.start"] == contexts["b.stop"]
 
@@ -292,9 +295,12 @@ def test_a_child_built_from_its_parents_metadata_gets_its_own_context() -> None:
 
 
 def test_stop_inside_with_is_an_error_and_the_span_still_ends_once() -> None:
-    with capture("a") as events, vsrtel.span("a") as span:
-        with pytest.raises(RuntimeError, match="entered with `with`"):
-            span.stop()
+    with (
+        capture("a") as events,
+        vsrtel.span("a") as span,
+        pytest.raises(RuntimeError, match="entered with `with`"),
+    ):
+        span.stop()
     assert names(events) == ["a.start", "a.stop"]
 
 
