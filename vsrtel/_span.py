@@ -47,7 +47,6 @@ class Span:
         "_extra",
         "_metadata",
         "_names",
-        "_parent",
         "_registry",
         "_started_at",
         "_template",
@@ -72,7 +71,7 @@ class Span:
         # Copied on first use: a span nobody listens to never pays for its metadata.
         self._metadata: dict[str, Any] | None = None
         self._extra: dict[str, Any] | None = None
-        self._token: Token[Span | None] | None = None  # set while entered with `with`
+        self._token: Token[Span | None] | None = None  # set when entered with `with`
         self._callbacks: list[Callable[[], object]] | None = None
 
     @property
@@ -121,6 +120,7 @@ class Span:
         """Emit the start event without making the span current; return the span."""
         if self._started_at is not None:
             raise RuntimeError(f"span {self._dotted} was already started")
+        self._token = None
         self._started_at = now = self._clock.monotonic_ns()
         try:
             route = self._registry._routes[self._names[0]]
@@ -143,13 +143,13 @@ class Span:
         """
         if error is not None and not isinstance(error, BaseException):
             raise TypeError(f"span {self._dotted}: error must be an exception, got {error!r}")
+        started_at = self._started_at
+        if started_at is None:
+            raise RuntimeError(f"span {self._dotted} was not started or already stopped")
         if self._token is not None:
             raise RuntimeError(
                 f"span {self._dotted} was entered with `with`: it stops when the block exits"
             )
-        started_at = self._started_at
-        if started_at is None:
-            raise RuntimeError(f"span {self._dotted} was not started or already stopped")
         self._started_at = None
         try:
             now = self._clock.monotonic_ns()
@@ -245,41 +245,48 @@ class Span:
             if route is not None:
                 self._emit_stop(route, exc, now - started_at, now)  # type: ignore[operator]
         finally:
-            self._leave()
+            # _leave, inlined for the common case: this span is current, its parent still runs.
+            if _current.get() is self and self._callbacks is None:
+                token = self._token
+                try:
+                    _current.reset(token)  # type: ignore[arg-type]
+                except ValueError:
+                    raise RuntimeError(self._wrong_context) from None
+                parent = token.old_value  # type: ignore[union-attr]
+                if parent.__class__ is Span and parent._started_at is None:
+                    _current.set(_live_ancestor(parent))
+            else:
+                self._leave()
 
     def _leave(self) -> None:
         """Make the innermost span still running current again, then run the exit callbacks."""
-        token = self._token
-        assert token is not None
-        self._token = None
-        self._parent = token.old_value
         try:
             current = _current.get()
             if current is self:
+                token = self._token
+                assert token is not None
                 try:
                     _current.reset(token)
                 except ValueError:
-                    raise RuntimeError(
-                        f"span {self._dotted} was exited in another thread or asyncio task "
-                        "than the one it was entered in"
-                    ) from None
+                    raise RuntimeError(self._wrong_context) from None
                 parent = _parent_of(self)
                 if parent is not None and parent._started_at is None:
-                    # It was exited before us (out of order): skip to the first live ancestor.
-                    while parent is not None and parent._started_at is None:
-                        parent = _parent_of(parent)
-                    _current.set(parent)
+                    _current.set(_live_ancestor(parent))
             elif not _is_below(current, self):
-                raise RuntimeError(
-                    f"span {self._dotted} was exited in another thread or asyncio task "
-                    "than the one it was entered in"
-                )
+                raise RuntimeError(self._wrong_context)
             # Else a span entered after this one is still running (spans exited out of order,
             # e.g. two instrumented generators consumed alternately): it stays current, and
             # skips this one when it ends.
         finally:
             if self._callbacks is not None:
                 self._run_callbacks()
+
+    @property
+    def _wrong_context(self) -> str:
+        return (
+            f"span {self._dotted} was exited in another thread or asyncio task than the one it "
+            "was entered in"
+        )
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
@@ -363,9 +370,15 @@ def _iteration(span: Span) -> Iterator[Span]:
 
 def _parent_of(span: Span) -> Span | None:
     """The span that was current when ``span`` was entered (None at the top)."""
-    token = span._token
-    parent = getattr(span, "_parent", None) if token is None else token.old_value
+    parent = None if span._token is None else span._token.old_value
     return parent if isinstance(parent, Span) else None
+
+
+def _live_ancestor(span: Span | None) -> Span | None:
+    """``span`` or its innermost ancestor still running: skips spans exited out of order."""
+    while span is not None and span._started_at is None:
+        span = _parent_of(span)
+    return span
 
 
 def _is_below(span: Span | None, ancestor: Span) -> bool:
