@@ -70,7 +70,9 @@ def test_the_readme_has_examples_with_documented_output() -> None:
     assert sum(expected is not None for _, _, expected in EXAMPLES) >= 3
 
 
-@pytest.mark.parametrize(("line", "code", "expected"), EXAMPLES, ids=[f"line{e[0]}" for e in EXAMPLES])
+@pytest.mark.parametrize(
+    ("line", "code", "expected"), EXAMPLES, ids=[f"line{line}" for line, _, _ in EXAMPLES]
+)
 def test_readme_example_runs_alone_and_prints_what_it_says(
     line: int, code: str, expected: str | None, tmp_path: Path
 ) -> None:
