@@ -93,6 +93,7 @@ class Timeouts:
     prepare_retry: int = 25 * MS  # primary: retransmit unacknowledged PREPAREs
     lag: int = 60 * MS  # backup: how long a gap may last before state transfer (> 2 retries)
     state_transfer: int = 40 * MS  # retry GETSTATE
+    recovery_rounds: int = 3  # unanswered GETSTATEs before a recovering replica changes view
     retransmit_window: int = 16  # entries per backup per retransmission
 
 
@@ -214,6 +215,14 @@ class Replica:
         was_primary = self.is_primary
         self._reset_volatile(now)
         self.machine = fold(self.log[: self.commit_number])
+        if (self.last_normal_view == self.view_number
+                and self.primary_of(self.view_number) == self.node_id):
+            # The primary of its last normal view: its durable log is that view's log, which no
+            # other replica can send it. It resumes (its PREPAREs go out again from the timer).
+            self._transition(status=NORMAL)
+            if self.op_number > self.commit_number:
+                self._retry_at = now
+            return self._finish()
         if self.status == VIEW_CHANGE:
             # It crashed during a view change: resume it (its view-number is a promise never to
             # act in a lower view again, so replicas of a lower view cannot serve it).
@@ -222,6 +231,7 @@ class Replica:
             return self._finish()
         previous = self.status
         self.status = RECOVERING
+        self._view_change_started = now
         if previous != RECOVERING:
             self._emit(("state", "status_change"), {}, {"previous_status": previous})
         if was_primary:
@@ -303,7 +313,7 @@ class Replica:
             previous_view, self.view_number = self.view_number, view
             self._emit(("state", "view_change"), {}, {"previous_view": previous_view})
         if status is not None and status != self.status:
-            if self.status == NORMAL:
+            if self.status == NORMAL or self._view_change_started is None:
                 self._view_change_started = self._now
             previous_status, self.status = self.status, status
             self._emit(("state", "status_change"), {}, {"previous_status": previous_status})
@@ -523,6 +533,10 @@ class Replica:
             if now >= self._view_change_deadline:
                 self._start_view_change(self.view_number + 1, "view_change_timeout")
         elif self._transfer_at is not None and now >= self._transfer_at + t.state_transfer:
+            if self._transfer_tries >= t.recovery_rounds:
+                # Nobody serves us: its primary may be recovering too, or in no view at all.
+                self._start_view_change(self.view_number + 1, "recovery_timeout")
+                return
             self._request_state("recovering")
 
     def _retransmit(self) -> None:
@@ -538,7 +552,7 @@ class Replica:
             if acked < self.commit_number - window:
                 continue  # far behind: its own lag detection fetches the state instead
             for n in range(acked + 1, min(self.op_number, acked + window) + 1):
-                if sent_at.get(n, 0) <= due:
+                if sent_at.get(n, due) <= due:  # never sent (since a restart) counts as due
                     destinations.setdefault(n, []).append(i)
                 else:
                     waiting = True  # sent recently: its PREPAREOK may be on the way
@@ -679,6 +693,9 @@ class Replica:
                    {"reason": reason, "log_view": self.last_normal_view})
 
     def _on_get_state(self, msg: GetState) -> None:
+        if msg.view > self.view_number:
+            # Only a replica of an established view asks in it: join that view.
+            self._rejoin(msg.view)
         # A newer view's log may only come from its primary, whose log is complete.
         served = (self.status == NORMAL and self.view_number >= msg.view
                   and msg.replica != self.node_id
