@@ -4,7 +4,8 @@ A mutant is ``vsrtel/vsr/replica.py`` with one textual edit, loaded as a separat
 caught either by the invariant checker over a few heavy-fault simulations, or by a directed test
 below (each directed test also runs, and passes, against the real replica). Random sweeps never
 deliver a PREPAREOK of an old view to a primary of a later view whose log differs, so those two
-mutations have directed tests only.
+mutations have directed tests only; so does the lower-view STARTVIEW, which the checker
+catches (its view-number goes back) only in rare seeds now that view changes retransmit.
 """
 
 from __future__ import annotations
@@ -158,8 +159,7 @@ Catcher = Callable[[type[Replica]], None] | str
 # mutation -> what must catch it: directed tests, and/or the checker (a pattern of its message)
 CAUGHT_BY: dict[str, list[Catcher]] = {
     "new primary commits its whole chosen log": ["committed op|committed while only"],
-    "STARTVIEW of a lower view accepted": [
-        start_view_of_a_lower_view_is_ignored, "view-number/last normal view went from"],
+    "STARTVIEW of a lower view accepted": [start_view_of_a_lower_view_is_ignored],
     "view-number lost in a crash": ["view-number/last normal view went from"],
     "primary skips its duplicate check": ["committed twice"],
     "PREPAREOK of an old view counted": [prepare_ok_of_an_old_view_is_not_counted],

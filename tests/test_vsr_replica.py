@@ -386,3 +386,28 @@ def test_view_change_duration_after_a_restart_counts_from_the_restart(cluster: C
     with capture("vsr.view_change.complete", registry=cluster.registry) as events:
         cluster.step(2, StartView(1, (), 0, 0, 1), now=30 * MS)
     assert [e.measurements["duration"] for e in events] == [20 * MS]
+
+
+def test_a_view_change_resends_its_messages_and_backs_off(cluster: Cluster) -> None:
+    replica = cluster.replicas[2]
+    cluster.step(2, StartViewChange(1, 0), now=1 * MS)  # DOVIEWCHANGE to replica 1
+    out = cluster.step(2, TICK, now=21 * MS)  # view_change_retry: both may have been lost
+    assert sorted(type(m).__name__ for _, m in out.messages) == [
+        "DoViewChange", "StartViewChange", "StartViewChange"]
+    # The view change timeout (80 ms) is jittered by up to half, and doubles when it fails.
+    first = replica._view_change_deadline - 1 * MS
+    now = 21 * MS
+    while replica.view_number == 1:
+        assert out.wake_at is not None
+        now = out.wake_at
+        out = cluster.step(2, TICK, now=now)
+    second = replica._view_change_deadline - now
+    assert 80 * MS <= first < 120 * MS and 160 * MS <= second < 200 * MS
+
+
+def test_the_new_primary_answers_a_straggler_with_start_view(cluster: Cluster) -> None:
+    _primary_of_view_1(cluster)
+    out = cluster.step(1, StartViewChange(1, 0), now=70 * MS)  # replica 0 missed STARTVIEW
+    assert [(dst, type(m).__name__) for dst, m in out.messages] == [(0, "StartView")]
+    cluster.step(0, out.messages[0][1], now=71 * MS)
+    assert (cluster.replicas[0].view_number, cluster.replicas[0].status) == (1, "normal")
