@@ -262,8 +262,9 @@ def _demo(args: argparse.Namespace) -> int:
         report = sim.report()
         print(json.dumps(report) if args.json else render_text(report), flush=True)
         if args.serve and server is not None and not interrupted:
-            progress.show(f"serving metrics at {server.url} until Ctrl-C", final=True)
             with contextlib.suppress(KeyboardInterrupt):
+                # Announced inside: a Ctrl-C answering the line must land in this block.
+                progress.show(f"serving metrics at {server.url} until Ctrl-C", final=True)
                 while True:
                     time.sleep(3600)
     if interrupted:
