@@ -4,8 +4,9 @@ One seeded ``random.Random`` drives everything (network delays, loss, duplicatio
 crashes, the clients' operations); time is a simulated clock advanced by a single event queue,
 ties broken by insertion order. Same arguments, same run: the same events in the same order.
 
-A run has three phases. While faults are on, the network loses, duplicates and delays messages
-(so it reorders them), replicas crash and restart, and partitions isolate replicas. Once three
+A run has three phases. While faults are on (as a :class:`FaultProfile` says), the network loses,
+duplicates and delays messages (so it reorders them), replicas crash and restart, partitions cut
+groups of replicas off (both ways or one way), and timers fire late. Once three
 quarters of the requests are done (or the fault window closes) everything heals: partitions end,
 crashed replicas restart, the network stops losing messages; every remaining request must then
 complete (liveness). Finally the cluster drains until every replica has caught up with the
@@ -235,7 +236,8 @@ class Simulation:
 
     Emits the ``vsr`` catalogue on ``registry`` (default: the default registry), timed by the
     simulated clock. Drive it with :meth:`run` or step by step with :meth:`run_until`; read the
-    result with :meth:`report`. ``propagation`` carries trace context inside messages.
+    result with :meth:`report`. ``faults`` is a :class:`FaultProfile` or a spec of one (see
+    :func:`simulate`). ``propagation`` carries trace context inside messages.
     Use it as a context manager (or call :meth:`close`) to detach its event recorder.
     Raises ``ValueError`` naming a bad argument.
     """
