@@ -266,6 +266,14 @@ def test_sweep_runs_every_seed_on_every_size() -> None:
     assert "[##############################] 6/6 runs, 0 failed" in result.stderr
 
 
+def test_sweep_jobs_run_in_processes_with_the_same_outcome() -> None:
+    result = run("sweep", "--seeds", "4", "--requests", "20", "--replicas", "3", "5",
+                 "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("8 of 8 runs, 0 failed")
+    assert "Traceback" not in result.stderr
+
+
 def test_sweep_prints_each_failure_with_the_command_that_replays_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
