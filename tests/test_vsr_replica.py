@@ -285,14 +285,24 @@ def test_crash_and_restart_rebuild_the_state_machine_and_recover(cluster: Cluste
     assert names(events)[0] == "protocol.client_request.exception"
     assert type(events[0].metadata["reason"]).__name__ == "RequestAbandoned"
     assert events[0].metadata["stacktrace"]
-    assert primary.status == "recovering" and primary.incarnation == 1
+    assert primary.incarnation == 1
     assert primary.machine.data == {"a": 3}  # the fold of its committed prefix
     assert primary.op_number == 2  # the log survived
-    assert [m for _, m in out.messages] == [GetState(0, 0, 2, 1, 0)] * 2
-    # A backup of the same view answers with what it has beyond op 2: nothing; that is enough.
-    served = cluster.step(1, GetState(0, 0, 2, 1, 0), now=10 * MS)
-    cluster.step(0, served.messages[0][1], now=11 * MS)
+    # The primary of its last normal view resumes it and resends the uncommitted PREPARE.
     assert primary.status == "normal" and primary.is_primary
+    assert out.messages == [] and out.wake_at == 9 * MS
+    resent = cluster.step(0, TICK, now=9 * MS)
+    assert {m.op_number for _, m in resent.messages if isinstance(m, Prepare)} == {2}
+    # A restarted backup recovers by state transfer.
+    backup = cluster.replicas[1]
+    backup.crash(10 * MS)
+    cluster.clock.now = 11 * MS
+    out = backup.restart(11 * MS)
+    assert backup.status == "recovering"
+    assert [m for _, m in out.messages] == [GetState(0, 0, 1, 0, 1)] * 2
+    served = cluster.step(0, GetState(0, 0, 1, 0, 1), now=12 * MS)
+    cluster.step(1, served.messages[0][1], now=13 * MS)
+    assert backup.status == "normal" and backup.op_number == 2
 
 
 def test_common_metadata_reflects_the_state_at_each_event(cluster: Cluster) -> None:
@@ -315,3 +325,89 @@ def test_a_late_start_view_of_a_view_already_joined_is_ignored(cluster: Cluster)
     assert replica.status == "recovering" and replica.commit_number == 2
     cluster.step(2, StartView(1, entries, 1, 0, 1), now=5 * MS)
     assert replica.log == [entries[0], more] and replica.status == "recovering"
+
+
+def _primary_of_view_1(cluster: Cluster) -> None:
+    """Replica 1 becomes primary of view 1 with replica 2; replica 0 stays in view 0."""
+    cluster.step(1, TICK, now=60 * MS)
+    cluster.step(1, StartViewChange(1, 2), now=61 * MS)
+    out = cluster.step(1, DoViewChange(1, (), 0, 0, 0, 2), now=62 * MS)
+    start_view = next(m for dst, m in out.messages if dst == 2)
+    cluster.step(2, start_view, now=63 * MS)
+    assert cluster.replicas[1].is_primary and cluster.replicas[2].status == "normal"
+
+
+def test_a_restarted_primary_of_its_last_normal_view_resumes_it(cluster: Cluster) -> None:
+    # Regression (seed 572): the restarted primary waited, recovering, for a NEWSTATE that only
+    # a normal replica of its view may send; its backups were recovering too: a deadlock.
+    _primary_of_view_1(cluster)
+    primary = cluster.replicas[1]
+    primary.crash(70 * MS)
+    cluster.clock.now = 80 * MS
+    primary.restart(80 * MS)
+    assert primary.status == "normal" and primary.is_primary and primary.view_number == 1
+    backup = cluster.replicas[2]
+    backup.crash(81 * MS)
+    cluster.clock.now = 82 * MS
+    asked = backup.restart(82 * MS)
+    get_state = next(m for dst, m in asked.messages if dst == 1)
+    served = cluster.step(1, get_state, now=83 * MS)
+    assert [type(m).__name__ for _, m in served.messages] == ["NewState"]
+
+
+def test_a_higher_view_get_state_moves_a_replica_of_an_older_view_on(cluster: Cluster) -> None:
+    _primary_of_view_1(cluster)
+    old = cluster.replicas[0]
+    assert old.view_number == 0 and old.is_primary
+    out = cluster.step(0, GetState(1, 1, 0, 0, 2), now=70 * MS)
+    assert (old.view_number, old.status) == (1, "recovering")
+    assert out.messages == [(1, GetState(1, 0, 0, 0, 0))]
+
+
+def test_a_recovering_replica_nobody_answers_starts_a_view_change(cluster: Cluster) -> None:
+    replica = cluster.replicas[2]
+    replica.crash(1 * MS)
+    cluster.clock.now = 2 * MS
+    out = replica.restart(2 * MS)
+    for _ in range(10):  # every GETSTATE is lost
+        if replica.status != "recovering":
+            break
+        assert out.wake_at is not None
+        out = cluster.step(2, TICK, now=out.wake_at)
+    assert (replica.status, replica.view_number) == ("view_change", 1)
+    assert [m for _, m in out.messages] == [StartViewChange(1, 2)] * 2
+
+
+def test_view_change_duration_after_a_restart_counts_from_the_restart(cluster: Cluster) -> None:
+    replica = cluster.replicas[2]
+    replica.crash(5 * MS)
+    cluster.clock.now = 10 * MS
+    replica.restart(10 * MS)
+    with capture("vsr.view_change.complete", registry=cluster.registry) as events:
+        cluster.step(2, StartView(1, (), 0, 0, 1), now=30 * MS)
+    assert [e.measurements["duration"] for e in events] == [20 * MS]
+
+
+def test_a_view_change_resends_its_messages_and_backs_off(cluster: Cluster) -> None:
+    replica = cluster.replicas[2]
+    cluster.step(2, StartViewChange(1, 0), now=1 * MS)  # DOVIEWCHANGE to replica 1
+    out = cluster.step(2, TICK, now=21 * MS)  # view_change_retry: both may have been lost
+    assert sorted(type(m).__name__ for _, m in out.messages) == [
+        "DoViewChange", "StartViewChange", "StartViewChange"]
+    # The view change timeout (80 ms) is jittered by up to half, and doubles when it fails.
+    first = replica._view_change_deadline - 1 * MS
+    now = 21 * MS
+    while replica.view_number == 1:
+        assert out.wake_at is not None
+        now = out.wake_at
+        out = cluster.step(2, TICK, now=now)
+    second = replica._view_change_deadline - now
+    assert 80 * MS <= first < 120 * MS and 160 * MS <= second < 200 * MS
+
+
+def test_the_new_primary_answers_a_straggler_with_start_view(cluster: Cluster) -> None:
+    _primary_of_view_1(cluster)
+    out = cluster.step(1, StartViewChange(1, 0), now=70 * MS)  # replica 0 missed STARTVIEW
+    assert [(dst, type(m).__name__) for dst, m in out.messages] == [(0, "StartView")]
+    cluster.step(0, out.messages[0][1], now=71 * MS)
+    assert (cluster.replicas[0].view_number, cluster.replicas[0].status) == (1, "normal")

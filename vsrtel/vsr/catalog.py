@@ -112,10 +112,11 @@ CATALOG = Catalog(
         ),
         # view change
         _event("view_change.start", "a replica starts a view change: primary timeout, a "
-               "STARTVIEWCHANGE/DOVIEWCHANGE for a higher view, a view change timeout, or a "
-               "restart during a view change",
+               "STARTVIEWCHANGE/DOVIEWCHANGE for a higher view, a view change timeout, a "
+               "restart during a view change, or a recovering replica that nobody serves",
                {"count": "STARTVIEWCHANGE frames sent"},
-               {"reason": "primary_timeout, higher_view, view_change_timeout or restart (str)",
+               {"reason": "primary_timeout, higher_view, view_change_timeout, restart or "
+                          "recovery_timeout (str)",
                 "previous_view": "view-number before the change (int)"}),
         _event("view_change.vote_received", "a STARTVIEWCHANGE for the replica's new view arrives",
                {"votes": "distinct STARTVIEWCHANGE votes from other replicas so far"}, _FROM),
@@ -128,7 +129,8 @@ CATALOG = Catalog(
         _event("view_change.complete", "the new view is established: the new primary sends "
                "STARTVIEW, or a backup processes it",
                {"count": "STARTVIEW frames sent (0 on backups)",
-                "duration": "time since this replica left normal status, 0 if it did not (int ns)"},
+                "duration": "time since this replica left normal status (or restarted), 0 if it "
+                            "did neither (int ns)"},
                {"role": "primary or backup in the new view (str)"}),
         # state
         _event("state.status_change", "the replica's status changes", {},

@@ -17,7 +17,12 @@ class Checker:
     """Checks, for one simulation run (``seed`` is quoted in every violation):
 
     - a replica's commit-number never decreases and never exceeds its op-number;
+    - its view-number and last normal view never decrease, and the last normal view is at most
+      the view-number (both survive crashes);
     - all replicas agree on the committed prefix (one global committed log);
+    - an operation is in the logs of at least f+1 replicas when it is first committed;
+    - no (client, request number) appears twice in the committed log (checked on its own
+      record, not through the replicas' client table);
     - each replica's state machine equals a fold over its committed log;
     - every client reply matches the committed result of that request.
     """
@@ -28,6 +33,10 @@ class Checker:
         self.results: dict[tuple[int, int], Result] = {}
         self._global = StateMachine()
         count = len(replicas)
+        self._replicas = list(replicas)
+        self._quorum = (count - 1) // 2 + 1
+        self._requests: dict[tuple[int, int], int] = {}  # (client, request) -> op-number
+        self._views = [(r.view_number, r.last_normal_view) for r in replicas]
         self._shadows = [StateMachine() for _ in range(count)]
         self._applied = [0] * count
         self._verified = [0] * count
@@ -47,6 +56,16 @@ class Checker:
         if k > replica.op_number:
             raise self.fail(f"{where}: commit-number {k} exceeds op-number {replica.op_number}")
         self._commits[i] = k
+        view, log_view = replica.view_number, replica.last_normal_view
+        old_view, old_log_view = self._views[i]
+        if view < old_view or log_view < old_log_view:
+            raise self.fail(
+                f"{where}: view-number/last normal view went from {old_view}/{old_log_view} "
+                f"down to {view}/{log_view}"
+            )
+        if log_view > view:
+            raise self.fail(f"{where}: last normal view {log_view} exceeds view-number {view}")
+        self._views[i] = (view, log_view)
         # The log may only be appended to without a version bump: re-verify all on a bump.
         start = self._verified[i] if replica.log_version == self._versions[i] else 0
         log, committed = replica.log, self.committed
@@ -59,6 +78,7 @@ class Checker:
                         f"committed {committed[n]}"
                     )
             else:
+                self._check_new_commit(n, entry, where)
                 committed.append(entry)
                 result = self._global.execute(entry)
                 if result is not None:
@@ -72,6 +92,21 @@ class Checker:
             raise self.fail(
                 f"{where}: state machine {replica.machine.data} differs from the fold of its "
                 f"{k} committed ops {shadow.data}"
+            )
+
+    def _check_new_commit(self, n: int, entry: Entry, where: str) -> None:
+        holders = sum(1 for r in self._replicas if len(r.log) > n and r.log[n] == entry)
+        if holders < self._quorum:
+            raise self.fail(
+                f"{where}: op {n + 1} committed while only {holders} replicas hold it "
+                f"(f+1 = {self._quorum})"
+            )
+        key = (entry.client_id, entry.request_number)
+        first = self._requests.setdefault(key, n + 1)
+        if first != n + 1:
+            raise self.fail(
+                f"{where}: client {key[0]} request {key[1]} committed twice, as ops {first} "
+                f"and {n + 1}"
             )
 
     def check_reply(self, reply: Reply, now: int) -> None:

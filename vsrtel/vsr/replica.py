@@ -90,9 +90,11 @@ class Timeouts:
     heartbeat: int = 10 * MS  # primary: idle time before a heartbeat COMMIT
     primary: int = 60 * MS  # backup: silence from the primary before a view change
     view_change: int = 80 * MS  # a view change that has not completed moves to the next view
+    view_change_retry: int = 20 * MS  # resend STARTVIEWCHANGE (and DOVIEWCHANGE) meanwhile
     prepare_retry: int = 25 * MS  # primary: retransmit unacknowledged PREPAREs
     lag: int = 60 * MS  # backup: how long a gap may last before state transfer (> 2 retries)
     state_transfer: int = 40 * MS  # retry GETSTATE
+    recovery_rounds: int = 3  # unanswered GETSTATEs before a recovering replica changes view
     retransmit_window: int = 16  # entries per backup per retransmission
 
 
@@ -171,6 +173,7 @@ class Replica:
         self._span_seq = 0
         self._reset_view_state(now)
         self._view_change_started: int | None = None
+        self._view_change_rounds = 0  # view changes started since the last normal status
 
     def _reset_view_state(self, now: int) -> None:
         self._acked: dict[int, int] = {}
@@ -187,6 +190,7 @@ class Replica:
         self._retry_at: int | None = None
         self._prepared_at: dict[int, int] = {}  # primary: op-number -> last PREPARE sent
         self._view_change_deadline = now + self.timeouts.view_change
+        self._view_change_retry_at = now + self.timeouts.view_change_retry
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -214,6 +218,14 @@ class Replica:
         was_primary = self.is_primary
         self._reset_volatile(now)
         self.machine = fold(self.log[: self.commit_number])
+        if (self.last_normal_view == self.view_number
+                and self.primary_of(self.view_number) == self.node_id):
+            # The primary of its last normal view: its durable log is that view's log, which no
+            # other replica can send it. It resumes (its PREPAREs go out again from the timer).
+            self._transition(status=NORMAL)
+            if self.op_number > self.commit_number:
+                self._retry_at = now
+            return self._finish()
         if self.status == VIEW_CHANGE:
             # It crashed during a view change: resume it (its view-number is a promise never to
             # act in a lower view again, so replicas of a lower view cannot serve it).
@@ -222,6 +234,7 @@ class Replica:
             return self._finish()
         previous = self.status
         self.status = RECOVERING
+        self._view_change_started = now
         if previous != RECOVERING:
             self._emit(("state", "status_change"), {}, {"previous_status": previous})
         if was_primary:
@@ -291,7 +304,7 @@ class Replica:
                 if self._lag_since is not None and self._transfer_at is None:
                     deadlines.append(self._lag_since + t.lag)
         elif self.status == VIEW_CHANGE:
-            deadlines.append(self._view_change_deadline)
+            deadlines.append(min(self._view_change_deadline, self._view_change_retry_at))
         if self._transfer_at is not None:
             deadlines.append(self._transfer_at + t.state_transfer)
         return min(deadlines) if deadlines else None
@@ -303,8 +316,10 @@ class Replica:
             previous_view, self.view_number = self.view_number, view
             self._emit(("state", "view_change"), {}, {"previous_view": previous_view})
         if status is not None and status != self.status:
-            if self.status == NORMAL:
+            if self.status == NORMAL or self._view_change_started is None:
                 self._view_change_started = self._now
+            if status == NORMAL:
+                self._view_change_rounds = 0
             previous_status, self.status = self.status, status
             self._emit(("state", "status_change"), {}, {"previous_status": previous_status})
         if self.is_primary != was_primary:
@@ -522,7 +537,13 @@ class Replica:
         elif self.status == VIEW_CHANGE:
             if now >= self._view_change_deadline:
                 self._start_view_change(self.view_number + 1, "view_change_timeout")
+            elif now >= self._view_change_retry_at:
+                self._retransmit_view_change()
         elif self._transfer_at is not None and now >= self._transfer_at + t.state_transfer:
+            if self._transfer_tries >= t.recovery_rounds:
+                # Nobody serves us: its primary may be recovering too, or in no view at all.
+                self._start_view_change(self.view_number + 1, "recovery_timeout")
+                return
             self._request_state("recovering")
 
     def _retransmit(self) -> None:
@@ -538,7 +559,7 @@ class Replica:
             if acked < self.commit_number - window:
                 continue  # far behind: its own lag detection fetches the state instead
             for n in range(acked + 1, min(self.op_number, acked + window) + 1):
-                if sent_at.get(n, 0) <= due:
+                if sent_at.get(n, due) <= due:  # never sent (since a restart) counts as due
                     destinations.setdefault(n, []).append(i)
                 else:
                     waiting = True  # sent recently: its PREPAREOK may be on the way
@@ -561,16 +582,42 @@ class Replica:
         previous_view = self.view_number
         self._transition(view=view, status=VIEW_CHANGE)
         self._reset_view_state(self._now)
+        self._view_change_rounds += 1
+        self._view_change_deadline = self._now + self._view_change_timeout()
         count = self._broadcast(StartViewChange(view, self.node_id))
         self._emit(("view_change", "start"), {"count": count},
                    {"reason": reason, "previous_view": previous_view})
         self._maybe_send_do_view_change()
+
+    def _view_change_timeout(self) -> int:
+        """Back off over consecutive failed view changes, jittered so replicas do not move in
+        step. The jitter is a hash of (replica, view): the replica has no random source."""
+        base = self.timeouts.view_change
+        backoff = base << min(self._view_change_rounds - 1, 2)
+        mixed = ((self.node_id + 1) * 0x9E3779B1 + self.view_number * 0x85EBCA77) % 2**32
+        return backoff + mixed * (base // 2) // 2**32
+
+    def _retransmit_view_change(self) -> None:
+        """Resend STARTVIEWCHANGE, and DOVIEWCHANGE once sent: either may have been lost."""
+        self._view_change_retry_at = self._now + self.timeouts.view_change_retry
+        self._broadcast(StartViewChange(self.view_number, self.node_id))
+        if self._dvc_sent:
+            self._dvc_sent = False
+            self._maybe_send_do_view_change()
+
+    def _resend_start_view(self, to: int) -> None:
+        """The primary of an established view answers a straggler still changing to it."""
+        self._send(to, StartView(self.view_number, tuple(self.log), self.op_number,
+                                 self.commit_number, self.node_id))
 
     def _on_start_view_change(self, msg: StartViewChange) -> None:
         if msg.replica == self.node_id:
             return
         if msg.view > self.view_number:
             self._start_view_change(msg.view, "higher_view")
+        if msg.view == self.view_number and self.is_primary:
+            self._resend_start_view(msg.replica)
+            return
         if msg.view != self.view_number or self.status != VIEW_CHANGE:
             return
         if msg.replica not in self._svc_votes:
@@ -596,6 +643,9 @@ class Replica:
     def _on_do_view_change(self, msg: DoViewChange) -> None:
         if msg.view > self.view_number:
             self._start_view_change(msg.view, "higher_view")
+        if msg.view == self.view_number and self.is_primary and msg.replica != self.node_id:
+            self._resend_start_view(msg.replica)
+            return
         if (msg.view != self.view_number or self.status != VIEW_CHANGE
                 or self.primary_of(msg.view) != self.node_id):
             return
@@ -679,6 +729,9 @@ class Replica:
                    {"reason": reason, "log_view": self.last_normal_view})
 
     def _on_get_state(self, msg: GetState) -> None:
+        if msg.view > self.view_number:
+            # Only a replica of an established view asks in it: join that view.
+            self._rejoin(msg.view)
         # A newer view's log may only come from its primary, whose log is complete.
         served = (self.status == NORMAL and self.view_number >= msg.view
                   and msg.replica != self.node_id
