@@ -1,8 +1,7 @@
-"""The redaction setting shared by the logs and spans handlers.
+"""Redaction of secrets, shared by the logs and spans handlers.
 
-A metadata key is secret when, lower-cased with ``-`` read as ``_``, it equals a listed name or
-ends with ``_`` plus a listed name: with ``"token"`` listed, ``"Token"``, ``"access_token"`` and
-``"X-Auth-Token"`` are secret, ``"tokens_used"`` is not.
+This module is the only implementation of the rule (which keys are secret, how they are matched,
+what replaces their values); README.md states it once, under "Logging while debugging".
 """
 
 from __future__ import annotations
@@ -11,20 +10,48 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
+# Stands for a container met again inside itself, so that the copy has no cycle.
+CYCLE = "[CYCLE]"
 
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
-    {"password", "passwd", "token", "secret", "cookie", "authorization", "api_key"}
+    {
+        "api_key",
+        "authorization",
+        "bearer",
+        "cookie",
+        "credentials",
+        "passphrase",
+        "passwd",
+        "password",
+        "private_key",
+        "pwd",
+        "secret",
+        "secret_access_key",
+        "secret_key",
+        "token",
+    }
 )
 
-# Nested metadata deeper than this is not walked (a cycle guard, not a feature).
-_MAX_DEPTH = 8
+# Values that hold no keys: the common case, recognised by one set lookup of their class.
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+# Containers nested deeper than this are replaced whole: they cannot be checked without
+# risking the interpreter's recursion limit.
+_MAX_DEPTH = 64
 _MAX_CACHED_KEYS = 4096
+_IN_PROGRESS = object()
+
+
+def _normalize(name: str | bytes) -> str:
+    """``name`` lower-cased with every character but letters and digits removed."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return "".join(char for char in name.lower() if char.isalnum())
 
 
 class Secrets:
-    """A validated, normalised set of secret key names."""
+    """A validated set of secret key names, and the redaction that applies it."""
 
-    __slots__ = ("_verdicts", "names", "suffixes")
+    __slots__ = ("_verdicts", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         if isinstance(names, str | bytes):
@@ -35,35 +62,72 @@ class Secrets:
         for name in names:
             if not isinstance(name, str):
                 raise TypeError(f"redact key names must be str, got {name!r}")
-            if not name:
-                raise ValueError("redact key names must be non-empty, got ''")
-            normalized.add(name.lower().replace("-", "_"))
-        self.names = frozenset(normalized)
-        self.suffixes = tuple(f"_{name}" for name in sorted(normalized))
-        # Metadata keys repeat endlessly, so each key's verdict is computed once.
+            if not _normalize(name):
+                raise ValueError(f"redact key names need a letter or digit, got {name!r}")
+            normalized.add(_normalize(name))
+        self.names = tuple(sorted(normalized))
+        # Keys repeat endlessly, so each key's verdict is computed once.
         self._verdicts: dict[object, bool] = {}
 
     def is_secret(self, key: object) -> bool:
-        """Whether the metadata key ``key`` names a secret."""
+        """Whether the mapping key ``key`` names a secret (a str or bytes key; others never do)."""
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = isinstance(key, str) and (
-                (normalized := key.lower().replace("-", "_")) in self.names
-                or normalized.endswith(self.suffixes)
-            )
+            verdict = isinstance(key, str | bytes) and _normalize(key).endswith(self.names)
             if len(self._verdicts) >= _MAX_CACHED_KEYS:
                 self._verdicts = {}
             self._verdicts[key] = verdict
         return verdict
 
-    def redact(self, metadata: Mapping[Any, Any], _depth: int = 0) -> dict[Any, Any]:
-        """Copy ``metadata`` with secret values replaced by ``"[REDACTED]"``, nested maps too."""
-        out: dict[Any, Any] = {}
-        for key, value in metadata.items():
-            if self.is_secret(key):
-                out[key] = REDACTED
-            elif isinstance(value, Mapping) and _depth < _MAX_DEPTH:
-                out[key] = self.redact(value, _depth + 1)
+    def redact(self, data: Mapping[Any, Any]) -> Mapping[Any, Any]:
+        """Return ``data`` with the value of every secret key replaced by ``"[REDACTED]"``.
+
+        Mappings, lists and tuples inside it are walked too, at any depth. ``data`` is never
+        modified: what changed is copied (mappings as dicts), the rest is shared, and ``data``
+        itself comes back when nothing in it is secret. A container met again inside itself
+        becomes ``"[CYCLE]"``, one nested deeper than 64 levels ``"[REDACTED]"``.
+        """
+        verdicts = self._verdicts
+        for key, value in data.items():
+            # The fast path: known, non-secret keys with plain values need no walk.
+            if verdicts.get(key) is not False or value.__class__ not in _LEAVES:
+                redacted: Mapping[Any, Any] = self._walk(data, {}, 0)
+                return redacted
+        return data
+
+    def _walk(self, value: Any, done: dict[int, Any], depth: int) -> Any:
+        """``value`` redacted; ``done`` maps the id of each container seen to its result."""
+        if value.__class__ in _LEAVES:
+            return value
+        is_mapping = isinstance(value, Mapping)
+        if not (is_mapping or isinstance(value, list | tuple)):
+            return value
+        seen = done.get(id(value))
+        if seen is not None:
+            return CYCLE if seen is _IN_PROGRESS else seen
+        if depth >= _MAX_DEPTH:
+            return REDACTED
+        done[id(value)] = _IN_PROGRESS
+        result: Any
+        if is_mapping:
+            result = self._walk_mapping(value, done, depth + 1)
+        else:
+            items = [self._walk(item, done, depth + 1) for item in value]
+            if any(new is not old for new, old in zip(items, value, strict=False)):
+                result = items if isinstance(value, list) else tuple(items)
             else:
-                out[key] = value
-        return out
+                result = value
+        done[id(value)] = result
+        return result
+
+    def _walk_mapping(
+        self, data: Mapping[Any, Any], done: dict[int, Any], depth: int
+    ) -> Mapping[Any, Any]:
+        copy: dict[Any, Any] | None = None
+        for key, value in data.items():
+            new = REDACTED if self.is_secret(key) else self._walk(value, done, depth)
+            if new is not value:
+                if copy is None:
+                    copy = dict(data)
+                copy[key] = new
+        return data if copy is None else copy

@@ -361,7 +361,7 @@ class _Tracer:
     ) -> dict[str, AttributeValue]:
         """Attributes for metadata (``exclude`` given) or measurements (no allow-list)."""
         out: dict[str, AttributeValue] = {}
-        _flatten(out, "", values, self, exclude, 0)
+        _flatten(out, "", self.secrets.redact(values), self, exclude, 0)
         return out
 
 
