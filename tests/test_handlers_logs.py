@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -11,6 +13,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -202,6 +206,27 @@ def test_custom_and_empty_redact_sets(captured: list[Any]) -> None:
     assert captured[1]["password"] == "p"
 
 
+def test_measurements_and_dicts_in_lists_are_redacted(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute(
+        "app.login",
+        {"n": 1, "token": 42},
+        {"users": [{"name": "ann", "password": "hunter2"}], "apiKey": "k", b"pwd": "p"},
+    )
+    [entry] = captured
+    assert entry["token"] == "[REDACTED]" and entry["n"] == 1
+    assert entry["users"] == [{"name": "ann", "password": "[REDACTED]"}]
+    assert entry["apiKey"] == "[REDACTED]"
+    assert entry["b'pwd'"] == "[REDACTED]"
+
+
+def test_debug_redacts_everywhere() -> None:
+    out = io.StringIO()
+    with vsrtel.debug("app", file=out):
+        vsrtel.execute("app.x", {"accessToken": 7}, {"users": [{"secret_key": "hunter2"}]})
+    assert "hunter2" not in out.getvalue() and "accessToken=[REDACTED]" in out.getvalue()
+
+
 def test_trace_ids_are_added_when_a_span_is_recording(captured: list[Any]) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(shutdown_on_exit=False)
@@ -228,6 +253,70 @@ def test_reserved_structlog_keys_are_renamed(captured: list[Any]) -> None:
     assert captured == [
         {"event": "app.x", "log_level": "debug", "n": 1, "event_": "mine", "exc_info_": "nope"}
     ]
+
+
+def test_odd_keys_become_str_and_clashing_keys_are_renamed(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.x", {0: 1, "self": 2}, {"self": 3, "method_name": 4, (1, 2): 5})
+    vsrtel.execute("app.y", {"n": 1})
+    assert captured == [
+        {
+            "event": "app.x",
+            "log_level": "debug",
+            "0": 1,
+            "self_": 2,
+            "method_name_": 4,
+            "(1, 2)": 5,
+        },
+        {"event": "app.y", "log_level": "debug", "n": 1},
+    ]
+
+
+def _json_logger(out: io.StringIO) -> Any:
+    return structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+
+
+def test_values_a_json_renderer_cannot_hold_are_logged_as_repr() -> None:
+    out = io.StringIO()
+    handler_id = logs.attach_logger("app", logger=_json_logger(out))
+    cyclic: dict[str, Any] = {"n": 1}
+    cyclic["again"] = cyclic
+    vsrtel.execute("app.cycle", {"n": 1}, {"data": cyclic})
+    vsrtel.execute("app.tuple_keys", {"n": 1}, {"data": {(1, 2): "pair"}})
+    vsrtel.execute("app.after", {"n": 2})
+    cycle, tuple_keys, after = map(json.loads, out.getvalue().splitlines())
+    assert cycle["data"] == {"n": 1, "again": "[CYCLE]"}
+    assert tuple_keys["data"] == "{(1, 2): 'pair'}"
+    assert after == {"event": "app.after", "n": 2}
+    assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+
+
+def test_huge_and_nan_durations_are_logged_as_they_are(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.x", {"duration": 10**400, "queue_time": math.nan})
+    [entry] = captured
+    assert entry["duration"] == 10**400 and math.isnan(entry["queue_time"])
+
+
+def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    handler_id = logs.attach_logger("app")
+    vsrtel.execute("app.x", {"n": 1}, {Unprintable(): "hunter2"})
+    vsrtel.execute("app.y", {"n": 1})
+    assert captured[0]["event"] == "app.x" and "no str" in captured[0]["log_error"]
+    assert "hunter2" not in str(captured[0])
+    assert captured[1]["event"] == "app.y"
+    assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
 
 
 def test_handler_id_and_detach(captured: list[Any]) -> None:
@@ -300,3 +389,63 @@ def test_import_vsrtel_does_not_import_structlog_or_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+keys = st.one_of(
+    st.sampled_from(
+        ["self", "event", "exc_info", "method_name", "password", "apiKey", "duration", "reason"]
+    ),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.tuples(st.integers(), st.text(max_size=3)),
+    st.frozensets(st.integers(), max_size=3),
+)
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.just(10**400),
+    st.floats(),
+    st.text(),
+    st.binary(),
+    st.just(ValueError("boom")),
+    st.just(object()),
+)
+values = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(keys, inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+payloads = st.dictionaries(keys, values, max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(measurements=payloads | st.integers() | st.floats(), metadata=payloads, cycle=st.booleans())
+def test_any_event_is_logged_and_the_handlers_stay_attached(
+    measurements: Any, metadata: dict[Any, Any], cycle: bool
+) -> None:
+    if cycle:
+        metadata["loop"] = [metadata]
+        if isinstance(measurements, dict):
+            measurements["loop"] = measurements
+    registry = vsrtel.Registry()  # the default policy: a failing handler is detached
+    json_out, debug_out = io.StringIO(), io.StringIO()
+    logs.attach_logger("app", logger=_json_logger(json_out), registry=registry)
+    vsrtel.debug("app", file=debug_out, registry=registry)
+    attached = registry.list_handlers()
+
+    registry.execute("app.odd", measurements, metadata)
+    registry.execute("app.after", {"n": 1})
+
+    assert registry.list_handlers() == attached
+    *_, last = json_out.getvalue().splitlines()
+    assert json.loads(last) == {"event": "app.after", "n": 1}
+    assert "app.after" in debug_out.getvalue().splitlines()[-1]

@@ -7,11 +7,15 @@ Each event under the prefix becomes one structlog call whose event is the dotted
 whose key/value pairs are the measurements and metadata: durations (``duration``, ``*_duration``
 and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
 ``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
-secret metadata is replaced by ``"[REDACTED]"``, and ``trace_id``/``span_id`` are added when an
-OpenTelemetry span is recording. ``exception`` and ``failure`` events (a span's exception, the
-core's handler failures, the poller's) log at error with the exception as ``exc_info``.
+secrets are redacted (the rule is in README.md, "Logging while debugging"), and
+``trace_id``/``span_id`` are added when an OpenTelemetry span is recording. ``exception`` and
+``failure`` events (a span's exception, the core's handler failures, the poller's) log at error
+with the exception as ``exc_info``.
 
 When the logger's level filters an event out, the handler returns before building anything.
+Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
+(``event``, ``self``...) get a trailing ``_``, and values the logger cannot render are logged as
+their repr.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import reprlib
 import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -43,8 +48,10 @@ LEVELS: Mapping[str, int] = {
 }
 _METHODS = {number: name for name, number in LEVELS.items()}
 _CLOCKS = frozenset({"monotonic_time", "system_time"})
-# Keys a structlog call interprets itself; event data under these names is renamed with "_".
-_RESERVED = frozenset({"event", "exc_info", "stack_info"})
+# Keys a structlog call interprets itself or that clash with the parameters of its methods;
+# event data under these names is renamed with "_".
+_RESERVED = frozenset({"event", "exc_info", "stack_info", "self", "method_name"})
+_HUGE = 1e300
 _MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
 
@@ -66,8 +73,8 @@ def attach_logger(
     longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
     ``exception`` and ``failure`` events always log at error. ``logger`` is a structlog bound logger
     (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
-    structlog before attaching. ``redact`` names secret metadata keys (case-insensitive, nested
-    mappings included, shared with the spans handler).
+    structlog before attaching. ``redact`` names the secret keys (see README.md, "Logging while
+    debugging"; ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default).
 
     Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
     Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
@@ -189,7 +196,7 @@ class _LogHandler:
         return resolved
 
     def handle(
-        self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
+        self, name: EventName, measurements: Mapping[Any, Any], metadata: Mapping[Any, Any], _: Any
     ) -> None:
         resolved = self.names.get(name)
         if resolved is None:
@@ -198,28 +205,46 @@ class _LogHandler:
         is_enabled_for = self.is_enabled_for
         if is_enabled_for is not None and not is_enabled_for(level):
             return
-        fields: dict[str, Any] = {}
-        for key, value in self.secrets.redact(metadata).items():
-            fields[_field(key)] = value
+        try:
+            fields = self.fields(level, measurements, metadata)
+        except Exception as error:
+            # A payload even these rules cannot read: its values are left out, as they may hold
+            # secrets that were not redacted.
+            fields = {"log_error": f"unreadable event data: {_repr(error)}"}
+        log = getattr(self.logger, method)
+        try:
+            log(dotted, **fields)
+        except Exception:
+            # The logger could not render a value (a key JSON cannot hold, a cycle inside an
+            # object...): the same line with every value as its repr.
+            log(dotted, **{key: _plain(value) for key, value in fields.items()})
+
+    def fields(
+        self, level: int, measurements: Mapping[Any, Any], metadata: Mapping[Any, Any]
+    ) -> dict[str, Any]:
+        """The structlog key/value pairs for one event."""
+        redact = self.secrets.redact
+        fields = {_field(key): value for key, value in redact(metadata).items()}
         if level >= logging.ERROR and isinstance(fields.get("reason"), BaseException):
             fields["exc_info"] = fields.pop("reason")
             fields.pop("stacktrace", None)
             kind = fields.get("kind")
             if isinstance(kind, type):
                 fields["kind"] = kind.__qualname__
-        for key, value in measurements.items():
+        for key, value in redact(measurements).items():
             if key in _CLOCKS:
                 continue
+            key = _field(key)
             if _is_duration(key, value):
                 fields[f"{key}_ms"] = round(value / 1_000_000, 3)
             else:
-                fields[_field(key)] = value
+                fields[key] = value
         span = trace.get_current_span()
         if span.is_recording():
             span_context = span.get_span_context()
             fields["trace_id"] = trace.format_trace_id(span_context.trace_id)
             fields["span_id"] = trace.format_span_id(span_context.span_id)
-        getattr(self.logger, method)(dotted, **fields)
+        return fields
 
 
 def _field(key: Any) -> str:
@@ -232,7 +257,22 @@ def _is_duration(key: str, value: Any) -> bool:
         (key == "duration" or key.endswith(("_duration", "_time")))
         and isinstance(value, int | float)
         and not isinstance(value, bool)
+        and abs(value) < _HUGE  # NaN, infinities and ints past float range stay as they are
     )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if every logger can render it, else its repr."""
+    if value.__class__ in (str, int, float, bool) or isinstance(value, BaseException):
+        return value
+    return _repr(value)
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__, or nesting too deep for the recursion limit
+        return reprlib.repr(value)
 
 
 def _level(level: str | int) -> int:
