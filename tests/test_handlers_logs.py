@@ -319,6 +319,27 @@ def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
     assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
 
 
+def test_attaching_again_for_the_same_prefix_and_logger_replaces(captured: list[Any]) -> None:
+    first = logs.attach_logger("app")
+    second = logs.attach_logger("app", level="info")  # a notebook cell run again, edited
+    assert first == second
+    assert [r.id for r in vsrtel.list_handlers()] == [first]
+    vsrtel.execute("app.x", {"n": 1})
+    assert captured == [{"event": "app.x", "log_level": "info", "n": 1}]  # once, at the new level
+
+
+def test_other_prefixes_loggers_and_explicit_ids_are_separate_handlers() -> None:
+    out_a, out_b = io.StringIO(), io.StringIO()
+    logger_a = _json_logger(out_a)
+    logs.attach_logger("app", logger=logger_a)
+    logs.attach_logger("app.x", logger=logger_a)
+    logs.attach_logger("app", logger=_json_logger(out_b))
+    logs.attach_logger("app", logger=logger_a, handler_id="mine")
+    assert len(vsrtel.list_handlers()) == 4
+    vsrtel.execute("app.x", {"n": 1})
+    assert len(out_a.getvalue().splitlines()) == 3 and len(out_b.getvalue().splitlines()) == 1
+
+
 def test_handler_id_and_detach(captured: list[Any]) -> None:
     handler_id = logs.attach_logger("app", handler_id="app-logs")
     assert handler_id == "app-logs"

@@ -76,6 +76,10 @@ def attach_logger(
     structlog before attaching. ``redact`` names the secret keys (see README.md, "Logging while
     debugging"; ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default).
 
+    Attaching again for the same prefix and the same ``logger`` object (or the default logger
+    twice) without a ``handler_id`` replaces the earlier handler, keeping its id: re-running
+    the setup (a notebook cell) does not log every line twice.
+
     Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
     Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
     """
@@ -88,6 +92,7 @@ def attach_logger(
         ),
         key=lambda rule: -len(rule[0]),
     )
+    source = logger
     if logger is None:
         logger = structlog.get_logger("vsrtel")
     bind = getattr(logger, "bind", None)
@@ -97,12 +102,25 @@ def attach_logger(
         logger = bind()
     if not callable(getattr(logger, "info", None)):
         raise TypeError(f"logger must be a structlog logger, got {logger!r}")
+    handler = _LogHandler(logger, default, rules, Secrets(redact), (event_prefix, source))
+    registry = registry if registry is not None else vsrtel.default_registry
+    if handler_id is None:
+        handler_id = _detach_same(registry, handler)
     if handler_id is None:
         handler_id = ("vsrtel.handlers.logs", next(_handler_ids))
-    handler = _LogHandler(logger, default, rules, Secrets(redact))
-    registry = registry if registry is not None else vsrtel.default_registry
     registry.attach_prefix(handler_id, event_prefix, handler.handle)
     return handler_id
+
+
+def _detach_same(registry: vsrtel.Registry, new: _LogHandler) -> Hashable | None:
+    """Detach the logs handler for the same prefix and logger as ``new``; return its id."""
+    prefix, source = new.origin
+    for record in registry.list_handlers():
+        old = getattr(record.function, "__self__", None)
+        if isinstance(old, _LogHandler) and old.origin[0] == prefix and old.origin[1] is source:
+            registry.detach(record.id)
+            return record.id
+    return None
 
 
 class DebugHandle:
@@ -172,11 +190,14 @@ class _LogHandler:
         default: int,
         rules: list[tuple[EventName, int]],
         secrets: Secrets,
+        origin: tuple[EventName, Any],
     ) -> None:
         self.logger = logger
         self.default = default
         self.rules = rules
         self.secrets = secrets
+        # (prefix, the logger argument as given): what makes a second attach a repeat.
+        self.origin = origin
         self.is_enabled_for: Callable[[int], bool] | None = getattr(
             logger, "is_enabled_for", None
         ) or getattr(logger, "isEnabledFor", None)
