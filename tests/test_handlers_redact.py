@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,10 @@ def test_spans_redact_inside_lists_and_measurements() -> None:
     assert "hunter2" not in str(span.attributes)
     assert "[REDACTED]" in str(dict(span.attributes or {})["users"])
     assert dict(span.events[0].attributes or {}) == {"n": 1}
+
+
+def test_the_readme_states_the_rule_with_the_default_names() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [rule] = re.findall(r"^- \*\*Secrets\*\*.*?(?=^- |^$)", readme, flags=re.M | re.S)
+    listed = " ".join(rule.split()).split("ends with one of ")[1].split("(read")[0]
+    assert set(re.findall(r"`(\w+)`", listed)) == DEFAULT_SECRET_KEYS
