@@ -50,7 +50,8 @@ def debug(
     """Print every event under ``prefix`` (``()`` = all) readably to ``file`` (default stderr).
 
     A one-liner while debugging: ``with vsrtel.debug("app"): ...``, or keep the returned handle
-    and call ``.detach()``. Secrets in metadata are redacted. See `vsrtel.handlers.logs.debug`.
+    and call ``.detach()``. Secrets are redacted and any event prints, however odd its data (see
+    `vsrtel.handlers.logs`).
     """
     # Imported here so that `import vsrtel` never loads structlog or OpenTelemetry.
     from vsrtel.handlers.logs import debug as attach_debug

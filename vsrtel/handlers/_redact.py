@@ -97,10 +97,11 @@ class Secrets:
 
     def _walk(self, value: Any, done: dict[int, Any], depth: int) -> Any:
         """``value`` redacted; ``done`` maps the id of each container seen to its result."""
-        if value.__class__ in _LEAVES:
-            return value
-        is_mapping = isinstance(value, Mapping)
-        if not (is_mapping or isinstance(value, list | tuple)):
+        if isinstance(value, list | tuple):
+            is_mapping = False
+        elif isinstance(value, dict | Mapping):
+            is_mapping = True
+        else:
             return value
         seen = done.get(id(value))
         if seen is not None:
@@ -112,20 +113,38 @@ class Secrets:
         if is_mapping:
             result = self._walk_mapping(value, done, depth + 1)
         else:
-            items = [self._walk(item, done, depth + 1) for item in value]
-            if any(new is not old for new, old in zip(items, value, strict=False)):
-                result = items if isinstance(value, list) else tuple(items)
-            else:
-                result = value
+            result = self._walk_sequence(value, done, depth + 1)
         done[id(value)] = result
         return result
+
+    def _walk_sequence(
+        self, items: list[Any] | tuple[Any, ...], done: dict[int, Any], depth: int
+    ) -> list[Any] | tuple[Any, ...]:
+        copy: list[Any] | None = None
+        for index, item in enumerate(items):
+            if item.__class__ in _LEAVES:
+                continue
+            new = self._walk(item, done, depth)
+            if new is not item:
+                if copy is None:
+                    copy = list(items)
+                copy[index] = new
+        if copy is None:
+            return items
+        return copy if isinstance(items, list) else tuple(copy)
 
     def _walk_mapping(
         self, data: Mapping[Any, Any], done: dict[int, Any], depth: int
     ) -> Mapping[Any, Any]:
         copy: dict[Any, Any] | None = None
+        is_secret = self.is_secret
         for key, value in data.items():
-            new = REDACTED if self.is_secret(key) else self._walk(value, done, depth)
+            if is_secret(key):
+                new = REDACTED
+            elif value.__class__ in _LEAVES:
+                continue
+            else:
+                new = self._walk(value, done, depth)
             if new is not value:
                 if copy is None:
                     copy = dict(data)
