@@ -34,6 +34,10 @@ DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
 
 # Values that hold no keys: the common case, recognised by one set lookup of their class.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+# Tuples rather than unions, and dict before the slower ABC check: isinstance is on the walk's
+# inner loop.
+_MAPPINGS = (dict, Mapping)
+_SEQUENCES = (list, tuple)
 # Containers nested deeper than this are replaced whole: they cannot be checked without
 # risking the interpreter's recursion limit.
 _MAX_DEPTH = 64
@@ -97,24 +101,21 @@ class Secrets:
 
     def _walk(self, value: Any, done: dict[int, Any], depth: int) -> Any:
         """``value`` redacted; ``done`` maps the id of each container seen to its result."""
-        if isinstance(value, list | tuple):
-            is_mapping = False
-        elif isinstance(value, dict | Mapping):
-            is_mapping = True
-        else:
+        is_mapping = isinstance(value, _MAPPINGS)
+        if not (is_mapping or isinstance(value, _SEQUENCES)):
             return value
-        seen = done.get(id(value))
+        identity = id(value)
+        seen = done.get(identity)
         if seen is not None:
             return CYCLE if seen is _IN_PROGRESS else seen
         if depth >= _MAX_DEPTH:
             return REDACTED
-        done[id(value)] = _IN_PROGRESS
+        done[identity] = _IN_PROGRESS
         result: Any
         if is_mapping:
-            result = self._walk_mapping(value, done, depth + 1)
+            result = done[identity] = self._walk_mapping(value, done, depth + 1)
         else:
-            result = self._walk_sequence(value, done, depth + 1)
-        done[id(value)] = result
+            result = done[identity] = self._walk_sequence(value, done, depth + 1)
         return result
 
     def _walk_sequence(
