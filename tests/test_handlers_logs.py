@@ -425,6 +425,15 @@ keys = st.one_of(
     st.tuples(st.integers(), st.text(max_size=3)),
     st.frozensets(st.integers(), max_size=3),
 )
+
+
+def _deep(levels: int) -> list[Any]:
+    deep: list[Any] = []
+    for _ in range(levels):
+        deep = [deep]
+    return deep
+
+
 leaves = st.one_of(
     st.none(),
     st.booleans(),
@@ -433,6 +442,8 @@ leaves = st.one_of(
     st.floats(),
     st.text(),
     st.binary(),
+    st.just("x" * 20_000),
+    st.builds(_deep, st.just(1_500)),
     st.just(ValueError("boom")),
     st.just(object()),
 )
@@ -448,7 +459,7 @@ values = st.recursive(
 payloads = st.dictionaries(keys, values, max_size=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(measurements=payloads | st.integers() | st.floats(), metadata=payloads, cycle=st.booleans())
 def test_any_event_is_logged_and_the_handlers_stay_attached(
     measurements: Any, metadata: dict[Any, Any], cycle: bool
