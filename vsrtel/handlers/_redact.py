@@ -7,6 +7,7 @@ what replaces their values); README.md states it once, under "Logging while debu
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -34,9 +35,9 @@ DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
 
 # Values that hold no keys: the common case, recognised by one set lookup of their class.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
-# Tuples rather than unions, and dict before the slower ABC check: isinstance is on the walk's
-# inner loop.
-_MAPPINGS = (dict, Mapping)
+# Tuples rather than unions, and the concrete types (dict, and the read-only view handlers
+# receive) before the slower ABC check: isinstance is on the walk's inner loop.
+_MAPPINGS = (dict, MappingProxyType, Mapping)
 _SEQUENCES = (list, tuple)
 # Containers nested deeper than this are replaced whole: they cannot be checked without
 # risking the interpreter's recursion limit.
