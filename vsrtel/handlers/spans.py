@@ -15,8 +15,8 @@ started is ignored. A span the handler cannot open (a ``span_name`` function tha
 unhashable span context) is skipped, logged once and counted in :func:`skipped`; tracing goes on.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
-keys, objects to ``str``) or dropped (``None``); keys named as secrets (the ``redact`` setting
-shared with `vsrtel.handlers.logs`) never reach a span.
+keys, objects to ``str``) or dropped (``None``); the values of secret keys (the ``redact`` setting,
+the rule shared with `vsrtel.handlers.logs`) are replaced by ``"[REDACTED]"``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def attach_tracer(
     str, or a function ``(prefix, start_metadata) -> str``. ``attributes``, when given, lists the
     only metadata keys copied onto spans (default: all). With ``span_events=True`` any other
     event emitted while a traced span is the current one becomes an OTel span event on it (name =
-    the dotted event name). ``redact`` names secret metadata keys, dropped from attributes.
+    the dotted event name). ``redact`` names secret keys (see "Secrets" in the README).
 
     Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it
     and ``skipped(handler_id)`` counts the spans it could not trace.
@@ -377,9 +377,8 @@ def _flatten(
     depth: int,
 ) -> None:
     allowed = tracer.allowed if exclude is not None and depth == 0 else None
-    is_secret = tracer.secrets.is_secret
     for key, value in values.items():
-        if not isinstance(key, str) or is_secret(key):
+        if not isinstance(key, str):
             continue
         if (
             depth == 0
