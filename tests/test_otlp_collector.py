@@ -5,7 +5,7 @@ collector receives what ``vsrtel demo`` and the metrics reporter export over OTL
 tests check what it received. rotel is started on free loopback ports with the ``blackhole``
 exporter and its Python processor hook (``--otlp-with-trace-processor``,
 ``--otlp-with-metrics-processor``): the processor below runs inside rotel's own embedded
-interpreter on every batch rotel has decoded, and writes it as JSON lines for the test to read.
+interpreter on every batch rotel has decoded, and writes it as JSON for the test to read.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ DEMO_TIMEOUT = 120.0
 # raises: a failure is written down as an "error" record, which the tests assert is absent.
 PROCESSOR = '''
 import json
+import os
+import time
+import uuid
 
 OUT = {out!r}
 
@@ -69,9 +72,13 @@ def _resource(resource):
     return _attributes(resource.attributes) if resource is not None else {{}}
 
 
-def _write(name, record):
-    with open(OUT + "/" + name, "a") as f:
-        f.write(json.dumps(record) + "\\n")
+def _write(signal, record):
+    # One file per batch, renamed into place once complete: batches processed concurrently
+    # cannot interleave, and the test never reads half a batch. Names sort in arrival order.
+    name = "%s-%020d-%s.json" % (signal, time.time_ns(), uuid.uuid4().hex)
+    with open(os.path.join(OUT, "." + name), "w") as f:
+        json.dump(record, f)
+    os.replace(os.path.join(OUT, "." + name), os.path.join(OUT, name))
 
 
 def process_spans(resource_spans):
@@ -92,7 +99,7 @@ def process_spans(resource_spans):
         record = {{"resource": _resource(resource_spans.resource), "spans": spans}}
     except Exception as exc:
         record = {{"error": repr(exc)}}
-    _write("traces.jsonl", record)
+    _write("traces", record)
 
 
 def process_metrics(resource_metrics):
@@ -114,7 +121,7 @@ def process_metrics(resource_metrics):
         record = {{"resource": _resource(resource_metrics.resource), "metrics": metrics}}
     except Exception as exc:
         record = {{"error": repr(exc)}}
-    _write("metrics.jsonl", record)
+    _write("metrics", record)
 '''
 
 
@@ -216,15 +223,9 @@ class Rotel:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def records(self, signal_name: str) -> list[dict[str, Any]]:
-        """The batches received so far (a line still being written is left for later)."""
-        path = self.workdir / f"{signal_name}.jsonl"
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
-        return records
+        """The batches of ``signal_name`` ("traces", "metrics") processed so far, in order."""
+        return [json.loads(path.read_text())
+                for path in sorted(self.workdir.glob(f"{signal_name}-*.json"))]
 
     def wait_for(self, condition: Callable[[], bool]) -> None:
         """Poll until ``condition()`` (rotel batches and processes after answering the sender)."""
