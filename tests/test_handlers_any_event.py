@@ -117,7 +117,11 @@ def world() -> Iterator[World]:
 )
 @given(measurements=payloads, metadata=payloads, cyclic=st.booleans(), in_span=st.booleans())
 def test_any_payload_leaves_every_handler_attached_and_working(
-    world: World, measurements: dict[Any, Any], metadata: dict[Any, Any], cyclic: bool, in_span: bool
+    world: World,
+    measurements: dict[Any, Any],
+    metadata: dict[Any, Any],
+    cyclic: bool,
+    in_span: bool,
 ) -> None:
     registry = world.registry
     if cyclic:
