@@ -294,8 +294,19 @@ def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None
     def received() -> list[dict[str, Any]]:
         return [span for record in rotel.records("traces") for span in record.get("spans", ())]
 
+    def metrics_received() -> dict[str, Any]:
+        return {metric["name"]: (record["resource"], metric)
+                for record in rotel.records("metrics") for metric in record.get("metrics", ())}
+
     rotel.wait_for(lambda: len(received()) >= len(reference))
+    rotel.wait_for(lambda: "vsr.protocol.client_request.stop.duration" in metrics_received())
     rotel.stop()  # everything it had is processed: the records are final
+
+    # The demo's metrics went over OTLP too, as the same service.
+    resource, duration = metrics_received()["vsr.protocol.client_request.stop.duration"]
+    assert resource.get("service.name") == demo.SERVICE_NAME
+    assert sum(point["count"] for point in duration["points"]) == requests
+
     records = rotel.records("traces")
     assert records, f"rotel received no spans; its output:\n{rotel.output()}"
     assert [r["error"] for r in records if "error" in r] == []
@@ -348,8 +359,8 @@ def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None
 def test_metrics_arrive_at_rotel_over_otlp(
     rotel: Rotel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `vsrtel demo` serves its metrics to Prometheus only; the OTLP path is otel.configure's
-    # meter provider with the VSR metrics reporter attached, as a program would wire it.
+    # The library path a program would wire: otel.configure's meter provider, with the VSR
+    # metrics reporter attached.
     for name in [k for k in os.environ if k.startswith("OTEL_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rotel.endpoint)

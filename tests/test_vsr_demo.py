@@ -6,6 +6,7 @@ import io
 import urllib.request
 from collections import defaultdict
 
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -108,17 +109,26 @@ def test_otlp_export_follows_the_environment() -> None:
     )
 
 
-def test_trace_to_otlp_attaches_the_spans_handler_to_the_registry() -> None:
+def test_export_to_otlp_attaches_the_spans_handler_and_a_reporter() -> None:
     exporter = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
     registry = vsrtel.Registry()
     processor = SimpleSpanProcessor(exporter)
-    setup, handler_id = demo.trace_to_otlp(registry, span_processors=[processor])
+    setup, detach = demo.export_to_otlp(
+        registry, span_processors=[processor], metric_readers=[reader]
+    )
     try:
         simulate(seed=2, requests=3, faults="none", registry=registry,
                  propagation=demo.trace_propagation())
+        data = reader.get_metrics_data()
     finally:
-        registry.detach(handler_id)
+        detach()
         setup.shutdown()
+    assert not registry.list_handlers()
     names = [span.name for span in exporter.get_finished_spans()]
     assert names.count("vsr.protocol.client_request") == 3
     assert names.count("vsr.state_machine.operation") == 9
+    assert data is not None
+    metric_names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+                    for m in sm.metrics}
+    assert "vsr.protocol.client_request.stop.duration" in metric_names

@@ -236,16 +236,20 @@ def _demo(args: argparse.Namespace) -> int:
             stack.callback(reporter.detach)
             progress.show(f"metrics at {server.url}", final=True)
         propagation = NO_PROPAGATION
-        if otel.exports_otlp("traces"):
-            if wiring.otlp_exporter_installed():
-                setup, tracer_id = wiring.trace_to_otlp(registry)
-                stack.callback(setup.shutdown)
-                stack.callback(registry.detach, tracer_id)
+        signals = [signal for signal in ("traces", "metrics") if otel.exports_otlp(signal)]
+        if signals and not wiring.otlp_exporter_installed():
+            print("vsrtel demo: OTLP export is configured but its exporter is not installed "
+                  f"(pip install 'vsrtel[otlp]'): {' and '.join(signals)} are not exported",
+                  file=sys.stderr)
+        elif signals:
+            setup, detach = wiring.export_to_otlp(
+                registry, traces="traces" in signals, metrics="metrics" in signals
+            )
+            stack.callback(setup.shutdown)
+            stack.callback(detach)
+            if "traces" in signals:
                 propagation = wiring.trace_propagation()
-                progress.show("exporting traces to OTLP", final=True)
-            else:
-                print("vsrtel demo: OTLP export is configured but its exporter is not installed "
-                      "(pip install 'vsrtel[otlp]'): traces are not exported", file=sys.stderr)
+            progress.show(f"exporting {' and '.join(signals)} to OTLP", final=True)
         sim = stack.enter_context(Simulation(
             seed=seed, requests=args.requests, replicas=args.replicas, clients=args.clients,
             faults=args.faults, registry=registry, propagation=propagation,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from vsrtel import Registry, Span
@@ -83,24 +83,44 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
 
 
 def otlp_exporter_installed() -> bool:
-    """Whether the OTLP/HTTP span exporter (the ``vsrtel[otlp]`` extra) can be imported."""
+    """Whether the OTLP/HTTP exporters (the ``vsrtel[otlp]`` extra) can be imported."""
     try:
         importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        importlib.import_module("opentelemetry.exporter.otlp.proto.http.metric_exporter")
     except ImportError:
         return False
     return True
 
 
-def trace_to_otlp(registry: Registry, **configure: Any) -> tuple[OTel, Hashable]:
-    """Export the demo's spans to OTLP (configured by the ``OTEL_*`` variables).
+def export_to_otlp(
+    registry: Registry, *, traces: bool = True, metrics: bool = True, **configure: Any
+) -> tuple[OTel, Callable[[], None]]:
+    """Export the demo's spans and metrics over OTLP (configured by the ``OTEL_*`` variables).
 
-    Returns the OTel setup (call ``.shutdown()`` to flush) and the spans handler id. Use
-    :func:`trace_propagation` in the simulation so that each request is one trace.
+    ``traces`` attaches the spans handler for :data:`TRACED_SPANS` (use
+    :func:`trace_propagation` in the simulation so that each request is one trace); ``metrics``
+    a reporter of :data:`vsrtel.vsr.METRICS`. ``configure`` goes to :func:`vsrtel.otel.configure`.
+    Returns the OTel setup (call ``.shutdown()`` to flush) and a function that detaches both.
     """
     from vsrtel import otel
+    from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.spans import attach_tracer
+    from vsrtel.vsr.metrics import METRICS
 
     setup = otel.configure(configure.pop("service_name", SERVICE_NAME), **configure)
-    handler_id = attach_tracer(TRACED_SPANS, tracer_provider=setup.tracer_provider,
-                               registry=registry, span_events=False)
-    return setup, handler_id
+    handler_ids: list[Hashable] = []
+    reporters: list[MetricsReporter] = []
+    if traces:
+        handler_ids.append(attach_tracer(TRACED_SPANS, tracer_provider=setup.tracer_provider,
+                                         registry=registry, span_events=False))
+    if metrics:
+        reporter = MetricsReporter(METRICS, meter_provider=setup.meter_provider, registry=registry)
+        reporters.append(reporter.attach())
+
+    def detach() -> None:
+        for handler_id in handler_ids:
+            registry.detach(handler_id)
+        for reporter in reporters:
+            reporter.detach()
+
+    return setup, detach
