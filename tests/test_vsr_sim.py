@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -28,8 +29,8 @@ HARSH = FaultProfile(
 )
 
 
-def run_sim(seed: int, requests: int, *, replicas: int = 3, profile: FaultProfile | None = None,
-            replica_class: type[Replica] | None = None) -> Simulation:
+def run_sim(seed: int, requests: int, *, replicas: int = 3,
+            profile: FaultProfile | None = None) -> Simulation:
     """Run one heavy-fault simulation (``profile`` overrides its faults) and return it."""
     with Simulation(seed=seed, requests=requests, replicas=replicas, faults="heavy",
                     registry=vsrtel.Registry()) as sim:
@@ -254,4 +255,18 @@ def test_invariants_hold_over_many_seeds_with_heavy_faults() -> None:
                           faults="heavy", registry=vsrtel.Registry())
         if report["invariants"] != "ok" or report["requests_committed"] != 40:
             failures.append(report["invariants"])
+    assert failures == []
+
+
+@pytest.mark.slow
+def test_invariants_hold_over_seeds_with_harsher_faults() -> None:
+    failures = []
+    for seed in range(60):
+        sim = Simulation(seed=seed, requests=100, replicas=3 if seed % 3 else 5, faults="heavy",
+                         registry=vsrtel.Registry())
+        sim.profile = HARSH
+        with sim, contextlib.suppress(InvariantViolation):
+            sim.run()
+        if sim.violation is not None or sim.completed != 100:
+            failures.append(str(sim.violation))
     assert failures == []
