@@ -4,6 +4,9 @@ Each operation is one client request of a fault-free 3-replica run (``simulate(r
 divided by 200): about 23 catalogue events, 7 messages, the invariant checks, and the report's
 recorder (a prefix handler on ``vsr``). ``+ metrics`` adds a MetricsReporter of
 ``vsrtel.vsr.METRICS`` (in-memory reader) on the same registry.
+
+The ``sweep`` rows are one run of ``vsrtel sweep`` (``vsrtel.vsr.sweep.check``: 200 requests,
+3 clients, a private registry), a new seed each time: 60e9 / ns is seeds per minute per process.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from benchmarks._harness import Case, Target, now
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.vsr import simulate
 from vsrtel.vsr.metrics import METRICS
+from vsrtel.vsr.sweep import Run, check
 
 REQUESTS = 200
 
@@ -47,8 +51,24 @@ def request_with_metrics(loops: int) -> int:
     return _run(loops, with_metrics=True)
 
 
+def sweep_seed(replicas: int, faults: str) -> Case:
+    seeds = iter(range(10**9))
+
+    def run(loops: int) -> int:
+        start = now()
+        for _ in range(loops):
+            check(Run(next(seeds), replicas, REQUESTS, 3, faults))
+        return now() - start
+
+    return Case(f"vsr sweep: 1 seed, {REQUESTS} requests, {replicas} replicas, {faults}", run)
+
+
 CASES = [
     Case("vsr simulated request (3 replicas, ~23 events)", request),
     Case("vsr simulated request + metrics reporter", request_with_metrics),
+    sweep_seed(3, "heavy"),
+    sweep_seed(3, "extreme"),
+    sweep_seed(5, "extreme"),
+    sweep_seed(7, "extreme"),
 ]
 TARGETS: list[Target] = []

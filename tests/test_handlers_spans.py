@@ -230,11 +230,9 @@ def test_span_events_can_be_turned_off(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     handler_id = spans.attach_tracer(["app.request"], tracer_provider=provider, span_events=False)
-    assert {r.event_name for r in vsrtel.list_handlers() if r.id == handler_id} == {
-        ("app", "request", "start"),
-        ("app", "request", "stop"),
-        ("app", "request", "exception"),
-    }
+    assert [r.event_name for r in vsrtel.list_handlers() if r.id == handler_id] == [
+        ("app", "request")
+    ]
     with vsrtel.span("app.request"):
         vsrtel.execute("app.cache.hit", {"count": 1})
     assert only(exporter, "app.request").events == ()
@@ -444,3 +442,133 @@ def test_unreachable_otlp_endpoint_does_not_reach_the_instrumented_code(
     setup.shutdown(timeout_millis=5000)
     assert export_threads
     assert threading.main_thread() not in export_threads
+
+
+# -- the tracer survives, and never leaves a stale OpenTelemetry context ----------------------
+
+
+def no_current_otel_span() -> bool:
+    return not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_span_name_function_that_raises_skips_that_span_only(
+    provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    def name(prefix: tuple[str, ...], metadata: Any) -> str:
+        return str(metadata["route"])  # KeyError when the route is missing
+
+    handler_id = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
+    with vsrtel.span("app.request"):
+        pass
+    with vsrtel.span("app.request", {"route": "/users"}):
+        pass
+    assert [s.name for s in finished(exporter)] == ["/users"]
+    assert spans.skipped(handler_id) == 1
+    assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+    assert "skipped event app.request.start" in caplog.text
+    assert no_current_otel_span()
+
+
+def test_an_unhashable_span_context_is_skipped(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handler_id = spans.attach_tracer(["app"], tracer_provider=provider)
+    span = vsrtel.span("app.job", {"telemetry_span_context": ["not", "hashable"]}).start()
+    span.stop()
+    with vsrtel.span("app.job"):
+        pass
+    assert len(finished(exporter, "app.job")) == 1
+    assert spans.skipped(handler_id) == 1  # the start; the stop finds nothing open
+
+
+def test_prefixes_match_every_span_under_them(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["shop"], tracer_provider=provider, span_events=False)
+    with vsrtel.span("shop.job"), vsrtel.span("shop.db.query"):
+        pass
+    with vsrtel.span("shopping.cart"):
+        pass
+    assert sorted(s.name for s in finished(exporter)) == ["shop.db.query", "shop.job"]
+
+
+def test_detaching_the_tracer_while_a_span_is_open_restores_the_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handler_id = spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.request"):
+        vsrtel.detach(handler_id)
+    assert no_current_otel_span()
+    [span] = finished(exporter, "app.request")  # ended, not left open forever
+    assert (span.attributes or {})["vsrtel.stop_missed"] is True
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.next"):
+        pass
+    assert parent_id(only(exporter, "app.next")) is None
+
+
+def test_a_child_from_its_parents_metadata_is_its_own_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.a", {"k": 1}) as a, vsrtel.span("app.b", dict(a.metadata)):
+        pass
+    assert no_current_otel_span()
+    assert parent_id(only(exporter, "app.b")) == span_id(only(exporter, "app.a"))
+    # A context reused deliberately by a sibling `.start()` span still pairs up, innermost first.
+    first = vsrtel.span("app.c", {"telemetry_span_context": "shared"}).start()
+    second = vsrtel.span("app.d", {"telemetry_span_context": "shared"}).start()
+    second.stop()
+    first.stop()
+    assert len(finished(exporter, "app.c")) == len(finished(exporter, "app.d")) == 1
+
+
+def test_a_start_handler_that_raises_leaves_no_otel_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    registry = vsrtel.Registry(on_error="raise")
+    spans.attach_tracer(["app"], tracer_provider=provider, registry=registry)
+
+    def interrupt(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        raise KeyboardInterrupt
+
+    registry.attach("interrupt", "app.request.start", interrupt)
+    with pytest.raises(KeyboardInterrupt), registry.span("app.request"):
+        pass
+    assert no_current_otel_span()
+    assert len(finished(exporter, "app.request")) == 1
+
+
+def test_spans_exited_out_of_order_leave_no_stale_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["gen"], tracer_provider=provider)
+
+    @vsrtel.span("gen.one")
+    def one() -> Any:
+        yield 1
+        yield 2
+
+    @vsrtel.span("gen.two")
+    def two() -> Any:
+        yield 3
+        yield 4
+
+    g1, g2 = one(), two()
+    next(g1), next(g2), next(g1), next(g2)
+    list(g1), list(g2)
+    assert no_current_otel_span()
+    with vsrtel.span("gen.after"):
+        pass
+    assert parent_id(only(exporter, "gen.after")) is None
+    assert len(finished(exporter)) == 3
+
+
+def test_an_escaping_exception_is_recorded_as_escaped(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with pytest.raises(ValueError), vsrtel.span("app.request"):
+        raise ValueError("boom")
+    [event] = only(exporter, "app.request").events
+    assert (event.attributes or {})["exception.escaped"] == "True"

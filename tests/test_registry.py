@@ -395,3 +395,134 @@ def test_module_functions_act_on_the_default_registry() -> None:
     vsrtel.execute("a", 1)
     assert len(calls) == 1
     assert vsrtel.detach("h")
+
+
+# -- nothing flows back -----------------------------------------------------------------------
+
+
+def test_a_handler_cannot_change_the_callers_payload_or_what_later_handlers_see() -> None:
+    registry = vsrtel.Registry()  # on_error="detach": the mutating handler is contained
+    seen: list[Call] = []
+
+    def mutate(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        metadata["user"] = "mallory"
+
+    def mutate_measurements(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        measurements.clear()
+
+    registry.attach("mutate", "a.b", mutate)
+    registry.attach("mutate-m", "a.b", mutate_measurements)
+    registry.attach("later", "a.b", recorder(seen))
+    measurements, metadata = {"count": 1}, {"user": "alice"}
+    registry.execute("a.b", measurements, metadata)
+    assert measurements == {"count": 1} and metadata == {"user": "alice"}
+    assert seen[0][2] == {"count": 1} and seen[0][3] == {"user": "alice"}
+
+
+def test_span_handlers_cannot_change_the_span_metadata_either() -> None:
+    registry = vsrtel.Registry()
+    registry.attach("mutate", "a.start", lambda n, m, d, c: d.update(user="mallory"))
+    with registry.span("a", {"user": "alice"}) as span:
+        pass
+    assert span.metadata["user"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("measurements", "metadata"),
+    [(None, None), ("str", None), ({"count": 1}, "str"), ({"count": 1}, 3), ([1], None)],
+)
+def test_bad_payload_types_fail_the_same_with_or_without_a_handler(
+    measurements: Any, metadata: Any
+) -> None:
+    quiet, busy = vsrtel.Registry(), vsrtel.Registry()
+    busy.attach("h", "x", recorder([]))
+    errors = []
+    for registry in (quiet, busy):
+        with pytest.raises(TypeError) as info:
+            registry.execute("x", measurements, metadata)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert repr(measurements) in errors[0] or repr(metadata) in errors[0]
+
+
+def test_a_lazy_payload_that_raises_is_reported_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = vsrtel.Registry()
+    calls: list[Call] = []
+    registry.attach("h", "a.b", recorder(calls))
+
+    def broken() -> dict[str, int]:
+        raise RuntimeError("lazy boom")
+
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a.b", broken)
+        registry.execute("a.b", {"count": 1}, lambda: "not a mapping")
+        registry.execute("a.b", {"count": 2})
+    assert [c[2]["count"] for c in calls] == [2]  # the bad events were dropped, nothing else
+    assert [f.metadata["handler_id"] for f in failures] == [None, None]
+    assert isinstance(failures[0].metadata["reason"], RuntimeError)
+    assert isinstance(failures[1].metadata["reason"], TypeError)
+    assert registry.list_handlers("a.b")  # the handler did nothing wrong: still attached
+    assert "lazy measurements or metadata of event a.b raised" in caplog.text
+
+
+def test_failures_are_handled_the_same_through_execute_and_span() -> None:
+    # execute and span dispatch through two copies of the same loop (execute's is inlined for
+    # speed): drive both the same way so that they cannot drift apart.
+    outcomes = []
+    for emit in (
+        lambda r: r.execute("a.start", {"n": 1}, {"k": "v"}),
+        lambda r: r.span("a", {"k": "v"}).__enter__(),
+    ):
+        registry = vsrtel.Registry()
+        calls: list[Call] = []
+        registry.attach("bad", "a.start", lambda n, m, d, c: 1 / 0, config={"c": 1})
+        registry.attach("good", "a.start", recorder(calls))
+        with capture("vsrtel.handler.failure", registry=registry) as failures:
+            emit(registry)
+        [failure] = failures
+        outcomes.append(
+            (
+                [r.id for r in registry.list_handlers()],
+                len(calls),
+                failure.metadata["handler_id"],
+                failure.metadata["handler_config"],
+                failure.metadata["kind"],
+                type(calls[0][2]).__name__,
+                type(calls[0][3]).__name__,
+            )
+        )
+    assert outcomes[0] == outcomes[1] == (
+        ["good"], 1, "bad", {"c": 1}, ZeroDivisionError, "mappingproxy", "mappingproxy"
+    )
+
+
+# -- attaching mistakes -----------------------------------------------------------------------
+
+
+def test_handler_arity_is_checked_at_attach_time() -> None:
+    registry = vsrtel.Registry()
+
+    def three(name: Any, measurements: Any, metadata: Any) -> None: ...
+
+    with pytest.raises(TypeError, match=r"handler 'h3'.*event_name, measurements, metadata"):
+        registry.attach("h3", "a.b", three)
+    with pytest.raises(TypeError, match="handler 'p'"):
+        registry.attach_prefix("p", "a", lambda n, m, d, c, extra: None)
+    # Anything that can take the four arguments is fine, and so is what cannot be inspected.
+    registry.attach("varargs", "a.b", lambda *args: None)
+    registry.attach("defaults", "a.b", lambda n, m, d, c=None, extra=1: None)
+    registry.attach("builtin", "a.c", print)
+    assert not registry.list_handlers("a.b.c")
+
+
+def test_attaching_to_a_span_prefix_warns_both_ways() -> None:
+    registry = vsrtel.Registry()
+    registry.attach("early", "app.request", recorder([]))
+    with pytest.warns(UserWarning, match=r"'early'.*'app.request'.*span prefix"):
+        registry.span("app.request")
+    with pytest.warns(UserWarning, match=r"'late'.*'app.job'.*span prefix"):
+        with registry.span("app.job"):
+            pass
+        registry.attach("late", "app.job", recorder([]))

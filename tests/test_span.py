@@ -221,3 +221,212 @@ def test_a_failing_handler_does_not_break_the_span_body() -> None:
         ran = True
     assert ran
     assert vsrtel.list_handlers() == []
+
+
+# -- the current span is never left stale -----------------------------------------------------
+
+
+def test_a_start_handler_that_raises_leaves_no_current_span() -> None:
+    registry = vsrtel.Registry(on_error="raise")
+
+    def interrupt(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        raise KeyboardInterrupt
+
+    registry.attach("h", "a.start", interrupt)
+    with pytest.raises(KeyboardInterrupt), registry.span("a"):
+        pass
+    assert vsrtel.current_span() is None
+    registry.detach("h")
+    registry.attach("boom", "b.start", lambda n, m, d, c: 1 / 0)
+    outer = registry.span("outer")
+    with outer:
+        with pytest.raises(ZeroDivisionError), registry.span("b"):
+            pass
+        assert vsrtel.current_span() is outer
+
+
+def test_spans_exited_out_of_order_restore_the_live_span() -> None:
+    outer = vsrtel.span("outer")
+    with outer:
+        a, b = vsrtel.span("a"), vsrtel.span("b")
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)  # exited before b: b stays current
+        assert vsrtel.current_span() is b
+        b.__exit__(None, None, None)  # a is gone: back to the span still running
+        assert vsrtel.current_span() is outer
+    assert vsrtel.current_span() is None
+
+
+def test_generators_consumed_alternately_leave_no_stale_span() -> None:
+    @vsrtel.span("gen.one")
+    def one() -> Any:
+        yield 1
+        yield 2
+
+    @vsrtel.span("gen.two")
+    def two() -> Any:
+        yield 3
+        yield 4
+
+    with capture("gen") as events:
+        g1, g2 = one(), two()
+        assert [next(g1), next(g2), next(g1), next(g2)] == [1, 3, 2, 4]
+        assert list(g1) == [] and list(g2) == []
+    assert vsrtel.current_span() is None
+    assert sorted(names(events)) == sorted(
+        ["gen.one.start", "gen.two.start", "gen.one.stop", "gen.two.stop"]
+    )
+
+
+def test_a_child_built_from_its_parents_metadata_gets_its_own_context() -> None:
+    with (
+        capture("a", "b") as events,
+        vsrtel.span("a", {"k": 1}) as a,
+        vsrtel.span("b", dict(a.metadata)) as b,
+    ):
+        assert b.context != a.context
+        assert b.metadata["k"] == 1
+    contexts = {".".join(e.name): e.metadata["telemetry_span_context"] for e in events}
+    assert contexts["a.start"] == contexts["a.stop"] != contexts["b.start"] == contexts["b.stop"]
+
+
+# -- misuse -----------------------------------------------------------------------------------
+
+
+def test_stop_inside_with_is_an_error_and_the_span_still_ends_once() -> None:
+    with (
+        capture("a") as events,
+        vsrtel.span("a") as span,
+        pytest.raises(RuntimeError, match="entered with `with`"),
+    ):
+        span.stop()
+    assert names(events) == ["a.start", "a.stop"]
+
+
+def test_stop_error_must_be_an_exception() -> None:
+    span = vsrtel.span("a").start()
+    with pytest.raises(TypeError, match="error must be an exception, got 'timeout'"):
+        span.stop(error="timeout")  # type: ignore[arg-type]
+    span.stop(error=TimeoutError("timeout"))
+
+
+def test_exiting_a_with_span_in_another_thread_is_an_error() -> None:
+    span = vsrtel.span("a")
+    span.__enter__()
+    errors: list[BaseException] = []
+
+    def exit_elsewhere() -> None:
+        try:
+            span.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=exit_elsewhere)
+    thread.start()
+    thread.join()
+    assert "exited in another thread or asyncio task" in str(errors[0])
+
+
+def test_exiting_a_with_span_in_another_task_is_an_error() -> None:
+    async def main() -> None:
+        span = vsrtel.span("a")
+        await span.__aenter__()
+        with pytest.raises(RuntimeError, match="another thread or asyncio task"):
+            await asyncio.create_task(span.__aexit__(None, None, None))
+
+    asyncio.run(main())
+
+
+def test_stop_with_an_error_records_its_own_traceback() -> None:
+    def fail() -> None:
+        raise ValueError("boom")
+
+    span = vsrtel.span("a").start()
+    try:
+        fail()
+    except ValueError as exc:
+        error = exc
+    with capture("a") as events:
+        span.stop(error=error)
+    frames = events[0].metadata["stacktrace"]
+    assert frames[-1].name == "fail"
+    never_raised = vsrtel.span("b").start()
+    with capture("b") as events:
+        never_raised.stop(error=KeyError("k"))
+    frames = events[0].metadata["stacktrace"]
+    assert frames[-1].name == "test_stop_with_an_error_records_its_own_traceback"
+
+
+def test_on_exit_callbacks_run_however_the_span_ends() -> None:
+    ran: list[str] = []
+    with vsrtel.span("a") as span:
+        span.on_exit(lambda: ran.append("first"))
+        span.on_exit(lambda: ran.append("second"))
+    started = vsrtel.span("b").start()
+    started.on_exit(lambda: ran.append("stopped"))
+    started.on_exit(lambda: 1 / 0)  # logged, and the others still run
+    started.stop()
+    assert ran == ["second", "first", "stopped"]
+
+
+# -- generators -------------------------------------------------------------------------------
+
+
+def test_a_decorated_generator_times_its_iteration() -> None:
+    clock = FakeClock()
+    registry = vsrtel.Registry(clock=clock)
+
+    @registry.span("gen")
+    def numbers(n: int) -> Any:
+        for i in range(n):
+            clock.now += 1_000
+            yield i
+        return "done"
+
+    with capture("gen", registry=registry) as events:
+        iterator = numbers(3)
+        assert events == []  # creating the generator is not the operation
+        assert list(iterator) == [0, 1, 2]
+    assert names(events) == ["gen.start", "gen.stop"]
+    assert events[1].measurements["duration"] >= 3_000
+
+    with capture("gen", registry=registry) as events:
+        early = numbers(5)
+        next(early)
+        early.close()  # a consumer that stops early ends the span normally
+    assert names(events) == ["gen.start", "gen.stop"]
+
+    def delegate() -> Any:
+        return (yield from numbers(1))
+
+    with capture("gen", registry=registry):
+        steps = delegate()
+        next(steps)
+        with pytest.raises(StopIteration) as stop:
+            next(steps)
+    assert stop.value.value == "done"  # the return value passes through
+
+
+def test_a_decorated_async_generator_times_its_iteration() -> None:
+    @vsrtel.span("agen")
+    async def numbers(n: int) -> Any:
+        for i in range(n):
+            await asyncio.sleep(0)
+            yield i
+        raise ValueError("after the last item")
+
+    async def main() -> list[int]:
+        out = []
+        with pytest.raises(ValueError):
+            async for i in numbers(2):
+                assert vsrtel.current_span() is not None
+                out.append(i)
+        return out
+
+    with capture("agen") as events:
+        generator = numbers(2)
+        assert events == []
+        assert asyncio.run(main()) == [0, 1]
+        del generator
+    assert names(events) == ["agen.start", "agen.exception"]

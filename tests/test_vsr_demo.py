@@ -66,6 +66,20 @@ def test_metrics_are_served_for_prometheus_while_the_cluster_runs() -> None:
     assert registry.list_handlers() == []
 
 
+def test_the_metrics_resource_names_the_demo_as_its_traces_do() -> None:
+    registry = vsrtel.Registry()
+    server, reporter = demo.serve_metrics(registry, 0)
+    try:
+        simulate(seed=1, requests=3, faults="none", registry=registry)
+        with urllib.request.urlopen(server.url) as response:
+            text = response.read().decode()
+    finally:
+        reporter.detach()
+        server.close()
+    [target_info] = [line for line in text.splitlines() if line.startswith("target_info{")]
+    assert f'service_name="{demo.SERVICE_NAME}"' in target_info
+
+
 def test_logs_show_view_changes_and_state_transfers_only() -> None:
     registry = vsrtel.Registry()
     stream = io.StringIO()

@@ -59,3 +59,23 @@ def test_render_text_shows_a_violation() -> None:
     report = simulate(seed=3, requests=3, faults="none", registry=vsrtel.Registry())
     report["invariants"] = "seed 3: something broke"
     assert "invariants          seed 3: something broke" in render_text(report)
+
+
+def test_no_completed_request_has_no_latency_rather_than_zero() -> None:
+    report = simulate(seed=1, requests=0, replicas=1, clients=1, registry=vsrtel.Registry())
+    assert report["latency_ms"] == {"p50": None, "p99": None, "max": None}
+    assert json.loads(json.dumps(report))["latency_ms"]["p50"] is None
+    text = render_text(report)
+    assert "client latency      p50 n/a   p99 n/a   max n/a" in text
+    assert "VSR cluster: 1 replica, 1 client, faults=light" in text
+    assert "replicas" not in text.splitlines()[0]
+
+
+def test_a_request_whose_operation_was_rejected_is_not_ok() -> None:
+    with Simulation(seed=2, requests=60, faults="none", registry=vsrtel.Registry()) as sim:
+        sim.run()
+        tree = sample_trace(sim, 3, 10)  # div k6 0: every replica rejects it
+    [request] = tree["children"]
+    assert {op["status"] for op in request["children"]} == {"error: division by zero: div k6 0"}
+    assert tree["status"] == "error: division by zero: div k6 0"
+    assert tree["duration_ms"] is not None  # it did complete: with the rejection as its reply

@@ -10,14 +10,17 @@ on first use and cached in the same dict, so the fast path is one dict lookup.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
 
 import blinker
@@ -134,26 +137,67 @@ def _blinker_adapter(receiver: Any) -> HandlerFunction:
     return call
 
 
-def _as_measurements(value: Any) -> Measurements:
-    if callable(value):
-        value = value()
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, (int, float)):
-        return {"value": value}
-    raise TypeError(f"measurements must be a mapping, a number or a callable, got {value!r}")
+_EMPTY: Metadata = MappingProxyType({})
 
 
-def _as_metadata(value: Any) -> Metadata:
-    if callable(value):
-        value = value()
-    if isinstance(value, Mapping):
-        return value
-    raise TypeError(f"metadata must be a mapping or a callable, got {value!r}")
+def _check_payload(measurements: Any, metadata: Any) -> None:
+    """Raise ``TypeError`` for a payload no handler could receive, whether or not one listens."""
+    if not (isinstance(measurements, (Mapping, int, float)) or callable(measurements)):
+        raise TypeError(
+            f"measurements must be a mapping, a number or a callable, got {measurements!r}"
+        )
+    if not (metadata is None or isinstance(metadata, Mapping) or callable(metadata)):
+        raise TypeError(f"metadata must be a mapping, None or a callable, got {metadata!r}")
+
+
+def _read_only(measurements: Any, metadata: Any) -> tuple[Measurements, Metadata]:
+    """The payload as handlers receive it: read-only mappings, lazy callables called.
+
+    The caller's bad types were rejected by :func:`_check_payload`; what a lazy callable returns
+    is checked here, and raising is then a failure of the payload, not of the caller.
+    """
+    if callable(measurements) and not isinstance(measurements, Mapping):
+        measurements = measurements()
+        if not isinstance(measurements, (Mapping, int, float)):
+            raise TypeError(f"lazy measurements returned {measurements!r}, not a mapping")
+    if not isinstance(measurements, Mapping):
+        measurements = {"value": measurements}
+    if metadata is None:
+        return MappingProxyType(measurements), _EMPTY
+    if callable(metadata) and not isinstance(metadata, Mapping):
+        metadata = metadata()
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"lazy metadata returned {metadata!r}, not a mapping")
+    return MappingProxyType(measurements), MappingProxyType(metadata)
+
+
+def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
+    """Reject at attach time a handler that cannot take the four handler arguments."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # some builtins have no signature: they fail, contained, on the first event
+    try:
+        signature.bind(None, None, None, None)
+    except TypeError as exc:
+        raise TypeError(
+            f"handler {handler_id!r}: {function!r} must accept "
+            f"(event_name, measurements, metadata, config): {exc}"
+        ) from None
 
 
 def _matches(name: EventName, prefix: EventName) -> bool:
     return name[: len(prefix)] == prefix
+
+
+def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
+    dotted = ".".join(prefix)
+    warnings.warn(
+        f"handler {handler_id!r} is attached to {dotted!r}, which is a span prefix, not an "
+        f"event: it never fires. Attach to {dotted}.start / .stop / .exception, or use "
+        f"attach_prefix({dotted!r}, ...)",
+        stacklevel=4,
+    )
 
 
 class Registry:
@@ -229,9 +273,15 @@ class Registry:
     ) -> None:
         if not callable(function):
             raise TypeError(f"handler {handler_id!r}: function must be callable, got {function!r}")
+        _check_arity(handler_id, function)
         with self._lock:
             if handler_id in self._handlers:
                 raise AlreadyAttachedError(f"handler id {handler_id!r} is already attached")
+            if not is_prefix:
+                span_prefixes = {names[0][:-1] for names in self._span_names.values()}
+                for name in names:
+                    if name in span_prefixes:
+                        _warn_span_prefix(handler_id, name)
             seq = next(self._seq)
             handlers = [
                 _Handler(handler_id, n, function, config, seq, is_prefix=is_prefix) for n in names
@@ -334,35 +384,43 @@ class Registry:
                 self._routes[name] = route
             return route
 
-    def _route(self, name: Any) -> _Route | None:
-        try:
-            return self._routes[name]
-        except (KeyError, TypeError):
-            return self._resolve(name)
-
     # -- emitting --------------------------------------------------------------------------
 
     def execute(self, event_name: Name, measurements: Any, metadata: Any = None) -> None:
         """Emit an event to every handler attached to it, synchronously, in attach order.
 
         ``measurements`` is a mapping or a number (delivered as ``{"value": n}``); ``metadata`` a
-        mapping (default ``{}``). Either may be a zero-argument callable, called only when some
-        handler will receive the event. A handler that raises never breaks the caller (see
-        :class:`Registry` for ``on_error``).
+        mapping (default ``{}``); any other type raises ``TypeError`` here, whether or not a
+        handler listens. Either may be a zero-argument callable, called only when some handler
+        will receive the event; if it raises, the event is dropped and reported like a handler
+        failure. Handlers receive read-only views (``types.MappingProxyType``) of the mappings,
+        shared by all of them, so no handler can change what the caller or the next handler
+        sees. A handler that raises never breaks the caller (see :class:`Registry`).
         """
         try:
             route = self._routes[event_name]
         except (KeyError, TypeError):
             route = self._resolve(event_name)
         if route is None:
+            if measurements.__class__ is not dict or (
+                metadata is not None and metadata.__class__ is not dict
+            ):
+                _check_payload(measurements, metadata)
             return
-        # _dispatch, inlined: one Python call less on the path every handler pays.
-        if measurements.__class__ is not dict:
-            measurements = _as_measurements(measurements)
-        if metadata is None:
-            metadata = {}
-        elif metadata.__class__ is not dict:
-            metadata = _as_metadata(metadata)
+        # _dispatch, inlined: one Python call less on the path every handler pays. Keep the two
+        # bodies the same (tests/test_registry.py drives failures through execute and span).
+        if measurements.__class__ is dict and (metadata is None or metadata.__class__ is dict):
+            measurements = MappingProxyType(measurements)
+            metadata = _EMPTY if metadata is None else MappingProxyType(metadata)
+        else:
+            _check_payload(measurements, metadata)
+            try:
+                measurements, metadata = _read_only(measurements, metadata)
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise
+                self._report_failure(None, route.name, exc)
+                return
         name, handlers = route
         for function, config, handler in handlers:
             try:
@@ -380,12 +438,18 @@ class Registry:
             return self._resolve(event_name) is not None
 
     def _dispatch(self, route: _Route, measurements: Any, metadata: Any) -> None:
-        if measurements.__class__ is not dict:
-            measurements = _as_measurements(measurements)
-        if metadata is None:
-            metadata = {}
-        elif metadata.__class__ is not dict:
-            metadata = _as_metadata(metadata)
+        if measurements.__class__ is dict and (metadata is None or metadata.__class__ is dict):
+            measurements = MappingProxyType(measurements)
+            metadata = _EMPTY if metadata is None else MappingProxyType(metadata)
+        else:
+            _check_payload(measurements, metadata)
+            try:
+                measurements, metadata = _read_only(measurements, metadata)
+            except Exception as exc:
+                if self.on_error == "raise":
+                    raise
+                self._report_failure(None, route.name, exc)
+                return
         name, handlers = route
         for function, config, handler in handlers:
             try:
@@ -396,26 +460,36 @@ class Registry:
                 self._handler_failed(handler, name, exc)
 
     def _handler_failed(self, handler: _Handler, name: EventName, exc: Exception) -> None:
-        action = "kept attached"
         if self.on_error == "detach":
-            action = "detached"
             if handler.receiver is None:
                 self.detach(handler.id)
             else:
                 self._disconnect_receiver(handler)
-        log.error(
-            "vsrtel handler %r failed on event %s and was %s",
-            handler.id,
-            ".".join(name),
-            action,
-            exc_info=exc,
-        )
+        self._report_failure(handler, name, exc)
+
+    def _report_failure(self, handler: _Handler | None, name: EventName, exc: Exception) -> None:
+        """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
+        if handler is None:
+            log.error(
+                "lazy measurements or metadata of event %s raised; the event was dropped",
+                ".".join(name),
+                exc_info=exc,
+            )
+        else:
+            action = "detached" if self.on_error == "detach" else "kept attached"
+            log.error(
+                "vsrtel handler %r failed on event %s and was %s",
+                handler.id,
+                ".".join(name),
+                action,
+                exc_info=exc,
+            )
         if name == FAILURE_EVENT:
             return  # a handler of failures that fails must not report itself forever
         metadata = {
             "event_name": name,
-            "handler_id": handler.id,
-            "handler_config": handler.config,
+            "handler_id": None if handler is None else handler.id,
+            "handler_config": None if handler is None else handler.config,
             "kind": type(exc),
             "reason": exc,
             "stacktrace": traceback.extract_tb(exc.__traceback__),
@@ -447,6 +521,11 @@ class Registry:
         except (KeyError, TypeError):
             base = event_name(prefix, what="span prefix")
             names = (base + ("start",), base + ("stop",), base + ("exception",))
+            signal = self._signals.get(base)
+            if signal is not None:
+                for receiver in list(signal.receivers.values()):
+                    if isinstance(receiver, _Handler):
+                        _warn_span_prefix(receiver.id, base)
             if len(self._span_names) < _MAX_ROUTES and isinstance(prefix, (str, tuple)):
                 self._span_names[prefix] = names
             return names

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -18,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=None)
 _span_ids = itertools.count(1)
+_log = logging.getLogger("vsrtel")
 
 
 def current_span() -> Span | None:
@@ -28,13 +31,18 @@ def current_span() -> Span | None:
 class Span:
     """One timed operation; see :meth:`vsrtel.Registry.span`.
 
-    ``context`` is the ``telemetry_span_context`` shared by its events. While the span runs,
-    ``metadata`` (starting as the start metadata) and ``measurements`` (initially empty) may be
-    changed: both are merged into the stop event, where ``duration`` and ``monotonic_time``
-    always win.
+    ``context`` is the ``telemetry_span_context`` shared by its events (taken from the start
+    metadata when given there, unless it is the current span's: a child built from a copy of its
+    parent's metadata gets its own). While the span runs, ``metadata`` (starting as the start
+    metadata) and ``measurements`` (initially empty) may be changed: both are merged into the
+    stop event, where ``duration`` and ``monotonic_time`` always win.
+
+    However a span ends (normally, by an exception, out of order with other spans, or because a
+    start handler raised), the current span is put back to the innermost span still running.
     """
 
     __slots__ = (
+        "_callbacks",
         "_clock",
         "_extra",
         "_metadata",
@@ -63,6 +71,8 @@ class Span:
         # Copied on first use: a span nobody listens to never pays for its metadata.
         self._metadata: dict[str, Any] | None = None
         self._extra: dict[str, Any] | None = None
+        self._token: Token[Span | None] | None = None  # set when entered with `with`
+        self._callbacks: list[Callable[[], object]] | None = None
 
     @property
     def prefix(self) -> EventName:
@@ -75,9 +85,19 @@ class Span:
         metadata = self._metadata
         if metadata is None:
             metadata = self._metadata = {**self._template} if self._template else {}
-            if "telemetry_span_context" not in metadata:
+            context = metadata.get("telemetry_span_context")
+            if context is None or self._is_ancestor_context(context):
                 metadata["telemetry_span_context"] = next(_span_ids)
         return metadata
+
+    def _is_ancestor_context(self, context: Any) -> bool:
+        span = _current.get()
+        while span is not None:
+            metadata = span._metadata
+            if span is not self and metadata and metadata["telemetry_span_context"] is context:
+                return True
+            span = _parent_of(span)
+        return False
 
     @property
     def measurements(self) -> dict[str, Any]:
@@ -99,7 +119,8 @@ class Span:
     def start(self) -> Span:
         """Emit the start event without making the span current; return the span."""
         if self._started_at is not None:
-            raise RuntimeError(f"span {'.'.join(self.prefix)} was already started")
+            raise RuntimeError(f"span {self._dotted} was already started")
+        self._token = None
         self._started_at = now = self._clock.monotonic_ns()
         try:
             route = self._registry._routes[self._names[0]]
@@ -114,22 +135,58 @@ class Span:
         self._registry._dispatch(route, measurements, {**self.metadata})
 
     def stop(self, error: BaseException | None = None) -> None:
-        """Emit the stop event, or the exception event when ``error`` is given.
+        """Emit the stop event, or the exception event when ``error`` (an exception) is given.
 
-        May be called from another thread or task than :meth:`start`.
+        May be called from another thread or task than :meth:`start`. Raises ``RuntimeError``
+        for a span that is not started, already stopped, or entered with ``with`` (which stops
+        when its block exits), and ``TypeError`` when ``error`` is not an exception.
         """
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"span {self._dotted}: error must be an exception, got {error!r}")
         started_at = self._started_at
         if started_at is None:
-            raise RuntimeError(f"span {'.'.join(self.prefix)} was not started or already stopped")
+            raise RuntimeError(f"span {self._dotted} was not started or already stopped")
+        if self._token is not None:
+            raise RuntimeError(
+                f"span {self._dotted} was entered with `with`: it stops when the block exits"
+            )
         self._started_at = None
-        now = self._clock.monotonic_ns()
-        name = self._names[1] if error is None else self._names[2]
         try:
-            route = self._registry._routes[name]
-        except KeyError:
-            route = self._registry._resolve(name)
-        if route is not None:
-            self._emit_stop(route, error, now - started_at, now)
+            now = self._clock.monotonic_ns()
+            name = self._names[1] if error is None else self._names[2]
+            try:
+                route = self._registry._routes[name]
+            except KeyError:
+                route = self._registry._resolve(name)
+            if route is not None:
+                self._emit_stop(route, error, now - started_at, now)
+        finally:
+            if self._callbacks is not None:
+                self._run_callbacks()
+
+    def on_exit(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the span ends, after its stop or exception event.
+
+        It runs however the span ends, even when no handler receives the stop, in the thread or
+        task that ends it: for a handler that sets context-local state at ``start`` (an
+        OpenTelemetry context, bound log variables) and must restore it. Callbacks run last
+        registered first; one that raises is logged and the others still run.
+        """
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks or [], None
+        for callback in reversed(callbacks):
+            try:
+                callback()
+            except Exception:
+                _log.exception("span %s: exit callback %r failed", self._dotted, callback)
+
+    @property
+    def _dotted(self) -> str:
+        return ".".join(self._names[0][:-1])
 
     def _emit_stop(
         self, route: _Route, error: BaseException | None, duration: int, now: int
@@ -140,7 +197,8 @@ class Span:
                 measurements = {**self._extra, **measurements}
             self._registry._dispatch(route, measurements, {**self.metadata})
             return
-        frames = traceback.extract_tb(error.__traceback__) or traceback.extract_stack()[:-1]
+        # The exception's own frames; one never raised has none, so say where it was reported.
+        frames = traceback.extract_tb(error.__traceback__) or traceback.extract_stack()[:-2]
         metadata = {**self.metadata, "kind": type(error), "reason": error, "stacktrace": frames}
         measurements = {"duration": duration, "monotonic_time": now}
         self._registry._dispatch(route, measurements, metadata)
@@ -152,15 +210,22 @@ class Span:
 
     def __enter__(self) -> Span:
         if self._started_at is not None:
-            raise RuntimeError(f"span {'.'.join(self.prefix)} was already started")
-        self._token: Token[Span | None] = _current.set(self)
+            raise RuntimeError(f"span {self._dotted} was already started")
+        self._token = _current.set(self)
         self._started_at = now = self._clock.monotonic_ns()
         try:
             route = self._registry._routes[self._names[0]]
         except KeyError:
             route = self._registry._resolve(self._names[0])
         if route is not None:
-            self._emit_start(route, now)
+            try:
+                self._emit_start(route, now)
+            except BaseException:
+                # A start handler raised into us (on_error="raise", KeyboardInterrupt): the body
+                # will not run and __exit__ will not be called, so undo the enter here.
+                self._started_at = None
+                self._leave()
+                raise
         return self
 
     def __exit__(
@@ -180,7 +245,48 @@ class Span:
             if route is not None:
                 self._emit_stop(route, exc, now - started_at, now)  # type: ignore[operator]
         finally:
-            _current.reset(self._token)
+            # _leave, inlined for the common case: this span is current, its parent still runs.
+            if _current.get() is self and self._callbacks is None:
+                token = self._token
+                try:
+                    _current.reset(token)  # type: ignore[arg-type]
+                except ValueError:
+                    raise RuntimeError(self._wrong_context) from None
+                parent = token.old_value  # type: ignore[union-attr]
+                if parent.__class__ is Span and parent._started_at is None:
+                    _current.set(_live_ancestor(parent))
+            else:
+                self._leave()
+
+    def _leave(self) -> None:
+        """Make the innermost span still running current again, then run the exit callbacks."""
+        try:
+            current = _current.get()
+            if current is self:
+                token = self._token
+                assert token is not None
+                try:
+                    _current.reset(token)
+                except ValueError:
+                    raise RuntimeError(self._wrong_context) from None
+                parent = _parent_of(self)
+                if parent is not None and parent._started_at is None:
+                    _current.set(_live_ancestor(parent))
+            elif not _is_below(current, self):
+                raise RuntimeError(self._wrong_context)
+            # Else a span entered after this one is still running (spans exited out of order,
+            # e.g. two instrumented generators consumed alternately): it stays current, and
+            # skips this one when it ends.
+        finally:
+            if self._callbacks is not None:
+                self._run_callbacks()
+
+    @property
+    def _wrong_context(self) -> str:
+        return (
+            f"span {self._dotted} was exited in another thread or asyncio task than the one it "
+            "was entered in"
+        )
 
     async def __aenter__(self) -> Span:
         return self.__enter__()
@@ -196,9 +302,38 @@ class Span:
     # -- decorator -------------------------------------------------------------------------
 
     def __call__(self, function: F) -> F:
-        """Wrap ``function`` (sync or async) so that each call runs in a fresh span."""
+        """Wrap ``function`` so that each call runs in a fresh span.
+
+        For a coroutine function the span covers the await; for a generator or async generator
+        function it covers the iteration, from the first ``next`` to exhaustion, an exception,
+        or ``close()`` (a consumer that stops early ends the span normally).
+        """
         registry, prefix = self._registry, self._names[0][:-1]
         metadata, clock = self._template, self._clock
+
+        if inspect.isasyncgenfunction(function):
+
+            @functools.wraps(function)
+            async def async_gen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                span = Span(registry, prefix, metadata, clock)
+                with _iteration(span):
+                    iterator = function(*args, **kwargs)
+                    try:
+                        async for item in iterator:
+                            yield item
+                    finally:
+                        await iterator.aclose()
+
+            return cast(F, async_gen_wrapper)
+
+        if inspect.isgeneratorfunction(function):
+
+            @functools.wraps(function)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+                with _iteration(Span(registry, prefix, metadata, clock)):
+                    return (yield from function(*args, **kwargs))
+
+            return cast(F, gen_wrapper)
 
         if inspect.iscoroutinefunction(function):
 
@@ -215,3 +350,40 @@ class Span:
                 return function(*args, **kwargs)
 
         return cast(F, wrapper)
+
+
+@contextmanager
+def _iteration(span: Span) -> Iterator[Span]:
+    """A span over a generator's life, where ``close()`` (GeneratorExit) is a normal end."""
+    span.__enter__()
+    try:
+        yield span
+    except GeneratorExit:
+        span.__exit__(None, None, None)
+        raise
+    except BaseException as exc:
+        span.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        span.__exit__(None, None, None)
+
+
+def _parent_of(span: Span) -> Span | None:
+    """The span that was current when ``span`` was entered (None at the top)."""
+    parent = None if span._token is None else span._token.old_value
+    return parent if isinstance(parent, Span) else None
+
+
+def _live_ancestor(span: Span | None) -> Span | None:
+    """``span`` or its innermost ancestor still running: skips spans exited out of order."""
+    while span is not None and span._started_at is None:
+        span = _parent_of(span)
+    return span
+
+
+def _is_below(span: Span | None, ancestor: Span) -> bool:
+    while span is not None:
+        if span is ancestor:
+            return True
+        span = _parent_of(span)
+    return False

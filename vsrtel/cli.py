@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import os
 import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 import vsrtel
 
@@ -32,37 +34,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an instrumented VSR cluster in simulation and report on it",
         description="Run a Viewstamped Replication cluster in deterministic simulation for a few "
         "seconds, with logs (view changes, state transfers), Prometheus metrics and traces "
-        "(OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set), then print a report.",
+        "(OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set), then print a report. Ctrl-C stops it "
+        "and prints the report so far.",
     )
     demo.add_argument("--replicas", type=_odd, default=3, help="cluster size, 2f+1 (default 3)")
-    demo.add_argument("--clients", type=_at_least(1), default=4, help="clients (default 4)")
-    demo.add_argument("--requests", type=_at_least(0), default=2000,
-                      help="requests to commit (default 2000)")
+    _cluster_arguments(demo, replicas=False, clients=4, requests=2000, faults="light")
     demo.add_argument("--seed", type=_int, default=None,
                       help="simulation seed; the same seed replays the same run (default: random)")
-    demo.add_argument("--faults", choices=("none", "light", "heavy"), default="light",
-                      help="network and crash faults (default light)")
-    demo.add_argument("--metrics-port", type=_port, default=9464,
-                      help="serve Prometheus metrics on 127.0.0.1:PORT while running; 0 = off "
-                      "(default 9464)")
+    demo.add_argument("--no-pace", "--fast", dest="pace", action="store_false",
+                      help="run as fast as the CPU allows instead of pacing simulated time to "
+                      "the wall clock")
+    endpoint = demo.add_mutually_exclusive_group()
+    endpoint.add_argument("--metrics-port", type=_port, default=9464,
+                          help="serve Prometheus metrics on 127.0.0.1:PORT while running; "
+                          "0 = any free port (default 9464)")
+    endpoint.add_argument("--no-metrics", dest="metrics", action="store_false",
+                          help="do not serve Prometheus metrics")
     demo.add_argument("--serve", action="store_true",
                       help="keep serving metrics after the run, until Ctrl-C")
     demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, parser=demo)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="simulate many seeds under a fault profile; print each failure with its seed",
+        description="Run the VSR simulation for seeds FIRST..FIRST+N-1 on each cluster size and "
+        "print every invariant violation (safety), liveness failure and crash, each with the "
+        "command that replays it. Exit status 1 if any run failed.",
+    )
+    _cluster_arguments(sweep, replicas=True, clients=3, requests=200, faults="heavy")
+    sweep.add_argument("--seeds", type=_at_least(1), default=100,
+                       help="how many seeds (default 100)")
+    sweep.add_argument("--first-seed", type=_int, default=0, help="the first seed (default 0)")
+    sweep.add_argument("--jobs", type=_at_least(1), default=1,
+                       help="runs in parallel, one process each (default 1)")
+    sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    sweep.set_defaults(run=_sweep, parser=sweep)
 
     catalog = commands.add_parser("catalog", help="print the VSR event catalogue",
                                   description="Print the VSR event catalogue.")
     catalog.add_argument("--format", choices=("markdown", "json"), default="markdown",
                          help="output format (default markdown)")
-    catalog.set_defaults(run=_catalog)
+    catalog.set_defaults(run=_catalog, parser=catalog)
 
     metrics = commands.add_parser(
         "metrics",
         help="print the recommended VSR metrics with their Prometheus names",
         description="Print vsrtel.vsr.METRICS as a table: Prometheus series, type, unit, labels.",
     )
-    metrics.set_defaults(run=_metrics)
+    metrics.set_defaults(run=_metrics, parser=metrics)
     return parser
+
+
+def _cluster_arguments(
+    parser: argparse.ArgumentParser, *, replicas: bool, clients: int, requests: int, faults: str
+) -> None:
+    if replicas:
+        parser.add_argument("--replicas", type=_odd, nargs="+", default=[3], metavar="N",
+                            help="cluster sizes, 2f+1; every seed runs on each (default 3)")
+    parser.add_argument("--clients", type=_at_least(1), default=clients,
+                        help=f"clients (default {clients})")
+    parser.add_argument("--requests", type=_at_least(0), default=requests,
+                        help=f"requests to commit (default {requests})")
+    parser.add_argument("--faults", type=_faults, default=faults, metavar="PROFILE",
+                        help="fault profile: none, light, heavy or extreme, optionally followed "
+                        "by knobs to override, e.g. heavy,loss=0.2,partition_size=2 (see the "
+                        f"README's VSR section; default {faults})")
 
 
 def _int(text: str) -> int:
@@ -97,6 +134,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _faults(text: str) -> str:
+    from vsrtel.vsr import FaultProfile
+
+    try:
+        FaultProfile.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _catalog(args: argparse.Namespace) -> int:
     from vsrtel.vsr import CATALOG
 
@@ -112,25 +159,56 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """One progress line on stderr: rewritten in place on a terminal, else once a second."""
+    """One status line on stderr: rewritten in place on a terminal, else once a second.
 
-    def __init__(self, enabled: bool) -> None:
+    On a terminal, whatever else goes to the screen meanwhile must first :meth:`clear` the line
+    (``log_stream`` does it for a logger), or it lands on the end of the status line; the next
+    :meth:`show` draws the line again.
+    """
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self.last = 0.0
+        self.drawn = False  # a status line is on the screen, not ended by a newline
 
     def show(self, text: str, *, final: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
-        if self.tty:
-            sys.stderr.write(f"\r\033[K{text}" + ("\n" if final else ""))
-        elif final or now - self.last >= 1.0:
-            sys.stderr.write(text + "\n")
-        else:
+        if not final and now - self.last < (0.1 if self.tty else 1.0):
             return
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}" + ("\n" if final else ""))
+            self.drawn = not final
+        else:
+            self.stream.write(text + "\n")
         self.last = now
-        sys.stderr.flush()
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the status line, so that the next output starts on an empty line."""
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.drawn = False
+
+    def log_stream(self) -> TextIO:
+        """A stream writing to the same place, clearing the status line first."""
+        return cast(TextIO, _ClearingStream(self))
+
+
+class _ClearingStream(io.TextIOBase):
+    def __init__(self, progress: _Progress) -> None:
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        self.progress.clear()
+        return self.progress.stream.write(text)
+
+    def flush(self) -> None:
+        self.progress.stream.flush()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -138,14 +216,16 @@ def _demo(args: argparse.Namespace) -> int:
     from vsrtel.vsr import NO_PROPAGATION, Simulation, render_text
     from vsrtel.vsr import demo as wiring
 
+    if args.serve and not args.metrics:
+        args.parser.error("--serve keeps the metrics endpoint up: it cannot go with --no-metrics")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     registry = vsrtel.default_registry
     progress = _Progress(not args.json)
     with contextlib.ExitStack() as stack:
-        for handler_id in wiring.attach_logs(registry, sys.stderr):
+        for handler_id in wiring.attach_logs(registry, progress.log_stream()):
             stack.callback(registry.detach, handler_id)
         server = None
-        if args.metrics_port:
+        if args.metrics:
             try:
                 server, reporter = wiring.serve_metrics(registry, args.metrics_port)
             except OSError as exc:
@@ -157,40 +237,56 @@ def _demo(args: argparse.Namespace) -> int:
             progress.show(f"metrics at {server.url}", final=True)
         propagation = NO_PROPAGATION
         if otel.exports_otlp("traces"):
-            setup, tracer_id = wiring.trace_to_otlp(registry)
-            stack.callback(setup.shutdown)
-            stack.callback(registry.detach, tracer_id)
-            propagation = wiring.trace_propagation()
-            progress.show("exporting traces to OTLP", final=True)
+            if wiring.otlp_exporter_installed():
+                setup, tracer_id = wiring.trace_to_otlp(registry)
+                stack.callback(setup.shutdown)
+                stack.callback(registry.detach, tracer_id)
+                propagation = wiring.trace_propagation()
+                progress.show("exporting traces to OTLP", final=True)
+            else:
+                print("vsrtel demo: OTLP export is configured but its exporter is not installed "
+                      "(pip install 'vsrtel[otlp]'): traces are not exported", file=sys.stderr)
         sim = stack.enter_context(Simulation(
             seed=seed, requests=args.requests, replicas=args.replicas, clients=args.clients,
             faults=args.faults, registry=registry, propagation=propagation,
             epoch_ns=time.time_ns(),  # exported spans carry today's dates; the run is unchanged
         ))
-        _run_paced(sim, progress)
+        interrupted = False
+        try:
+            _run(sim, progress, paced=args.pace)
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.clear()
+            print(f"vsrtel demo: interrupted at {sim.now / 1e9:.3f} s simulated; the report so "
+                  "far:", file=sys.stderr)
         report = sim.report()
-        if args.json:
-            print(json.dumps(report))
-        else:
-            print(render_text(report))
-        if args.serve and server is not None:
-            progress.show(f"serving metrics at {server.url} until Ctrl-C", final=True)
+        print(json.dumps(report) if args.json else render_text(report), flush=True)
+        if args.serve and server is not None and not interrupted:
             with contextlib.suppress(KeyboardInterrupt):
+                # Announced inside: a Ctrl-C answering the line must land in this block.
+                progress.show(f"serving metrics at {server.url} until Ctrl-C", final=True)
                 while True:
                     time.sleep(3600)
+    if interrupted:
+        return 130
     return 0 if report["invariants"] == "ok" else 1
 
 
-def _run_paced(sim: Any, progress: _Progress) -> None:
-    """Run ``sim`` with simulated time following the wall clock (faster if it lags behind)."""
+def _run(sim: Any, progress: _Progress, *, paced: bool) -> None:
+    """Run ``sim`` to its end, showing progress; paced: simulated time follows the wall clock
+    (faster if it lags behind)."""
     from vsrtel.vsr import InvariantViolation
+    from vsrtel.vsr.replica import MS
 
     start = time.monotonic()
     finished = False
     while not finished:
-        target = int((time.monotonic() - start) * 1e9)
+        if paced:
+            target = max(int((time.monotonic() - start) * 1e9), sim.now + 1)
+        else:
+            target = sim.now + 10 * MS  # a slice, between two looks at the progress line
         try:
-            finished = sim.run_until(max(target, sim.now + 1))
+            finished = sim.run_until(target)
         except InvariantViolation:
             finished = True
         progress.show(
@@ -199,18 +295,90 @@ def _run_paced(sim: Any, progress: _Progress) -> None:
             f"{sum(sim.recorder.counts.values()):,} events",
             final=finished,
         )
-        if not finished:
+        if paced and not finished:
             ahead = sim.now / 1e9 - (time.monotonic() - start)
             time.sleep(min(max(ahead, 0.0), 0.05) or 0.001)
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from vsrtel.vsr import sweep
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    planned = sweep.runs(seeds, replicas=args.replicas, requests=args.requests,
+                         clients=args.clients, faults=args.faults)
+    sizes = ", ".join(map(str, args.replicas))
+    print(f"sweep: seeds {seeds.start}-{seeds.stop - 1} on {sizes} replicas, "
+          f"{args.clients} clients, {args.requests} requests each, faults={args.faults}",
+          flush=True)
+    progress = _Progress(True)
+    failures: list[sweep.Failure] = []
+    done = 0
+    start = time.monotonic()
+    interrupted = False
+    try:
+        for run, failure in sweep.sweep(planned, jobs=args.jobs):
+            done += 1
+            if failure is not None:
+                failures.append(failure)
+                progress.clear()
+                print(f"FAIL seed {run.seed}, {run.replicas} replicas: {failure.kind}: "
+                      f"{failure.message.removeprefix('liveness: ')}\n"
+                      f"  replay: {run.command()}", flush=True)
+            progress.show(_bar(done, len(planned), len(failures), start, run.seed),
+                          final=done == len(planned))
+            if failures and args.fail_fast:
+                progress.show(_bar(done, len(planned), len(failures), start, run.seed),
+                              final=True)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.clear()
+        print("vsrtel sweep: interrupted", file=sys.stderr)
+    elapsed = time.monotonic() - start
+    kinds = {kind: sum(f.kind == kind for f in failures) for kind in ("safety", "liveness",
+                                                                       "error")}
+    seeds_done = done / len(args.replicas)
+    rate = f", {seeds_done / elapsed * 60:,.0f} seeds/min" if elapsed > 0 else ""
+    print(f"{done} of {len(planned)} runs, {len(failures)} failed (safety {kinds['safety']}, "
+          f"liveness {kinds['liveness']}, error {kinds['error']}) in {elapsed:.1f} s{rate}")
+    if failures:
+        return 1
+    return 130 if interrupted else 0
+
+
+def _bar(done: int, total: int, failed: int, start: float, seed: int) -> str:
+    width = 30
+    filled = width * done // total
+    elapsed = time.monotonic() - start
+    rate = f", {done / elapsed * 60:,.0f} runs/min" if elapsed > 0 else ""
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs, {failed} failed, "
+            f"seed {seed}{rate}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``vsrtel catalog | head -1``): not an error worth a traceback.
+        # Point stdout at devnull so that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command is None:
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 0
+    if extra:  # named by the subcommand, as `vsrtel demo: error: ...`
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     status: int = args.run(args)
     return status
 

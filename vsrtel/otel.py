@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 if TYPE_CHECKING:
     from vsrtel.handlers.prometheus import MetricsServer
 
-__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure", "exports_otlp"]
+__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure", "exports_otlp", "resource"]
 
 DEFAULT_SERVICE_NAME = "vsrtel"
 
@@ -252,6 +252,14 @@ def _console_stream(console: bool | TextIO) -> TextIO | None:
     if callable(getattr(console, "write", None)):
         return console
     raise TypeError(f"console must be a bool or a text stream, got {console!r}")
+
+
+def resource(
+    service_name: str | None = None, attributes: Mapping[str, Any] | None = None
+) -> Resource:
+    """The OpenTelemetry resource `configure` gives its providers, for a provider built
+    elsewhere (``serve_metrics(resource=...)``): same service name rules, same attributes."""
+    return _resource(service_name, attributes)
 
 
 def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) -> Resource:

@@ -3,13 +3,16 @@
 >>> from vsrtel.handlers import spans
 >>> handler_id = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
 
-For each traced prefix, the ``start`` event opens an OpenTelemetry span (a child of the current
-OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata key) starting at
-the event's ``system_time``; a span entered with ``with``/``async with``/the decorator is made
-the current OpenTelemetry span for its body, so nesting follows threads and asyncio tasks. The
-``stop`` event ends it with the stop metadata and extra measurements as attributes; the
-``exception`` event records the exception, sets status ERROR and ends it. Events are matched by
-``telemetry_span_context``: a stop or exception nobody started is ignored.
+For each span under a traced prefix, the ``start`` event opens an OpenTelemetry span (a child
+of the current OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata
+key) starting at the event's ``system_time``; a span entered with ``with``/``async with``/the
+decorator is made the current OpenTelemetry span for its body, so nesting follows threads and
+asyncio tasks, and the previous context is restored when the vsrtel span ends, however it ends
+(even with the handler detached meanwhile). The ``stop`` event ends it with the stop metadata and
+extra measurements as attributes; the ``exception`` event records the exception, sets status
+ERROR and ends it. Events are matched by ``telemetry_span_context``: a stop or exception nobody
+started is ignored. A span the handler cannot open (a ``span_name`` function that raises, an
+unhashable span context) is skipped, logged once and counted in :func:`skipped`; tracing goes on.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
 keys, objects to ``str``) or dropped (``None``); keys named as secrets (the ``redact`` setting
@@ -18,7 +21,9 @@ shared with `vsrtel.handlers.logs`) never reach a span.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import weakref
 from collections.abc import (
     Callable,
@@ -43,7 +48,7 @@ from vsrtel import current_span
 from vsrtel.handlers._attributes import INT64, scalar, text
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
-__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
+__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
 
 EventName = tuple[str, ...]
 SpanName = str | Callable[[EventName, Mapping[str, Any]], str] | None
@@ -54,14 +59,30 @@ _SPAN_KEYS = frozenset({"telemetry_span_context", "trace_parent"})
 _EXCEPTION_KEYS = _SPAN_KEYS | {"kind", "reason", "stacktrace"}
 _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
 _MAX_DEPTH = 4
+_SPAN_SUFFIXES = {"start": _START, "stop": _STOP, "exception": _EXCEPTION}
+_MAX_NAMES = 10_000  # bound on cached event-name classifications
 _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
+_log = logging.getLogger("vsrtel")
 
 
-# An open span: (OTel span, the token to detach at stop or None for a span never made current,
-# the start metadata to set only what changed at stop, the start time). A plain tuple: it is
-# built once per span on the hot path.
-_Open = tuple[trace.Span, "Token[Context] | None", Mapping[str, Any], "int | None"]
+class _Frame:
+    """The OpenTelemetry context a traced ``with`` span made current, until the span ends."""
+
+    __slots__ = ("context", "ended", "previous", "span", "token")
+
+    def __init__(self, span: trace.Span, context: Context, previous: Context) -> None:
+        self.span = span
+        self.context = context
+        self.previous = previous
+        self.ended = False
+        self.token: Token[Context] | None = None
+
+
+# An open span: (OTel span, its frame when made current, the start metadata to set only what
+# changed at stop, the start time, the entry it shadows when a span reused an open span context).
+# A plain tuple: it is built once per span on the hot path.
+_Open = tuple[trace.Span, "_Frame | None", Mapping[str, Any], "int | None", Any]
 
 
 def attach_tracer(
@@ -77,15 +98,17 @@ def attach_tracer(
 ) -> Hashable:
     """Attach a handler that turns the spans under ``prefixes`` into OpenTelemetry spans.
 
-    ``prefixes`` are span prefixes (``"app.request"`` or ``("app", "request")``); each gets its
-    ``start``/``stop``/``exception`` events traced. ``tracer_provider`` defaults to the global
-    one. ``span_name`` is the OTel span name: the dotted prefix by default, else a fixed str, or
-    a function ``(prefix, start_metadata) -> str``. ``attributes``, when given, lists the only
-    metadata keys copied onto spans (default: all). With ``span_events=True`` any other event
-    emitted while a traced span is the current one becomes an OTel span event on it (name = the
-    dotted event name). ``redact`` names secret metadata keys, dropped from attributes.
+    ``prefixes`` select spans by prefix, as :func:`vsrtel.attach_prefix` selects events:
+    ``"app"`` traces ``app.request``, ``app.db.query`` and every other span under ``app``;
+    ``"app.request"`` traces that span (and any under it). ``tracer_provider`` defaults to the
+    global one. ``span_name`` is the OTel span name: the dotted prefix by default, else a fixed
+    str, or a function ``(prefix, start_metadata) -> str``. ``attributes``, when given, lists the
+    only metadata keys copied onto spans (default: all). With ``span_events=True`` any other
+    event emitted while a traced span is the current one becomes an OTel span event on it (name =
+    the dotted event name). ``redact`` names secret metadata keys, dropped from attributes.
 
-    Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
+    Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it
+    and ``skipped(handler_id)`` counts the spans it could not trace.
     Raises ``ValueError``/``TypeError`` for a bad prefix, option, or a handler id in use.
     """
     if isinstance(prefixes, str):
@@ -104,16 +127,25 @@ def attach_tracer(
         provider.get_tracer("vsrtel.handlers.spans", vsrtel.__version__),
         names,
         span_name,
+        span_events,
         None if attributes is None else frozenset(attributes),
         Secrets(redact),
+        handler_id,
     )
     registry = registry if registry is not None else vsrtel.default_registry
-    if span_events:
-        registry.attach_prefix(handler_id, (), tracer.handle)
-    else:
-        registry.attach_many(handler_id, list(tracer.events), tracer.handle)
+    # Traced spans are matched by prefix, and span events may come from any event: listen under
+    # the longest prefix that covers what is wanted, and classify each event name once.
+    registry.attach_prefix(handler_id, () if span_events else _common_prefix(names), tracer.handle)
     _tracers.add(tracer)
     return handler_id
+
+
+def skipped(handler_id: Hashable) -> int:
+    """How many spans the tracer attached as ``handler_id`` skipped because it failed on them."""
+    for tracer in list(_tracers):
+        if tracer.handler_id == handler_id:
+            return tracer.skipped
+    raise KeyError(f"no tracer was attached as {handler_id!r}")
 
 
 def inject(
@@ -144,6 +176,14 @@ def extract(carrier: Mapping[str, str]) -> Context:
     return propagate.extract(carrier)
 
 
+def _common_prefix(names: list[EventName]) -> EventName:
+    common = names[0]
+    for name in names[1:]:
+        while name[: len(common)] != common:
+            common = common[:-1]
+    return common
+
+
 def _context_of(span: vsrtel.Span) -> Context | None:
     key = span.context
     for tracer in list(_tracers):
@@ -161,35 +201,64 @@ class _Tracer:
         tracer: trace.Tracer,
         prefixes: list[EventName],
         span_name: SpanName,
+        span_events: bool,
         allowed: frozenset[str] | None,
         secrets: Secrets,
+        handler_id: Hashable,
     ) -> None:
         self.tracer = tracer
-        # Event name -> (kind, span prefix, span name unless computed per span).
-        self.events: dict[EventName, tuple[int, EventName, str]] = {}
-        for prefix in prefixes:
-            fixed = span_name if isinstance(span_name, str) else ".".join(prefix)
-            for suffix, kind in (("start", _START), ("stop", _STOP), ("exception", _EXCEPTION)):
-                name = (*prefix, suffix)
-                self.events[name] = (kind, prefix, fixed)
+        self.prefixes = prefixes
+        self.fixed_name = span_name if isinstance(span_name, str) else None
         self.name_function = None if span_name is None or isinstance(span_name, str) else span_name
+        self.span_events = span_events
         self.allowed = allowed
         self.secrets = secrets
+        self.handler_id = handler_id
+        # Event name -> (kind, span prefix, span name), or None for a plain event.
+        self.events: dict[EventName, tuple[int, EventName, str] | None] = {}
         self.open: dict[Any, _Open] = {}
+        self.skipped = 0
         # Marks the OTel contexts this handler made current, so that plain events find the
         # innermost traced span even when other OTel spans are nested inside it.
         self.current_key = otel_context.create_key("vsrtel_traced_span")
 
+    def classify(self, name: EventName) -> tuple[int, EventName, str] | None:
+        kind = _SPAN_SUFFIXES.get(name[-1])
+        event = None
+        if kind is not None and len(name) > 1:
+            prefix = name[:-1]
+            if any(prefix[: len(p)] == p for p in self.prefixes):
+                event = (kind, prefix, self.fixed_name or ".".join(prefix))
+        if len(self.events) < _MAX_NAMES:
+            self.events[name] = event
+        return event
+
     def handle(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
     ) -> None:
-        event = self.events.get(name)
-        if event is None:
-            self.add_event(name, measurements, metadata)
-        elif event[0] == _START:
-            self.start(event[1], event[2], measurements, metadata)
-        else:
-            self.finish(event[0], measurements, metadata)
+        try:
+            event = self.events[name]
+        except KeyError:
+            event = self.classify(name)
+        try:
+            if event is None:
+                if self.span_events:
+                    self.add_event(name, measurements, metadata)
+            elif event[0] == _START:
+                self.start(event[1], event[2], measurements, metadata)
+            else:
+                self.finish(event[0], measurements, metadata)
+        except Exception:
+            # Never detach the tracer for one span: skip it and keep tracing the others.
+            self.skipped += 1
+            level = logging.DEBUG if self.skipped > 1 else logging.WARNING
+            _log.log(
+                level,
+                "spans handler %r: skipped event %s (further failures log at DEBUG)",
+                self.handler_id,
+                ".".join(name),
+                exc_info=True,
+            )
 
     def start(
         self,
@@ -201,6 +270,7 @@ class _Tracer:
         key = metadata.get("telemetry_span_context")
         if key is None:
             return
+        shadowed = self.open.get(key)  # raises TypeError for an unhashable context: skipped
         if self.name_function is not None:
             name = self.name_function(prefix, metadata)
         start_time = measurements.get("system_time")
@@ -213,54 +283,78 @@ class _Tracer:
             attributes=self.attributes(metadata, _SPAN_KEYS),
             start_time=start_time,
         )
-        token = None
+        frame = None
         current = current_span()
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
-            ctx = trace.set_span_in_context(span)
-            token = otel_context.attach(otel_context.set_value(self.current_key, span, ctx))
-        self.open[key] = (span, token, metadata, start_time)
+            previous = otel_context.get_current()
+            ctx = trace.set_span_in_context(span, previous)
+            frame = _Frame(span, otel_context.set_value(self.current_key, None, ctx), previous)
+            frame.context = otel_context.set_value(self.current_key, frame, ctx)
+            frame.token = otel_context.attach(frame.context)
+            current.on_exit(functools.partial(self.leave, key, frame))
+        self.open[key] = (span, frame, metadata, start_time, shadowed)
 
     def finish(
         self, kind: int, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
+        key = metadata.get("telemetry_span_context")
         try:
-            entry = self.open.pop(metadata.get("telemetry_span_context"))
+            entry = self.open.pop(key)
         except (KeyError, TypeError):
             return
-        span, token, start_metadata, start_time = entry
-        try:
-            changed = {
-                k: v for k, v in metadata.items() if start_metadata.get(k, _MISSING) is not v
-            }
-            if changed:
-                exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
-                span.set_attributes(self.attributes(changed, exclude))
-            if not _CLOCK_KEYS.issuperset(measurements):
-                extra = {k: v for k, v in measurements.items() if k not in _CLOCK_KEYS}
-                span.set_attributes(self.attributes(extra))
-            duration = measurements.get("duration")
-            end_time = None
-            if start_time is not None and isinstance(duration, int):
-                end_time = start_time + duration
-            if kind == _EXCEPTION:
-                _record_exception(span, metadata, end_time)
-            span.end(end_time=end_time)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
+        if entry[4] is not None:
+            self.open[key] = entry[4]  # the span this one shadowed is open again
+        span, _, start_metadata, start_time, _ = entry
+        changed = {k: v for k, v in metadata.items() if start_metadata.get(k, _MISSING) is not v}
+        if changed:
+            exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
+            span.set_attributes(self.attributes(changed, exclude))
+        if not _CLOCK_KEYS.issuperset(measurements):
+            extra = {k: v for k, v in measurements.items() if k not in _CLOCK_KEYS}
+            span.set_attributes(self.attributes(extra))
+        duration = measurements.get("duration")
+        end_time = None
+        if start_time is not None and isinstance(duration, int):
+            end_time = start_time + duration
+        if kind == _EXCEPTION:
+            _record_exception(span, metadata, end_time)
+        span.end(end_time=end_time)
+
+    def leave(self, key: Any, frame: _Frame) -> None:
+        """The vsrtel span of ``frame`` ended: restore the OTel context it replaced."""
+        entry = self.open.get(key)
+        if entry is not None and entry[1] is frame:
+            # No stop reached us (the handler was detached, or a start handler raised): end the
+            # span anyway, so that it is exported and never left open.
+            self.open.pop(key)
+            if entry[4] is not None:
+                self.open[key] = entry[4]
+            frame.span.set_attribute("vsrtel.stop_missed", True)
+            frame.span.end()
+        frame.ended = True
+        if otel_context.get_current() is not frame.context:
+            return  # ended out of order: the context entered after it skips it when it ends
+        assert frame.token is not None
+        otel_context.detach(frame.token)
+        restored = otel_context.get_value(self.current_key)
+        if isinstance(restored, _Frame) and restored.ended:
+            while isinstance(restored, _Frame) and restored.ended:
+                previous = restored.previous
+                restored = otel_context.get_value(self.current_key, previous)
+            otel_context.attach(previous)
 
     def add_event(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
         if current_span() is None:
             return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
-        span = otel_context.get_value(self.current_key)
-        if isinstance(span, trace.Span):
+        frame = otel_context.get_value(self.current_key)
+        if isinstance(frame, _Frame):
             attributes = self.attributes(metadata, _SPAN_KEYS)
             attributes.update(self.attributes(measurements))
-            span.add_event(".".join(name), attributes)
+            frame.span.add_event(".".join(name), attributes)
 
     def attributes(
         self, values: Mapping[str, Any], exclude: frozenset[str] | None = None
@@ -330,7 +424,8 @@ def _parent(trace_parent: Any) -> Context | None:
 def _record_exception(span: trace.Span, metadata: Mapping[str, Any], end_time: int | None) -> None:
     reason = metadata.get("reason")
     if isinstance(reason, BaseException):
-        span.record_exception(reason, timestamp=end_time)
+        # The exception event of a span is the exception that ended it: it escaped the span.
+        span.record_exception(reason, timestamp=end_time, escaped=True)
         description = str(reason) or type(reason).__name__
     else:
         kind = metadata.get("kind")

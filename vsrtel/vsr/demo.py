@@ -6,6 +6,7 @@ handler modules are imported inside the functions: ``vsrtel.vsr`` itself only ne
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
@@ -25,6 +26,8 @@ LOGGED_EVENTS = (
     "vsr.state_transfer.request_sent",
     "vsr.state_transfer.snapshot_received",
 )
+#: The service name of the demo's traces and metrics (``target_info`` on Prometheus).
+SERVICE_NAME = "vsrtel-demo"
 #: The span prefixes a trace of the demo is made of.
 TRACED_SPANS = ("vsr.protocol.client_request", "vsr.state_machine.operation")
 
@@ -69,13 +72,23 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
     Returns the server (``.url``, ``.close()``) and the attached reporter (``.detach()``).
     Raises ``OSError`` naming the port when it is taken.
     """
+    from vsrtel import otel
     from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.prometheus import serve_metrics as serve
     from vsrtel.vsr.metrics import METRICS
 
-    server = serve(port)
+    server = serve(port, resource=otel.resource(SERVICE_NAME))
     reporter = MetricsReporter(METRICS, meter_provider=server.meter_provider, registry=registry)
     return server, reporter.attach()
+
+
+def otlp_exporter_installed() -> bool:
+    """Whether the OTLP/HTTP span exporter (the ``vsrtel[otlp]`` extra) can be imported."""
+    try:
+        importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    except ImportError:
+        return False
+    return True
 
 
 def trace_to_otlp(registry: Registry, **configure: Any) -> tuple[OTel, Hashable]:
@@ -87,7 +100,7 @@ def trace_to_otlp(registry: Registry, **configure: Any) -> tuple[OTel, Hashable]
     from vsrtel import otel
     from vsrtel.handlers.spans import attach_tracer
 
-    setup = otel.configure(configure.pop("service_name", "vsrtel-demo"), **configure)
+    setup = otel.configure(configure.pop("service_name", SERVICE_NAME), **configure)
     handler_id = attach_tracer(TRACED_SPANS, tracer_provider=setup.tracer_provider,
                                registry=registry, span_events=False)
     return setup, handler_id

@@ -105,6 +105,12 @@ def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[s
             item = by_context[context]
             item["duration_ms"] = round(_ms(when - sent) - item["start_ms"], 3)
             item["status"] = "ok" if suffix == "stop" else f"error: {reason}"
+    if latency is not None:
+        # Every replica rejects an operation the same way, and the client's reply says so.
+        rejected = [op["status"] for span in root["children"] for op in span["children"]
+                    if op["status"].startswith("error")]
+        if rejected:
+            root["status"] = rejected[0]
     return root
 
 
@@ -129,10 +135,10 @@ def build_report(sim: Simulation) -> dict[str, Any]:
         "faults": sim.faults,
         "requests": sim.requests,
         "requests_committed": len(sim.checker.results),
-        "latency_ms": {
-            "p50": _ms(percentile(latencies, 50)),
-            "p99": _ms(percentile(latencies, 99)),
-            "max": _ms(latencies[-1]) if latencies else 0.0,
+        "latency_ms": {  # None when no request completed
+            "p50": _ms(percentile(latencies, 50)) if latencies else None,
+            "p99": _ms(percentile(latencies, 99)) if latencies else None,
+            "max": _ms(latencies[-1]) if latencies else None,
         },
         "view_changes": recorder.views_established,
         "state_transfers": events.get("vsr.state_transfer.snapshot_received", 0),
@@ -158,15 +164,21 @@ def _tree_lines(item: dict[str, Any], prefix: str, last: bool, top: bool) -> lis
     return lines
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def render_text(report: dict[str, Any]) -> str:
     """Render a report (as :func:`build_report` returns it) for a terminal."""
-    latency, messages = report["latency_ms"], report["messages"]
+    latency = {k: "n/a" if v is None else f"{v:.3f} ms" for k, v in report["latency_ms"].items()}
+    messages = report["messages"]
     lines = [
-        f"VSR cluster: {report['replicas']} replicas, {report['clients']} clients, "
+        f"VSR cluster: {_plural(report['replicas'], 'replica')}, "
+        f"{_plural(report['clients'], 'client')}, "
         f"faults={report['faults']}, seed={report['seed']}",
         f"  requests committed  {report['requests_committed']} of {report['requests']}",
-        f"  client latency      p50 {latency['p50']:.3f} ms   p99 {latency['p99']:.3f} ms   "
-        f"max {latency['max']:.3f} ms  (simulated)",
+        f"  client latency      p50 {latency['p50']}   p99 {latency['p99']}   "
+        f"max {latency['max']}  (simulated)",
         f"  view changes        {report['view_changes']}",
         f"  state transfers     {report['state_transfers']}",
         f"  faults injected     crashes {report['crashes']}, partitions {report['partitions']}, "
@@ -179,6 +191,8 @@ def render_text(report: dict[str, Any]) -> str:
     ]
     width = max((len(name) for name in report["events"]), default=0)
     lines += [f"  {name:<{width}}  {count:>8}" for name, count in report["events"].items()]
+    if not report["events"]:
+        lines.append("  (none)")
     if report["sample_trace"] is not None:
         lines += ["", "sample trace (the request at the p99 latency):"]
         lines += ["  " + line for line in _tree_lines(report["sample_trace"], "", True, True)]

@@ -4,8 +4,9 @@ One seeded ``random.Random`` drives everything (network delays, loss, duplicatio
 crashes, the clients' operations); time is a simulated clock advanced by a single event queue,
 ties broken by insertion order. Same arguments, same run: the same events in the same order.
 
-A run has three phases. While faults are on, the network loses, duplicates and delays messages
-(so it reorders them), replicas crash and restart, and partitions isolate replicas. Once three
+A run has three phases. While faults are on (as a :class:`FaultProfile` says), the network loses,
+duplicates and delays messages (so it reorders them), replicas crash and restart, partitions cut
+groups of replicas off (both ways or one way), and timers fire late. Once three
 quarters of the requests are done (or the fault window closes) everything heals: partitions end,
 crashed replicas restart, the network stops losing messages; every remaining request must then
 complete (liveness). Finally the cluster drains until every replica has caught up with the
@@ -32,9 +33,19 @@ DEFAULT_EPOCH_NS = 1_700_000_000 * SECOND  # system_time of simulated time 0 (20
 KEYS = tuple(f"k{i}" for i in range(8))
 
 
+_PROBABILITIES = ("loss", "duplicate", "spike", "one_way", "clock_skew")
+_RANGES = ("delay", "spike_delay", "downtime", "partition_length")
+_MEANS = ("crash_every", "partition_every")
+
+
 @dataclass(frozen=True)
 class FaultProfile:
-    """How hostile the environment is. Times in simulated nanoseconds; rates as probabilities."""
+    """How hostile the environment is. Times in simulated nanoseconds; rates as probabilities.
+
+    Faults are drawn from the run's seeded random stream, so a seed and a profile replay the same
+    run. A knob at zero (or None) draws nothing: adding a knob never changes the runs of the
+    profiles that leave it off. Raises ``ValueError`` naming a knob with a bad value.
+    """
 
     loss: float = 0.0  # a message is lost
     duplicate: float = 0.0  # a message is delivered twice
@@ -43,8 +54,108 @@ class FaultProfile:
     spike_delay: tuple[int, int] = (20 * MS, 120 * MS)
     crash_every: int | None = None  # mean time between crashes (at most f replicas down)
     downtime: tuple[int, int] = (50 * MS, 400 * MS)
-    partition_every: int | None = None  # mean time between partitions isolating a replica
+    partition_every: int | None = None  # mean time between partitions
     partition_length: tuple[int, int] = (50 * MS, 500 * MS)
+    partition_size: int = 1  # at most this many replicas cut off together (capped at f)
+    one_way: float = 0.0  # a partition cuts one direction only (the group cannot send or hear)
+    timer_jitter: int = 0  # a replica's timer fires up to this late
+    clock_skew: float = 0.0  # each replica's clock runs up to this fraction fast or slow
+
+    def __post_init__(self) -> None:
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"fault knob {name} must be between 0 and 1, got {value!r}")
+        for name in _RANGES:
+            value = getattr(self, name)
+            if (not isinstance(value, tuple) or len(value) != 2
+                    or not all(isinstance(v, int) for v in value) or not 0 <= value[0] < value[1]):
+                raise ValueError(f"fault knob {name} must be a range (low, high) of ns with "
+                                 f"0 <= low < high, got {value!r}")
+        for name in _MEANS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"fault knob {name} must be None or ns > 0, got {value!r}")
+        if not isinstance(self.partition_size, int) or self.partition_size < 1:
+            raise ValueError(f"fault knob partition_size must be an int >= 1, "
+                             f"got {self.partition_size!r}")
+        if not isinstance(self.timer_jitter, int) or self.timer_jitter < 0:
+            raise ValueError(f"fault knob timer_jitter must be ns >= 0, got {self.timer_jitter!r}")
+        if self.clock_skew >= 1:
+            raise ValueError(f"fault knob clock_skew must be below 1, got {self.clock_skew!r}")
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultProfile:
+        """Parse ``NAME[,KNOB=VALUE...]``: a named profile of :data:`FAULTS`, knobs overridden.
+
+        Probabilities are numbers from 0 to 1; times are milliseconds; ranges are ``LOW-HIGH``
+        (milliseconds); ``crash_every`` and ``partition_every`` take ``off``. For example
+        ``heavy,loss=0.2,spike_delay=20-200,partition_size=2``. Raises ``ValueError`` naming
+        the bad part.
+        """
+        name, *knobs = [part.strip() for part in spec.split(",")]
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault profile {name!r} (choose from {', '.join(FAULTS)})")
+        changes: dict[str, Any] = {}
+        for knob in knobs:
+            key, sep, text = (s.strip() for s in knob.partition("="))
+            if not sep or key not in _KNOBS:
+                raise ValueError(f"bad fault knob {knob!r} (knobs: {', '.join(_KNOBS)})")
+            try:
+                changes[key] = _parse_knob(key, text)
+            except ValueError:
+                raise ValueError(f"bad value for fault knob {key}: {text!r}") from None
+        return replace(FAULTS[name], **changes)
+
+    def spec(self) -> str:
+        """This profile as :meth:`parse` reads it: a profile's name, or ``none`` plus knobs."""
+        for name, profile in FAULTS.items():
+            if profile == self:
+                return name
+        none = FAULTS["none"]
+        return ",".join(["none"] + [
+            f"{key}={_format_knob(key, getattr(self, key))}" for key in _KNOBS
+            if getattr(self, key) != getattr(none, key)
+        ])
+
+
+_KNOBS = tuple(FaultProfile.__dataclass_fields__)
+
+
+def _ms(text: str) -> int:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return round(value * MS)
+
+
+def _parse_knob(key: str, text: str) -> Any:
+    if key in _PROBABILITIES:
+        return float(text)
+    if key in _RANGES:
+        low, sep, high = text.partition("-")
+        if not sep:
+            raise ValueError(text)
+        return (_ms(low), _ms(high))
+    if key in _MEANS:
+        return None if text in ("off", "none") else _ms(text)
+    if key == "partition_size":
+        return int(text)
+    return _ms(text)  # timer_jitter
+
+
+def _format_ms(ns: int) -> str:
+    return f"{ns / MS:.6f}".rstrip("0").rstrip(".")
+
+
+def _format_knob(key: str, value: Any) -> str:
+    if key in _RANGES:
+        return f"{_format_ms(value[0])}-{_format_ms(value[1])}"
+    if key in _MEANS:
+        return "off" if value is None else _format_ms(value)
+    if key == "timer_jitter":
+        return _format_ms(value)
+    return repr(value)
 
 
 FAULTS: dict[str, FaultProfile] = {
@@ -56,10 +167,27 @@ FAULTS: dict[str, FaultProfile] = {
         loss=0.08, duplicate=0.05, spike=0.02, crash_every=150 * MS, downtime=(20 * MS, 300 * MS),
         partition_every=150 * MS, partition_length=(20 * MS, 300 * MS),
     ),
+    # A fault every ~40 ms, a fifth of the messages lost and another fifth duplicated, partitions
+    # of up to f replicas (half of them one-way), late timers and clocks 10% off.
+    "extreme": FaultProfile(
+        loss=0.2, duplicate=0.2, spike=0.05, spike_delay=(20 * MS, 200 * MS),
+        crash_every=80 * MS, downtime=(20 * MS, 300 * MS),
+        partition_every=80 * MS, partition_length=(20 * MS, 300 * MS),
+        partition_size=3, one_way=0.5, timer_jitter=5 * MS, clock_skew=0.1,
+    ),
 }
 
-_HEALED = replace(FAULTS["none"])
 _CLIENT_REQUEST = ("vsr", "client", "request")
+_TIMERS = ("heartbeat", "primary", "view_change", "prepare_retry", "lag", "state_transfer")
+
+
+def _profile(faults: object) -> FaultProfile:
+    if isinstance(faults, FaultProfile):
+        return faults
+    if not isinstance(faults, str):
+        raise ValueError(f"faults must be a FaultProfile or a str, got {faults!r}")
+    return FaultProfile.parse(faults)
+
 
 # Event-queue kinds.
 _DELIVER, _REPLY, _TICK, _CLIENT, _FAULT, _RESTART, _UNPARTITION, _HEAL, _DEADLINE = range(9)
@@ -113,7 +241,8 @@ class Simulation:
 
     Emits the ``vsr`` catalogue on ``registry`` (default: the default registry), timed by the
     simulated clock. Drive it with :meth:`run` or step by step with :meth:`run_until`; read the
-    result with :meth:`report`. ``propagation`` carries trace context inside messages.
+    result with :meth:`report`. ``faults`` is a :class:`FaultProfile` or a spec of one (see
+    :func:`simulate`). ``propagation`` carries trace context inside messages.
     Use it as a context manager (or call :meth:`close`) to detach its event recorder.
     Raises ``ValueError`` naming a bad argument.
     """
@@ -130,7 +259,7 @@ class Simulation:
         requests: int,
         replicas: int = 3,
         clients: int = 3,
-        faults: str = "light",
+        faults: str | FaultProfile = "light",
         registry: Registry | None = None,
         propagation: Propagation = NO_PROPAGATION,
         timeouts: Timeouts | None = None,
@@ -142,20 +271,19 @@ class Simulation:
         _check_int("clients", clients, 1)
         if replicas % 2 == 0:
             raise ValueError(f"replicas must be odd (2f+1), got {replicas}")
-        if faults not in FAULTS:
-            raise ValueError(f"faults must be one of {', '.join(FAULTS)}, got {faults!r}")
-        self.seed, self.requests, self.faults = seed, requests, faults
-        self.profile = FAULTS[faults]
+        self.profile = _profile(faults)
+        self.seed, self.requests = seed, requests
+        self.faults = faults if isinstance(faults, str) else self.profile.spec()
         self.rng = random.Random(seed)
+        self.f = (replicas - 1) // 2
         self.clock = SimClock(epoch_ns)
         self.scope: Scope[ReplicaLike] = Scope(PREFIX, common_metadata, registry=registry,
                                                clock=self.clock)
         self.replicas = [
-            Replica(i, replicas, scope=self.scope, timeouts=timeouts, propagation=propagation,
-                    context_prefix=f"s{seed}.")
+            Replica(i, replicas, scope=self.scope, timeouts=self._skewed(timeouts),
+                    propagation=propagation, context_prefix=f"s{seed}.")
             for i in range(replicas)
         ]
-        self.f = (replicas - 1) // 2
         self.clients = [
             _Client(c + 1, requests // clients + (1 if c < requests % clients else 0))
             for c in range(clients)
@@ -165,8 +293,8 @@ class Simulation:
         self._client_spans: dict[int, Span] = {}
         self.recorder = Recorder(self.scope.registry)
         self.crashed: set[int] = set()
-        self.partition: frozenset[int] = frozenset()
-        self.faults_on = faults != "none"
+        self.cut: frozenset[tuple[int, int]] = frozenset()  # (source, destination) links down
+        self.faults_on = self.profile != FAULTS["none"]
         self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0,
                       "crashes": 0, "partitions": 0}
         self.completed = 0
@@ -281,8 +409,8 @@ class Simulation:
             if target in self.crashed:
                 self._restart(target)
         elif kind == _UNPARTITION:
-            if self.partition == payload:
-                self.partition = frozenset()
+            if self.cut == payload:
+                self.cut = frozenset()
         elif kind == _HEAL:
             self._heal()
         elif kind == _DEADLINE:
@@ -304,12 +432,14 @@ class Simulation:
             current = self._wake[i]
             if current is None or current <= self.now or wake < current:
                 wake = max(wake, self.now + 1)
+                if self.faults_on and self.profile.timer_jitter:
+                    wake += self.rng.randrange(self.profile.timer_jitter + 1)
                 self._wake[i] = wake
                 self._push(wake, _TICK, i, replica.incarnation)
 
     def _delay(self) -> int:
-        profile = self.profile if self.faults_on else _HEALED
-        if profile.spike and self.rng.random() < profile.spike:
+        profile = self.profile
+        if self.faults_on and profile.spike and self.rng.random() < profile.spike:
             return self.rng.randrange(*profile.spike_delay)
         return self.rng.randrange(*profile.delay)
 
@@ -328,7 +458,7 @@ class Simulation:
         return 1
 
     def _transmit(self, source: int, destination: int, message: ReplicaMessage) -> None:
-        if (source in self.partition) != (destination in self.partition):
+        if (source, destination) in self.cut:
             self.stats["sent"] += 1
             self.stats["dropped"] += 1
             return
@@ -461,12 +591,35 @@ class Simulation:
             self.replicas[victim].crash(self.now)
             self._wake[victim] = None
             self._push(self.now + rng.randrange(*profile.downtime), _RESTART, victim)
-        elif not self.partition and len(self.replicas) > 1:
-            isolated = frozenset([rng.randrange(len(self.replicas))])
-            self.partition = isolated
+        elif not self.cut and len(self.replicas) > 1:
+            self.cut = cut = self._partition()
             self.stats["partitions"] += 1
-            self._push(self.now + rng.randrange(*profile.partition_length), _UNPARTITION, 0,
-                       isolated)
+            self._push(self.now + rng.randrange(*profile.partition_length), _UNPARTITION, 0, cut)
+
+    def _partition(self) -> frozenset[tuple[int, int]]:
+        """Draw the links a new partition cuts: between a group of at most f replicas and the
+        others, both ways or (``one_way``) only from the group or only to it."""
+        profile, rng, n = self.profile, self.rng, len(self.replicas)
+        size = min(profile.partition_size, max(self.f, 1))
+        # One replica is drawn as before multi-node partitions existed: the same runs as then.
+        group = set(rng.sample(range(n), rng.randint(1, size))) if size > 1 else {rng.randrange(n)}
+        outward = [(a, b) for a in group for b in range(n) if b not in group]
+        if profile.one_way and rng.random() < profile.one_way:
+            if rng.random() < 0.5:
+                return frozenset(outward)
+            return frozenset((b, a) for a, b in outward)
+        return frozenset(outward + [(b, a) for a, b in outward])
+
+    def _skewed(self, timeouts: Timeouts | None) -> Timeouts | None:
+        """The timeouts of a replica whose clock runs fast or slow by up to ``clock_skew``."""
+        skew = self.profile.clock_skew
+        if not skew:
+            return timeouts
+        base = timeouts or Timeouts()
+        rate = 1 + self.rng.uniform(-skew, skew)  # its clock's seconds per simulated second
+        return replace(base, **{
+            name: round(getattr(base, name) / rate) for name in _TIMERS
+        })
 
     def _restart(self, i: int) -> None:
         self.crashed.discard(i)
@@ -478,7 +631,7 @@ class Simulation:
             return
         self.healed_at = self.now
         self.faults_on = False
-        self.partition = frozenset()
+        self.cut = frozenset()
         for i in sorted(self.crashed):
             self._restart(i)
         self._push(self.now + self.watchdog, _DEADLINE, 0, self._progress())
@@ -510,13 +663,15 @@ def simulate(
     requests: int,
     replicas: int = 3,
     clients: int = 3,
-    faults: str = "light",
+    faults: str | FaultProfile = "light",
     registry: Registry | None = None,
     propagation: Propagation = NO_PROPAGATION,
 ) -> dict[str, Any]:
     """Run a VSR cluster in deterministic simulation and return its report.
 
-    ``faults`` is ``"none"``, ``"light"`` or ``"heavy"``. Events are emitted on ``registry``
+    ``faults`` is a :class:`FaultProfile`, the name of one in :data:`FAULTS` (``"none"``,
+    ``"light"``, ``"heavy"``, ``"extreme"``) or a spec :meth:`FaultProfile.parse` reads
+    (``"heavy,loss=0.2"``); the report's ``faults`` is that spec. Events are emitted on ``registry``
     (default: the default registry) with simulated timings. The report is what
     ``vsrtel demo --json`` prints: ``requests_committed``, ``latency_ms`` (``p50``, ``p99``,
     ``max``), ``view_changes``, ``state_transfers``, ``events`` (dotted name -> count),
