@@ -326,6 +326,7 @@ def test_exiting_a_with_span_in_another_thread_is_an_error() -> None:
     thread.start()
     thread.join()
     assert "exited in another thread or asyncio task" in str(errors[0])
+    assert vsrtel.current_span() is None  # the span has ended: never current here either
 
 
 def test_exiting_a_with_span_in_another_task_is_an_error() -> None:
@@ -334,6 +335,7 @@ def test_exiting_a_with_span_in_another_task_is_an_error() -> None:
         await span.__aenter__()
         with pytest.raises(RuntimeError, match="another thread or asyncio task"):
             await asyncio.create_task(span.__aexit__(None, None, None))
+        assert vsrtel.current_span() is None
 
     asyncio.run(main())
 

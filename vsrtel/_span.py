@@ -24,8 +24,14 @@ _log = logging.getLogger("vsrtel")
 
 
 def current_span() -> Span | None:
-    """Return the innermost span entered with ``with`` in this thread or asyncio task, or None."""
-    return _current.get()
+    """Return the innermost span entered with ``with`` in this thread or asyncio task, or None.
+
+    A span that has ended is never returned, even one ended in another thread by mistake.
+    """
+    span = _current.get()
+    if span is not None and span._started_at is None:
+        span = _live_ancestor(span)
+    return span
 
 
 class Span:
