@@ -228,6 +228,12 @@ def test_clock_skew_gives_each_replica_its_own_timer_rates() -> None:
     default = Timeouts().primary
     assert len(set(primaries)) == 5
     assert all(0.9 * default <= t <= 1.12 * default for t in primaries)
+    # Every timer runs at its replica's rate (the counts do not scale).
+    replica = sim.replicas[0]
+    rate = Timeouts().primary / replica.timeouts.primary
+    for name, value in vars(replica.timeouts).items():
+        if name not in ("retransmit_window", "recovery_rounds"):
+            assert abs(getattr(Timeouts(), name) / value - rate) < 0.01, name
 
 
 def test_the_extreme_profile_is_deterministic_and_safe() -> None:

@@ -178,7 +178,8 @@ FAULTS: dict[str, FaultProfile] = {
 }
 
 _CLIENT_REQUEST = ("vsr", "client", "request")
-_TIMERS = ("heartbeat", "primary", "view_change", "prepare_retry", "lag", "state_transfer")
+_TIMERS = ("heartbeat", "primary", "view_change", "view_change_retry", "prepare_retry", "lag",
+           "state_transfer")
 
 
 def _profile(faults: object) -> FaultProfile:
