@@ -71,6 +71,17 @@ def test_validate_accepts_an_exact_event() -> None:
     assert catalog.validate("app.cache.hit", {"count": 1}, {"node": "a", "key": "k"}) == []
 
 
+def test_an_event_without_the_common_metadata() -> None:
+    spec = EventSpec("app.client.call", "event", "a client calls", {}, {"id": "caller (int)"},
+                     common=False)
+    catalog = Catalog("app", [spec], common_metadata={"node": "node name (str)"})
+    assert catalog.validate("app.client.call", {}, {"id": 1}) == []
+    assert catalog.validate("app.client.call", {}, {"id": 1, "node": "a"}) == [
+        "app.client.call: undeclared metadata node"]
+    assert "`id`: caller (int)<br>(no common metadata)" in catalog.render_markdown()
+    assert json.loads(catalog.to_json())["events"][0]["common_metadata"] is False
+
+
 def test_validate_reports_unknown_events_missing_and_undeclared_keys() -> None:
     catalog = _catalog()
     assert catalog.validate("app.cache.miss", {}, {}) == [

@@ -21,8 +21,9 @@ ISSUE_EVENTS = {
     "state_transfer": ["request_sent", "request_received", "snapshot_sent", "snapshot_received"],
     "replication": ["log_append", "log_conflict", "quorum_reached"],
     "timer": ["heartbeat_sent", "heartbeat_received", "primary_timeout"],
+    "client": ["request"],
 }
-SPANS = {"vsr.protocol.client_request", "vsr.state_machine.operation"}
+SPANS = {"vsr.protocol.client_request", "vsr.state_machine.operation", "vsr.client.request"}
 
 
 def test_the_catalogue_declares_exactly_the_vsr_events() -> None:

@@ -10,6 +10,7 @@ catches (its view-number goes back) only in rare seeds now that view changes ret
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from vsrtel.vsr.messages import (
 from vsrtel.vsr.replica import Replica
 
 SOURCE = Path(replica_module.__file__).read_text()
+_loaded = itertools.count()
 
 # name -> the edits (old text, new text) that make the mutant
 MUTATIONS: dict[str, list[tuple[str, str]]] = {
@@ -64,13 +66,13 @@ MUTATIONS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def load_mutant(name: str) -> type[Replica]:
-    """Return the Replica class of replica.py with the edits of mutation ``name`` applied."""
+def load_mutant(name: str, edits: list[tuple[str, str]] | None = None) -> type[Replica]:
+    """Return the Replica class of a copy of replica.py with the edits of mutation ``name``."""
     source = SOURCE
-    for old, new in MUTATIONS[name]:
+    for old, new in MUTATIONS[name] if edits is None else edits:
         assert source.count(old) == 1, f"mutation {name!r} no longer applies: {old!r}"
         source = source.replace(old, new)
-    module_name = f"_vsr_mutant_{abs(hash(name))}"
+    module_name = f"_vsr_mutant_{next(_loaded)}"
     module = ModuleType(module_name)
     sys.modules[module_name] = module  # dataclasses look their module up
     try:
@@ -201,11 +203,7 @@ def test_mutation_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_unmutated_copy_is_not_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    MUTATIONS["none"] = []
-    try:
-        copy = load_mutant("none")
-    finally:
-        del MUTATIONS["none"]
+    copy = load_mutant("none", [])
     for test in DIRECTED:
         test(copy)
     monkeypatch.setattr("vsrtel.vsr.sim.Replica", copy)

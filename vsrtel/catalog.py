@@ -68,7 +68,9 @@ class EventSpec:
     ``name`` is a tuple or a dotted string; ``kind`` is ``"event"`` or ``"span"``.
     ``measurements`` and ``metadata`` map each key to a one-line description that includes the
     unit. ``optional_metadata`` lists keys that may be present (and are then allowed) but are
-    not required. Raises ``ValueError``/``TypeError`` naming the bad part.
+    not required. ``common=False`` exempts the event from the catalogue's common metadata (an
+    event not emitted by the kind of node that metadata describes). Raises
+    ``ValueError``/``TypeError`` naming the bad part.
     """
 
     name: EventName
@@ -77,6 +79,7 @@ class EventSpec:
     measurements: Mapping[str, str]
     metadata: Mapping[str, str]
     optional_metadata: Mapping[str, str]
+    common: bool
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class EventSpec:
         metadata: Mapping[str, str] | None = None,
         *,
         optional_metadata: Mapping[str, str] | None = None,
+        common: bool = True,
     ) -> None:
         full = event_name(name, what="event spec name")
         dotted = ".".join(full)
@@ -99,6 +103,7 @@ class EventSpec:
         object.__setattr__(self, "name", full)
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "description", description)
+        object.__setattr__(self, "common", bool(common))
         for attr, value in (("measurements", measurements), ("metadata", metadata),
                             ("optional_metadata", optional_metadata)):
             checked = _descriptions(value or {}, f"event spec {dotted} {attr}")
@@ -119,7 +124,7 @@ class EventSpec:
         self, name: EventName, common_metadata: Mapping[str, str] | None = None
     ) -> tuple[dict[str, str], dict[str, str]]:
         """Return the (measurements, metadata) every event ``name`` of this spec must carry."""
-        common_metadata = common_metadata or {}
+        common_metadata = common_metadata if common_metadata and self.common else {}
         if self.kind == "event":
             return dict(self.measurements), {**common_metadata, **self.metadata}
         suffix = name[-1]
@@ -141,6 +146,7 @@ class EventSpec:
             "measurements": dict(self.measurements),
             "metadata": dict(self.metadata),
             "optional_metadata": dict(self.optional_metadata),
+            "common_metadata": self.common,
         }
 
 
@@ -301,6 +307,8 @@ class Catalog:
                     k for k in (_keys(spec.metadata), _keys(spec.optional_metadata, " (optional)"))
                     if k
                 )
+                if not spec.common and self.common_metadata:
+                    metadata = "<br>".join(k for k in (metadata, "(no common metadata)") if k)
                 lines.append(
                     f"| `{spec.dotted}` | {spec.kind} | {_keys(spec.measurements) or '-'} "
                     f"| {metadata or '-'} | {_cell(spec.description)} |"

@@ -168,6 +168,18 @@ CATALOG = Catalog(
         _event("timer.heartbeat_received", "a backup processes a heartbeat COMMIT", {}, _FROM),
         _event("timer.primary_timeout", "a backup has not heard from its primary in time",
                {"elapsed": "time since it last heard from the primary (int ns)"}),
+        # clients
+        EventSpec(
+            "vsr.client.request",
+            "span",
+            "tracing on only (a propagation is set): a simulated client's request, from its "
+            "first send to the reply it accepts; the root of the request's trace, whose context "
+            "the REQUEST carries to the primary's client_request span; exception when the run "
+            "ends first (a failed run). Emitted by a client, so without the replica metadata",
+            {"attempts": "times the request was sent (1 + retries)"},
+            {k: v for k, v in _REQUEST.items() if k != "entry_op_number"},
+            common=False,
+        ),
     ],
     common_metadata=COMMON_METADATA,
     title="VSR",

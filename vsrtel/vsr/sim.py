@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vsrtel import Registry, Scope
+from vsrtel import Registry, Scope, Span
 from vsrtel.vsr.catalog import PREFIX, ReplicaLike, common_metadata
 from vsrtel.vsr.invariants import Checker, InvariantViolation
 from vsrtel.vsr.messages import Operation, ReplicaMessage, Reply, Request
@@ -177,7 +177,9 @@ FAULTS: dict[str, FaultProfile] = {
     ),
 }
 
-_TIMERS = ("heartbeat", "primary", "view_change", "prepare_retry", "lag", "state_transfer")
+_CLIENT_REQUEST = ("vsr", "client", "request")
+_TIMERS = ("heartbeat", "primary", "view_change", "view_change_retry", "prepare_retry", "lag",
+           "state_transfer")
 
 
 def _profile(faults: object) -> FaultProfile:
@@ -190,6 +192,10 @@ def _profile(faults: object) -> FaultProfile:
 
 # Event-queue kinds.
 _DELIVER, _REPLY, _TICK, _CLIENT, _FAULT, _RESTART, _UNPARTITION, _HEAL, _DEADLINE = range(9)
+
+
+class RequestUnanswered(Exception):
+    """Ends a client's ``vsr.client.request`` span still open when the run ends."""
 
 
 class SimClock:
@@ -284,6 +290,8 @@ class Simulation:
             for c in range(clients)
         ]
         self.checker = Checker(seed, self.replicas)
+        self.propagation = propagation
+        self._client_spans: dict[int, Span] = {}
         self.recorder = Recorder(self.scope.registry)
         self.crashed: set[int] = set()
         self.cut: frozenset[tuple[int, int]] = frozenset()  # (source, destination) links down
@@ -308,7 +316,13 @@ class Simulation:
         self.close()
 
     def close(self) -> None:
-        """Detach the event recorder from the registry."""
+        """End the clients' open traces and detach the event recorder from the registry."""
+        spans, self._client_spans = self._client_spans, {}
+        for client_id in sorted(spans):
+            try:  # raised so that the span's stacktrace is this frame only
+                raise RequestUnanswered(f"client {client_id}: the run ended before the reply")
+            except RequestUnanswered as error:
+                spans[client_id].stop(error=error)
         self.recorder.close()
 
     @property
@@ -478,7 +492,9 @@ class Simulation:
         if payload is None:  # time to issue the next request
             if client.pending is not None or client.next_number > client.quota:
                 return
-            request = Request(client.client_id, client.next_number, self._operation())
+            number, operation = client.next_number, self._operation()
+            request = Request(client.client_id, number, operation,
+                              self._start_trace(client.client_id, number, operation))
             client.next_number += 1
             client.pending, client.first_sent, client.attempt = request, self.now, 0
             client.sent_at[request.request_number] = self.now
@@ -502,6 +518,20 @@ class Simulation:
         self._push(self.now + self.client_timeout, _CLIENT, client.client_id,
                    (request.request_number, client.attempt))
 
+    def _start_trace(self, client_id: int, number: int, operation: Operation) -> dict[str, str]:
+        """Tracing on: start the client's span, the root of the request's trace; return the
+        trace context for the REQUEST (empty when tracing is off)."""
+        if self.propagation is NO_PROPAGATION:
+            return {}
+        metadata = {"client_id": client_id, "request_number": number,
+                    "operation": operation.kind,
+                    "telemetry_span_context": f"s{self.seed}.c{client_id}.{number}"}
+        span = Span(self.scope.registry, _CLIENT_REQUEST, metadata, self.clock).start()
+        self._client_spans[client_id] = span
+        carrier: dict[str, str] = {}
+        self.propagation.inject(carrier, span)
+        return carrier
+
     def _on_reply(self, client: _Client, reply: Reply) -> None:
         self.stats["delivered"] += 1
         self.checker.check_reply(reply, self.now)
@@ -515,6 +545,10 @@ class Simulation:
         client.view = max(client.view, reply.view)
         client.pending = None
         self.completed += 1
+        span = self._client_spans.pop(client.client_id, None)
+        if span is not None:
+            span.measurements["attempts"] = client.attempt + 1
+            span.stop()
         if client.next_number <= client.quota:
             self._push(self.now + self.rng.randrange(*self.think_time), _CLIENT, client.client_id)
         self._check_progress()
