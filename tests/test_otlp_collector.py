@@ -40,6 +40,7 @@ from vsrtel.vsr.metrics import METRICS
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
+CLIENT = "vsr.client.request"
 CLIENT_REQUEST = "vsr.protocol.client_request"
 OPERATION = "vsr.state_machine.operation"
 STATUS_ERROR = 2  # OTLP Status.code
@@ -258,8 +259,9 @@ def _reference_spans(seed: int, requests: int, clients: int) -> list[Any]:
 
 
 def _key(name: str, attributes: Any, status_code: int, status_message: str) -> tuple[Any, ...]:
-    return (name, attributes["node_id"], attributes["client_id"], attributes["request_number"],
-            attributes["is_primary"], status_code, status_message or "")
+    return (name, attributes.get("node_id"), attributes["client_id"],
+            attributes["request_number"], attributes.get("is_primary"), status_code,
+            status_message or "")
 
 
 def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None:
@@ -328,11 +330,14 @@ def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None
     requests_seen = set()
     rejected = 0
     for trace in traces.values():
+        clients_ = [s for s in trace if s["name"] == CLIENT]
         roots = [s for s in trace if s["name"] == CLIENT_REQUEST]
         operations = [s for s in trace if s["name"] == OPERATION]
-        assert len(roots) == 1 and len(operations) == 3 and len(trace) == 4
+        assert len(clients_) == len(roots) == 1 and len(operations) == 3 and len(trace) == 5
+        # The client starts the trace; the primary's request span is its child.
+        assert clients_[0]["parent_span_id"] == ""
         root = roots[0]
-        assert root["parent_span_id"] == ""
+        assert root["parent_span_id"] == clients_[0]["span_id"]
         assert root["attributes"]["is_primary"] is True
         # Each replica executed the operation, as a child of the primary's request span.
         assert all(op["parent_span_id"] == root["span_id"] for op in operations)

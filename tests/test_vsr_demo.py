@@ -36,7 +36,9 @@ def test_one_client_request_is_one_trace_across_the_replicas() -> None:
         operations = [s for s in spans if s.name == "vsr.state_machine.operation"]
         assert len(roots) == 1 and len(operations) == 3
         root = roots[0]
-        assert root.parent is None
+        [client] = [s for s in spans if s.name == "vsr.client.request"]
+        assert client.parent is None
+        assert root.parent is not None and root.parent.span_id == client.context.span_id
         assert all(op.parent is not None and op.parent.span_id == root.context.span_id
                    for op in operations)
         assert sorted(op.attributes["node_id"] for op in operations) == [0, 1, 2]  # type: ignore[index,misc]

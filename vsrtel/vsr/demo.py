@@ -29,7 +29,7 @@ LOGGED_EVENTS = (
 #: The service name of the demo's traces and metrics (``target_info`` on Prometheus).
 SERVICE_NAME = "vsrtel-demo"
 #: The span prefixes a trace of the demo is made of.
-TRACED_SPANS = ("vsr.protocol.client_request", "vsr.state_machine.operation")
+TRACED_SPANS = ("vsr.client.request", "vsr.protocol.client_request", "vsr.state_machine.operation")
 
 
 def trace_propagation() -> Propagation:
