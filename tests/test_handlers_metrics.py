@@ -146,6 +146,20 @@ def test_every_constructor_validates_the_same_options(kind: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    ("unit", "suggestion"),
+    [
+        ("seconds", "second"),
+        ("milisecond", "millisecond"),
+        (("native", "seconds"), "second"),
+        (("bytes", "kilobyte"), "byte"),
+    ],
+)
+def test_a_unit_typo_suggests_the_closest_unit(unit: Any, suggestion: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"did you mean {suggestion!r}?")):
+        m.distribution("a.b", unit=unit)
+
+
+@pytest.mark.parametrize(
     ("unit", "message"),
     [
         (("native", "parsec"), "unknown target unit 'parsec'"),

@@ -17,6 +17,7 @@ OpenTelemetry instruments on a MeterProvider and attaches one handler per event 
 
 from __future__ import annotations
 
+import difflib
 import enum
 import inspect
 import itertools
@@ -129,6 +130,13 @@ class _Unit:
     otel: str  # exported unit
 
 
+def _unknown_unit(unit: object, what: str = "unit", where: str = "") -> ValueError:
+    candidates = [u for u in _UNITS if u != unit]
+    close = difflib.get_close_matches(unit, candidates, n=1) if isinstance(unit, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown {what} {unit!r}{where}{hint}; known units: {', '.join(_UNITS)}")
+
+
 def _parse_unit(unit: object) -> _Unit:
     """Resolve a unit option into a conversion factor and the exported OTel unit."""
     if unit is None:
@@ -136,7 +144,7 @@ def _parse_unit(unit: object) -> _Unit:
     if isinstance(unit, str):
         info = _UNITS.get(unit)
         if info is None:
-            raise ValueError(f"unknown unit {unit!r}; known units: {', '.join(_UNITS)}")
+            raise _unknown_unit(unit)
         if unit == "native":
             # Native time is nanoseconds; Prometheus and OTel want base units (seconds).
             return _Unit(1e-9, "s")
@@ -146,9 +154,9 @@ def _parse_unit(unit: object) -> _Unit:
         src_info = _UNITS.get(src) if isinstance(src, str) else None
         dst_info = _UNITS.get(dst) if isinstance(dst, str) and dst != "native" else None
         if src_info is None:
-            raise ValueError(f"unknown unit {src!r} in conversion {unit!r}")
+            raise _unknown_unit(src, where=f" in conversion {unit!r}")
         if dst_info is None:
-            raise ValueError(f"unknown target unit {dst!r} in conversion {unit!r}")
+            raise _unknown_unit(dst, "target unit", f" in conversion {unit!r}")
         if src_info.dimension != dst_info.dimension:
             raise ValueError(
                 f"cannot convert {src!r} ({src_info.dimension}) to {dst!r} ({dst_info.dimension})"
