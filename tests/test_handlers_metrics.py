@@ -566,6 +566,25 @@ def test_default_cap_is_1000(sink: Sink, registry: vsrtel.Registry) -> None:
     assert sink.value("c.e.n", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 5
 
 
+def test_max_series_up_to_the_sdk_limit_is_exact(sink: Sink, registry: vsrtel.Registry) -> None:
+    limit = 1999  # the SDK keeps 2000 series per metric; the overflow series is one of them
+    reporter = report(
+        sink, registry, m.counter("l.e.n", tags=["id"], reporter_options={"max_series": limit})
+    )
+    for i in range(limit + 3):
+        registry.execute("l.e", {}, {"id": f"s{i}"})
+    points = sink.points("l.e.n")
+    overflow = frozenset({(m.OVERFLOW_ATTRIBUTE, "true")})
+    assert len(points) == limit + 1  # every series the reporter kept, plus its overflow series
+    assert points[overflow].value == 3
+    assert reporter.series_count("l.e.n") == limit
+
+
+def test_max_series_above_the_sdk_limit_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"max_series 2000 .*at most 2000 series.*at most 1999"):
+        m.counter("l.e.n", tags=["id"], reporter_options={"max_series": 2000})
+
+
 def test_unhashable_tag_values_are_keyed_by_text(sink: Sink, registry: vsrtel.Registry) -> None:
     reporter = report(sink, registry, m.counter("u.e.n", tags=["l"]),
                       m.counter("u.e.two", tags=["l", "k"]))

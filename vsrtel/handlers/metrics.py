@@ -70,6 +70,11 @@ Metadata: TypeAlias = Mapping[str, Any]
 UnitSpec: TypeAlias = "str | tuple[str, str] | None"
 
 DEFAULT_MAX_SERIES: Final = 1000
+# The OpenTelemetry SDK keeps at most 2000 attribute sets per metric (its default cardinality
+# limit) and folds the rest into its own overflow series. The reporter's series plus its overflow
+# series must fit, or series the reporter believes distinct would silently merge.
+_SDK_CARDINALITY_LIMIT: Final = 2000
+_MAX_SERIES_LIMIT: Final = _SDK_CARDINALITY_LIMIT - 1
 
 # OpenTelemetry's instrument-name syntax; checked here so a bad name fails at definition time.
 _OTEL_NAME = re.compile(r"[A-Za-z][-_./A-Za-z0-9]{0,254}\Z")
@@ -286,6 +291,12 @@ def _check_options(kind: MetricType, options: Mapping[str, Any] | None) -> dict[
         n = opts["max_series"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"max_series must be a positive integer, got {n!r}")
+        if n > _MAX_SERIES_LIMIT:
+            raise ValueError(
+                f"max_series {n!r} is too large: the OpenTelemetry SDK keeps at most "
+                f"{_SDK_CARDINALITY_LIMIT} series per metric, the overflow series included, "
+                f"so max_series can be at most {_MAX_SERIES_LIMIT}"
+            )
     if "monotonic" in opts and not isinstance(opts["monotonic"], bool):
         raise ValueError(f"monotonic must be True or False, got {opts['monotonic']!r}")
     if "buckets" in opts:
@@ -421,7 +432,8 @@ def counter(
       `"millisecond"`, `"microsecond"`, `"nanosecond"`, `"byte"`, `"kilobyte"`, `"megabyte"`,
       `"1"`) or a conversion pair such as `("native", "second")` or `("byte", "kilobyte")`.
     - `description`: help text (a default is derived from the definition).
-    - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000), and per
+    - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000, at most
+      1999 so the OpenTelemetry SDK's own limit of 2000 never merges series silently), and per
       type `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
 
     Raises ValueError or TypeError naming the bad option at once.
