@@ -461,9 +461,9 @@ def test_tags_from_keys_callable_and_tag_values(sink: Sink, registry: vsrtel.Reg
     registry.execute("h.req.stop", {}, {"method": "PUT", "status": 503,
                                          "reason": TimeoutError("x")})
     assert sink.points("h.req.stop.by_keys").keys() == {
-        frozenset({("method", "GET"), ("status", 200)}),
-        frozenset({("method", "GET"), ("status", 204)}),
-        frozenset({("method", "PUT"), ("status", 503)}),
+        frozenset({("method", "GET"), ("status", "200")}),
+        frozenset({("method", "GET"), ("status", "204")}),
+        frozenset({("method", "PUT"), ("status", "503")}),
     }
     assert sink.value("h.req.stop.by_fn", **{"class": "2xx"}) == 2
     assert sink.value("h.req.stop.by_fn", **{"class": "5xx"}) == 1
@@ -546,9 +546,9 @@ def test_overflow_series_past_max_series(
     registry.execute("o.e", {}, {"id": 0})  # a known series still counts in its own series
     points = {k: p.value for k, p in sink.points("o.e.n").items()}
     assert points == {
-        frozenset({("id", 0)}): 2,
-        frozenset({("id", 1)}): 1,
-        frozenset({("id", 2)}): 1,
+        frozenset({("id", "0")}): 2,
+        frozenset({("id", "1")}): 1,
+        frozenset({("id", "2")}): 1,
         frozenset({(m.OVERFLOW_ATTRIBUTE, "true")}): 7,
     }
     assert sink.value("o.e.fn", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 8
@@ -635,9 +635,9 @@ def test_default_registry_and_concurrent_events(sink: Sink, vsrtel_registry: Any
     reporter.detach()
     vsrtel.execute("p.e", {}, {"t": 0})  # detached: not counted
     assert {k: p.value for k, p in sink.points("p.e.n").items()} == {
-        frozenset({("t", 0)}): 1000,
-        frozenset({("t", 1)}): 1000,
-        frozenset({("t", 2)}): 1000,
+        frozenset({("t", "0")}): 1000,
+        frozenset({("t", "1")}): 1000,
+        frozenset({("t", "2")}): 1000,
     }
 
 
@@ -663,3 +663,144 @@ def test_span_durations_become_seconds(sink: Sink) -> None:
     (point,) = sink.collect()["w.job.stop.duration"].data.data_points
     assert point.count == 1
     assert point.sum == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------- scrape safety
+
+
+@pytest.mark.parametrize(
+    ("defs", "message"),
+    [
+        ([m.counter("app.req.count"), m.counter("app_req.count")],
+         "metrics 'app.req.count' and 'app_req.count' would both export the Prometheus name "
+         "'app_req_count'"),
+        ([m.sum("app.req.bytes", unit="byte"), m.last_value("app.req_bytes", unit="byte")],
+         "metrics 'app.req.bytes' and 'app.req_bytes'"),
+        # a histogram's _count sample and a gauge of that name
+        ([m.distribution("app.req.size"), m.last_value("app.req.size_count")],
+         "'app.req.size' and 'app.req.size_count' would both export the Prometheus name "
+         "'app_req_size_count'"),
+        # a counter's _total is its family's name
+        ([m.counter("app.req.n"), m.counter("app.req.n_total")], "'app_req_n'"),
+        ([m.last_value("target.info")], "target_info"),
+    ],
+)
+def test_definitions_sharing_a_prometheus_name_are_rejected(
+    sink: Sink, defs: list[m.Metric], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter(defs, meter_provider=sink.provider)
+
+
+def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
+    with pytest.raises(ValueError, match=r"'App\.req\.n' and 'app\.req\.n'.*ignore case"):
+        m.MetricsReporter([m.counter("App.req.n"), m.counter("app.req.n")],
+                          meter_provider=sink.provider)
+
+
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        (m.distribution("d.e.v", tags=["le"]), "'d.e.v' has tag 'le', but a Prometheus "
+                                               "distribution uses the label 'le' itself"),
+        (m.summary("d.e.v", tags=["quantile"]), "tag 'quantile'"),
+        (m.summary("d.e.v", tags=["le"]), "tag 'le'"),
+        (m.counter("d.e.v", tags=["a.b", "a_b"]),
+         "tags 'a.b' and 'a_b', which both become the Prometheus label 'a_b'"),
+        (m.counter("d.e.v", tags=["x-y", "x y"]), "tags 'x-y' and 'x y'"),
+        (m.counter("d.e.v", tags=["a__b", "a_b"]), "tags 'a__b' and 'a_b'"),
+        (m.counter("d.e.v", tags=["otel.scope.name"]), "the exporter adds the label"),
+        (m.counter("d.e.v", tags=[m.OVERFLOW_ATTRIBUTE]), "the exporter adds the label"),
+    ],
+)
+def test_tags_that_break_a_prometheus_family_are_rejected(
+    sink: Sink, metric: m.Metric, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter([metric], meter_provider=sink.provider)
+
+
+def test_le_is_an_ordinary_tag_on_a_counter(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.counter("d.e.n", tags=["le", "quantile"]))
+    registry.execute("d.e", {}, {"le": "x", "quantile": "y"})
+    assert sink.value("d.e.n", le="x", quantile="y") == 1
+
+
+def test_a_tags_callable_returning_bad_names_is_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = report(
+        sink, registry, m.distribution("d.e.v", tags=lambda md: md),
+    )
+    registry.execute("d.e", {"v": 1}, {"le": "1"})
+    registry.execute("d.e", {"v": 1}, {"a.b": 1, "a_b": 2})
+    registry.execute("d.e", {"v": 1}, {1: "x"})
+    registry.execute("d.e", {"v": 1}, {"ok": "x"})
+    assert reporter.skipped == {"d.e.v": 3}
+    assert set(sink.points("d.e.v")) == {frozenset({("ok", "x")})}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'le'" in warnings[0]  # once per metric
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.inf, -math.inf, math.nan, True, False, 2**63, -(2**63) - 1, 10**5000, "1", None,
+     1e300],  # 1e300 ns in seconds is finite, but a factor of 1e9 makes it inf below
+    ids=lambda v: type(v).__name__ if isinstance(v, int) else None,
+)
+def test_values_the_sdk_would_drop_are_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry, value: Any
+) -> None:
+    reporter = report(
+        sink, registry,
+        m.sum("v.e.n", reporter_options={"monotonic": False}),
+        m.last_value("v.e.n_last", measurement="n"),
+        m.distribution("v.e.n_hist", measurement="n", unit=("second", "nanosecond")),
+    )
+    registry.execute("v.e", {"n": value})
+    registry.execute("v.e", {"n": 3})
+    skipped = reporter.skipped
+    if value == 1e300:  # finite unscaled: only the distribution's conversion overflows
+        assert skipped == {"v.e.n": 0, "v.e.n_last": 0, "v.e.n_hist": 1}
+    else:
+        assert skipped == {"v.e.n": 1, "v.e.n_last": 1, "v.e.n_hist": 1}
+        assert sink.value("v.e.n") == 3
+        assert sink.value("v.e.n_last") == 3
+    assert sink.collect()["v.e.n_hist"].data.data_points[0].count == 1
+
+
+def test_negative_values_of_a_histogram_are_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    reporter = report(sink, registry, m.distribution("h.e.v"), m.summary("h.e.w", measurement="v"))
+    registry.execute("h.e", {"v": -1})
+    registry.execute("h.e", {"v": 0.5})
+    assert reporter.skipped == {"h.e.v": 1, "h.e.w": 1}
+    assert sink.collect()["h.e.v"].data.data_points[0].count == 1
+
+
+def test_int_and_float_subclasses_are_numbers(sink: Sink, registry: vsrtel.Registry) -> None:
+    class Level(enum.IntEnum):
+        HIGH = 7
+
+    class Ratio(float):
+        pass
+
+    reporter = report(sink, registry, m.sum("i.e.n"))
+    registry.execute("i.e", {"n": Level.HIGH})
+    registry.execute("i.e", {"n": Ratio(0.5)})
+    assert reporter.skipped == {"i.e.n": 0}
+    assert sink.value("i.e.n") == 7.5
+
+
+@pytest.mark.parametrize("tags", [["v"], ["v", "w"], lambda md: {"v": md["v"], "w": md["w"]}])
+def test_true_1_and_1_0_are_three_series(
+    sink: Sink, registry: vsrtel.Registry, tags: Any
+) -> None:
+    reporter = report(sink, registry, m.counter("b.e.n", tags=tags))
+    for value in (1, True, 1.0, 1, "1", True, 1.0, 1.5):
+        registry.execute("b.e", {}, {"v": value, "w": "x"})
+    counts = {dict(k)["v"]: p.value for k, p in sink.points("b.e.n").items()}
+    # int 1 and str "1" are one Prometheus label value, so one series
+    assert counts == {"1": 3, "true": 2, "1.0": 2, "1.5": 1}
+    assert reporter.series_count("b.e.n") == 4

@@ -626,30 +626,173 @@ def bounded(values: Collection[Any], other: str = "other") -> Callable[[Any], An
 
 
 # --------------------------------------------------------------------------------------------
+# Prometheus compatibility: what would make a scrape invalid is refused when a reporter is built
+# --------------------------------------------------------------------------------------------
+
+# Labels the Prometheus exporter adds itself (instrumentation scope, our overflow series).
+_EXPORTER_LABEL_PREFIX: Final = "otel_scope_"
+_OVERFLOW_LABEL: Final = "otel_metric_overflow"
+# The family and sample name of the exporter's `target_info`.
+_EXPORTER_NAMES: Final = frozenset({"target", "target_info"})
+
+
+def _tag_check(kind: MetricType) -> TagCheck:
+    """A check of one metric's tag names against the labels its Prometheus family may carry.
+
+    Names are sanitised by the OpenTelemetry exporter's own rule. The check returns a sentence
+    naming the bad tag(s), or None.
+    """
+    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
+
+    reserved = {"distribution": {"le"}, "summary": {"le", "quantile"}}.get(kind, set())
+
+    def check(names: Sequence[object]) -> str | None:
+        seen: dict[str, object] = {}
+        for name in names:
+            if not isinstance(name, str) or not name:
+                return f"tag name {name!r}, which is not a non-empty string"
+            label = sanitize_attribute(name)
+            if label in reserved:
+                return f"tag {name!r}, but a Prometheus {kind} uses the label {label!r} itself"
+            if label.startswith(_EXPORTER_LABEL_PREFIX) or label == _OVERFLOW_LABEL:
+                return f"tag {name!r}: the exporter adds the label {label!r} itself"
+            if label in seen:
+                return (
+                    f"tags {seen[label]!r} and {name!r}, which both become the Prometheus "
+                    f"label {label!r}"
+                )
+            seen[label] = name
+        return None
+
+    return check
+
+
+def _exposed_names(metric: Metric) -> tuple[str, ...]:
+    """The family name and sample names `metric` has in a Prometheus scrape.
+
+    Named by the OpenTelemetry exporter's rules and prometheus_client's own metric families, so
+    the names are a scrape's, never re-derived here.
+    """
+    from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    name, unit = sanitize_full_name(metric.name), map_unit(metric.export_unit)
+    family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+    if metric.type in ("distribution", "summary"):
+        family = HistogramMetricFamily(name, "", unit=unit)
+        family.add_metric([], buckets=[("+Inf", 0)], sum_value=0)
+    elif metric.type == "counter" or (
+        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    ):
+        family = CounterMetricFamily(name, "", unit=unit)
+        family.add_metric([], 0)
+    else:  # a gauge; so is a non-monotonic sum, as the exporter shows it
+        family = GaugeMetricFamily(name, "", unit=unit)
+        family.add_metric([], 0)
+    return (family.name, *dict.fromkeys(sample.name for sample in family.samples))
+
+
+def _check_prometheus(metrics: Sequence[Metric]) -> list[TagCheck]:
+    """Raise ValueError for definitions that would break a scrape; return each one's tag check.
+
+    Two definitions sharing a Prometheus name (family or sample), a static tag whose label a
+    metric type reserves, and two tags sanitised to one label are refused, naming the culprits.
+    """
+    owners: dict[str, Metric] = {}
+    checks = []
+    for metric in metrics:
+        check = _tag_check(metric.type)
+        if isinstance(metric.tags, tuple) and (problem := check(metric.tags)) is not None:
+            raise ValueError(f"metric {metric.name!r} has {problem}")
+        for name in _exposed_names(metric):
+            if name in _EXPORTER_NAMES:
+                raise ValueError(
+                    f"metric {metric.name!r} would export the Prometheus name {name!r}, "
+                    "which the exporter uses for its target_info"
+                )
+            other = owners.setdefault(name, metric)
+            if other is not metric:
+                raise ValueError(
+                    f"metrics {other.name!r} and {metric.name!r} would both export the "
+                    f"Prometheus name {name!r}"
+                )
+        checks.append(check)
+    return checks
+
+
+# --------------------------------------------------------------------------------------------
 # Reporter
 # --------------------------------------------------------------------------------------------
 
 _MISSING: Final = object()
 _OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
+_INT64: Final = range(-(2**63), 2**63)
+# No value of one of these types equals a value of the other, so a tag key made of them alone is
+# its own series key. True == 1 == 1.0 (one hash), so a bool or float key must go by its text.
+_PLAIN: Final = frozenset({str, int})
+_NONFINITE: Final[Mapping[str, str]] = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]
 
 
-def _attr(value: Any) -> Any:
-    # As span attributes are converted; but a tag always has a value, so None becomes "".
-    converted = scalar(value)
-    return "" if converted is None else converted
+def _label(value: Any) -> str:
+    """The text a tag value is exported as: its Prometheus label, and its series' identity.
+
+    Converted as span attributes are (an enum member is its name), then to text as the Prometheus
+    exporter would: `True` is "true", `1` is "1", `1.0` is "1.0". None, or a value without text
+    (its `__str__` raises, an int too long to print), is "".
+    """
+    try:
+        converted = scalar(value)
+        if converted is None:
+            return ""
+        if isinstance(converted, str):
+            return str.__str__(converted)
+        if isinstance(converted, bool):
+            return "true" if converted else "false"
+        if isinstance(converted, float):
+            text = float.__repr__(converted)
+            return _NONFINITE.get(text, text)
+        return int.__repr__(converted)
+    except Exception:
+        return ""
+
+
+def _number(value: Any) -> int | float | None:
+    """`value` as an int or float the SDK records, or None: a bool, a non-number, or an int
+    beyond 64 bits (OTLP cannot carry it) is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        number = int(value)  # `in range` of an int subclass would scan the range
+        return number if number in _INT64 else None
+    return None
 
 
 class _State:
     """Per-metric mutable state: known series and skip counts."""
 
-    __slots__ = ("failed", "lock", "metric", "series", "skipped", "warned")
+    __slots__ = (
+        "bad_tags", "by_label", "check", "failed", "lock", "metric", "series", "skipped", "warned",
+    )
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: Metric, check: TagCheck) -> None:
         self.metric = metric
-        self.series: dict[Any, Mapping[str, Any]] = {}
+        # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
+        # for a tags callable); and, for the hot path, raw tag keys of _PLAIN values alone.
+        self.by_label: dict[Any, Mapping[str, str]] = {}
+        self.series: dict[Any, Mapping[str, str]] = {}
+        self.check = check
         self.skipped = 0
         self.warned = False
         self.failed = False
+        self.bad_tags = False
         self.lock = threading.Lock()
 
     def skip(self, why: str, *args: Any) -> None:
@@ -657,15 +800,45 @@ class _State:
             self.skipped += 1
         _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
 
-    def new_series(self, key: Any, tags: Mapping[str, Any]) -> Mapping[str, Any]:
+    def find(self, raw: Any, names: tuple[str, ...]) -> Mapping[str, str]:
+        """Attributes of the series for tag values `raw` (a tuple when there are several tags)."""
+        values = raw if len(names) > 1 else (raw,)
+        labels = tuple(map(_label, values))
+        attrs = self.by_label.get(labels)
+        if attrs is None:
+            attrs = self.new_series(labels, dict(zip(names, labels, strict=True)))
+        if attrs is not _OVERFLOW_ATTRS and _PLAIN.issuperset(map(type, values)):
+            self.series[raw] = attrs
+        return attrs
+
+    def find_tags(self, tags: Mapping[Any, Any]) -> Mapping[str, str] | None:
+        """Attributes of the series for a tags callable's result; None if its names are bad."""
+        labels = {name: _label(value) for name, value in tags.items()}
+        key = frozenset(labels.items())
+        attrs = self.by_label.get(key)
+        if attrs is not None:
+            return attrs
+        problem = self.check(list(labels))
+        if problem is not None:
+            with self.lock:
+                self.skipped += 1
+                first, self.bad_tags = not self.bad_tags, True
+            _log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "metric %s: event skipped: its tags callable returned %s",
+                self.metric.name, problem,
+            )
+            return None
+        return self.new_series(key, labels)
+
+    def new_series(self, key: Any, attrs: Mapping[str, str]) -> Mapping[str, str]:
         if self.warned:  # the cap was reached: series never grows again, no lock needed
             return _OVERFLOW_ATTRS
-        attrs = {k: _attr(v) for k, v in tags.items()}
         with self.lock:
-            known = self.series.get(key)
+            known = self.by_label.get(key)
             if known is not None:
                 return known
-            if len(self.series) >= self.metric.max_series:
+            if len(self.by_label) >= self.metric.max_series:
                 if not self.warned:
                     self.warned = True
                     _log.warning(
@@ -674,7 +847,7 @@ class _State:
                         self.metric.name, self.metric.max_series, OVERFLOW_ATTRIBUTE,
                     )
                 return _OVERFLOW_ATTRS
-            self.series[key] = attrs
+            self.by_label[key] = attrs
             return attrs
 
 
@@ -689,10 +862,14 @@ def _recorder(
     tag_values = metric.tag_values
     factor = metric.factor
     scale = factor != 1
-    no_negative = metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    # The SDK drops these silently; checked here so they are counted in `skipped`.
+    no_negative = metric.type in ("distribution", "summary") or (
+        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    )
     tag_fn = metric.tags if callable(metric.tags) else None
     tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
     getter = itemgetter(*tag_keys) if tag_keys else None
+    single = len(tag_keys) == 1
     series = state.series
     empty: Mapping[str, Any] = {}
 
@@ -711,39 +888,42 @@ def _recorder(
                 else:
                     assert measure is not None
                     value = measure(measurements, metadata)
-                if not isinstance(value, (int, float)) or value != value:  # NaN too
-                    state.skip("measurement value %r is not a number", value)
-                    return
+                cls = value.__class__
+                if cls is not float and (cls is not int or value not in _INT64):
+                    number = _number(value)
+                    if number is None:
+                        state.skip("measurement value %r is not a number", value)
+                        return
+                    value = number
                 if scale:
                     value = value * factor
+                if value - value != 0:  # inf or NaN, also after scaling
+                    state.skip("measurement value %r is not finite", value)
+                    return
                 if no_negative and value < 0:
-                    state.skip("negative value %r for a monotonic sum", value)
+                    state.skip("negative value %r for a %s", value, metric.type)
                     return
             md = metadata if tag_values is None else tag_values(metadata)
             if getter is not None:
                 try:
                     tag_key = getter(md)
-                except KeyError as exc:
+                except (LookupError, TypeError) as exc:
                     state.skip("tag %s missing from metadata", exc)
                     return
                 try:
                     attrs = series.get(tag_key)
-                except TypeError:  # an unhashable tag value: key by its text form
-                    tag_key = tuple(map(_attr, tag_key)) if len(tag_keys) > 1 else _attr(tag_key)
-                    attrs = series.get(tag_key)
-                if attrs is None:
-                    values = tag_key if len(tag_keys) > 1 else (tag_key,)
-                    attrs = state.new_series(tag_key, dict(zip(tag_keys, values, strict=True)))
+                except TypeError:  # an unhashable tag value
+                    attrs = None
+                if attrs is None or (
+                    tag_key.__class__ not in _PLAIN if single
+                    else not _PLAIN.issuperset(map(type, tag_key))
+                ):
+                    attrs = state.find(tag_key, tag_keys)
             elif tag_fn is not None:
-                tags = tag_fn(md)
-                try:
-                    tag_key = frozenset(tags.items())
-                    attrs = series.get(tag_key)
-                except TypeError:
-                    tag_key = frozenset((k, _attr(v)) for k, v in tags.items())
-                    attrs = series.get(tag_key)
-                if attrs is None:
-                    attrs = state.new_series(tag_key, tags)
+                found = state.find_tags(tag_fn(md))
+                if found is None:
+                    return
+                attrs = found
             else:
                 attrs = empty
             update(value, attrs)
@@ -793,17 +973,23 @@ class MetricsReporter:
         registry: vsrtel.Registry | None = None,
     ) -> None:
         self.metrics: tuple[Metric, ...] = tuple(metrics)
-        names: set[str] = set()
+        names: dict[str, Metric] = {}
         for metric in self.metrics:
             if not isinstance(metric, Metric):
                 raise TypeError(f"expected a metric definition, got {metric!r}")
-            if metric.name in names:
-                raise ValueError(f"two metrics are named {metric.name!r}")
-            names.add(metric.name)
+            # OpenTelemetry instrument names ignore case: the SDK would merge the two.
+            other = names.setdefault(metric.name.casefold(), metric)
+            if other is not metric:
+                raise ValueError(
+                    f"two metrics are named {other.name!r}"
+                    + ("" if other.name == metric.name else f" and {metric.name!r}")
+                    + " (OpenTelemetry instrument names ignore case)"
+                )
+        checks = _check_prometheus(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
         meter = provider.get_meter(METER_NAME)
         self._registry = registry if registry is not None else vsrtel.default_registry
-        self._states = [_State(m) for m in self.metrics]
+        self._states = [_State(m, c) for m, c in zip(self.metrics, checks, strict=True)]
         by_event: dict[tuple[str, ...], list[Callable[[Measurements, Metadata], None]]] = {}
         for metric, state in zip(self.metrics, self._states, strict=True):
             update = _instrument(meter, metric)
@@ -826,7 +1012,7 @@ class MetricsReporter:
         """Distinct tag sets recorded so far for metric `name` (the overflow series excluded)."""
         for state in self._states:
             if state.metric.name == name:
-                return len(state.series)
+                return len(state.by_label)
         raise KeyError(name)
 
     def attach(self) -> MetricsReporter:
