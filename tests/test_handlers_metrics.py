@@ -6,13 +6,17 @@ import enum
 import logging
 import math
 import re
+import subprocess
+import sys
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
@@ -804,3 +808,26 @@ def test_true_1_and_1_0_are_three_series(
     # int 1 and str "1" are one Prometheus label value, so one series
     assert counts == {"1": 3, "true": 2, "1.0": 2, "1.5": 1}
     assert reporter.series_count("b.e.n") == 4
+
+
+def test_no_meter_provider_and_no_global_one_warns_loudly() -> None:
+    # A fresh interpreter: the global MeterProvider is not set there.
+    code = (
+        "from vsrtel.handlers import metrics as m\n"
+        "from vsrtel.handlers.prometheus import serve_metrics\n"
+        "m.MetricsReporter([m.counter('app.req.count')]).attach()\n"
+        "serve_metrics(port=0).close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "RuntimeWarning: MetricsReporter has no working MeterProvider" in result.stderr
+    assert "meter_provider=server.meter_provider" in result.stderr
+
+
+def test_a_no_op_meter_provider_warns_and_an_sdk_one_does_not(sink: Sink) -> None:
+    with pytest.warns(RuntimeWarning, match="no working MeterProvider"):
+        m.MetricsReporter([m.counter("a.b.n")], meter_provider=NoOpMeterProvider())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.MetricsReporter([m.counter("a.b.n")], meter_provider=sink.provider)

@@ -26,6 +26,7 @@ import math
 import re
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -956,8 +957,8 @@ def _dispatch(
 class MetricsReporter:
     """Report metric definitions to OpenTelemetry instruments from the events they name.
 
-    `meter_provider` defaults to OpenTelemetry's global one; `registry` to vsrtel's default
-    registry. Instruments are created at construction; `attach()` attaches one handler per event
+    `meter_provider` defaults to OpenTelemetry's global one (a RuntimeWarning says so when that
+    is not set: its metrics would go nowhere); `registry` to vsrtel's default registry. Instruments are created at construction; `attach()` attaches one handler per event
     name (all metrics of that event share it) and `detach()` removes them. Also a context
     manager. Two metrics with the same name raise ValueError.
 
@@ -987,6 +988,17 @@ class MetricsReporter:
                 )
         checks = _check_prometheus(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
+        # The API package holds only the no-op provider and the proxy that stands in for a global
+        # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
+        if type(provider).__module__.startswith("opentelemetry.metrics"):
+            warnings.warn(
+                "MetricsReporter has no working MeterProvider: OpenTelemetry's global one is not "
+                "set (or is a no-op), so these metrics are discarded. Pass "
+                "meter_provider=server.meter_provider (from serve_metrics) or "
+                "otel.configure(...).meter_provider",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         meter = provider.get_meter(METER_NAME)
         self._registry = registry if registry is not None else vsrtel.default_registry
         self._states = [_State(m, c) for m, c in zip(self.metrics, checks, strict=True)]
