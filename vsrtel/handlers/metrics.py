@@ -958,11 +958,19 @@ class MetricsReporter:
     """Report metric definitions to OpenTelemetry instruments from the events they name.
 
     `meter_provider` defaults to OpenTelemetry's global one (a RuntimeWarning says so when that
-    is not set: its metrics would go nowhere); `registry` to vsrtel's default registry. Instruments are created at construction; `attach()` attaches one handler per event
-    name (all metrics of that event share it) and `detach()` removes them. Also a context
-    manager. Two metrics with the same name raise ValueError.
+    is not set: the metrics would go nowhere); `registry` to vsrtel's default registry.
+    Instruments are created at construction; `attach()` attaches one handler per event name (all
+    metrics of that event share it) and `detach()` removes them. Also a context manager.
 
-    Events lacking a measurement or tag are skipped (debug log) and counted in `skipped`; a
+    Definitions that would break a Prometheus scrape raise ValueError here, naming them: two
+    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name, a tag on the
+    label a type reserves (`le` on a distribution or summary, `quantile` on a summary), two tags
+    that sanitise to one label.
+
+    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). Events
+    lacking a measurement or tag, or whose value the SDK would drop (not a number, a bool, not
+    finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped (debug log)
+    and counted in `skipped`; a
     user callable that raises is logged and counted too. Neither ever detaches the reporter.
     """
 
