@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
@@ -27,9 +27,12 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
     Sum,
 )
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
 from vsrtel.handlers import metrics as m
+from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.testing import capture
 
 # ----------------------------------------------------------------------------- helpers
@@ -41,9 +44,9 @@ names = st.lists(segment, min_size=2, max_size=6)
 class Sink:
     """A MeterProvider with an in-memory reader, read back as {metric name: Metric}."""
 
-    def __init__(self, views: list[Any] | None = None) -> None:
+    def __init__(self, views: list[Any] | None = None, readers: tuple[Any, ...] = ()) -> None:
         self.reader = InMemoryMetricReader()
-        self.provider = MeterProvider(metric_readers=[self.reader], views=views or ())
+        self.provider = MeterProvider(metric_readers=[self.reader, *readers], views=views or ())
 
     def collect(self) -> dict[str, Metric]:
         data = self.reader.get_metrics_data()
@@ -746,6 +749,22 @@ def test_a_tags_callable_returning_bad_names_is_skipped_and_counted(
     assert len(warnings) == 1 and "'le'" in warnings[0]  # once per metric
 
 
+def test_a_tags_callable_gets_one_series_per_prometheus_label_set(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    # The exporter fills a missing label with "" and sanitises names: these are one series.
+    reporter = report(sink, registry, m.counter("d.e.n", tags=lambda md: md))
+    for metadata in ({"route": 0}, {"route": 0, "why": None}, {"route": "0", "why": ""}):
+        registry.execute("d.e", {}, metadata)
+    registry.execute("d.e", {}, {"a.b": 1})
+    registry.execute("d.e", {}, {"a_b": 1})
+    assert {k: p.value for k, p in sink.points("d.e.n").items()} == {
+        frozenset({("route", "0")}): 3,
+        frozenset({("a.b", "1")}): 2,
+    }
+    assert reporter.series_count("d.e.n") == 2
+
+
 @pytest.mark.parametrize(
     "value",
     [math.inf, -math.inf, math.nan, True, False, 2**63, -(2**63) - 1, 10**5000, "1", None,
@@ -831,3 +850,112 @@ def test_a_no_op_meter_provider_warns_and_an_sdk_one_does_not(sink: Sink) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m.MetricsReporter([m.counter("a.b.n")], meter_provider=sink.provider)
+
+
+# ----------------------------------------------------------------------------- any event
+
+
+class NoText:
+    """A value whose text cannot be produced."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+class BadEquality:
+    """A hashable value that cannot be compared."""
+
+    def __hash__(self) -> int:
+        return 1  # the hash of 1 and True: it meets those in a dict
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no comparison")
+
+
+def cyclic_list() -> list[Any]:
+    items: list[Any] = ["x"]
+    items.append(items)
+    return items
+
+
+def cyclic_dict() -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    d["self"] = d
+    return d
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(2**62, 2**200).map(lambda n: -n),
+    st.integers(2**62, 2**200), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4), st.binary(max_size=4), st.just(Color.RED),
+    st.builds(NoText), st.builds(BadEquality), st.builds(lambda: 10**5000),
+    st.builds(cyclic_list), st.builds(cyclic_dict),
+)
+# Values that compare equal, or share a Prometheus label text, and values the SDK drops.
+confusable = st.sampled_from(
+    [0, 1, True, False, 1.0, "1", "true", "", None, -1, math.inf, math.nan]
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+any_keys = st.one_of(
+    st.text(max_size=6), st.integers(), st.booleans(), st.none(),
+    st.floats(allow_nan=True), st.binary(max_size=3), st.tuples(st.integers(), st.text()),
+    st.sampled_from(["le", "a.b", "a_b", "otel.scope.name"]),
+)
+
+
+def mappings(*known: str) -> st.SearchStrategy[dict[Any, Any]]:
+    """Arbitrary dicts that often hold the `known` keys too."""
+    usual = st.fixed_dictionaries({}, optional=dict.fromkeys(known, confusable | values))
+    extra = st.dictionaries(any_keys, values, max_size=5)
+    return st.tuples(extra, usual).map(lambda pair: {**pair[0], **pair[1]})
+
+
+def every_kind() -> list[m.Metric]:
+    return [
+        m.counter("any.e.count", tags=["route", "status"]),
+        m.sum("any.e.n", tags=["route"]),
+        m.sum("any.e.delta", measurement="n", reporter_options={"monotonic": False},
+              tags=["status"]),
+        m.last_value("any.e.last", measurement="n"),
+        m.distribution("any.e.duration", measurement="n", unit=("native", "second"),
+                       tags=["route"], reporter_options={"max_series": 5}),
+        m.summary("any.e.tagged", measurement=lambda ms: ms.get("n"), tags=lambda md: md),
+        m.counter("any.e.kept", keep=lambda md, ms: md.get("route") == ms.get("n")),
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(mappings("n"), mappings("route", "status")), min_size=1, max_size=8))
+def test_any_event_is_recorded_or_skipped_and_counted(
+    events: list[tuple[dict[Any, Any], dict[Any, Any]]],
+) -> None:
+    reader, prometheus = prometheus_reader()
+    sink = Sink(readers=(reader,))
+    registry = vsrtel.Registry(on_error="raise")  # anything escaping a handler fails the test
+    reporter = report(sink, registry, *every_kind())
+    for measurements, metadata in events:
+        registry.execute("any.e", measurements, metadata)
+    assert reporter.attached and len(registry.list_handlers(("any", "e"))) == 1
+    skipped = reporter.skipped
+    data = sink.collect()
+    counted = sum(p.value for p in data["any.e.count"].data.data_points) if (
+        "any.e.count" in data) else 0
+    assert counted + skipped["any.e.count"] == len(events)
+    histogram = data["any.e.duration"].data.data_points if "any.e.duration" in data else []
+    assert sum(p.count for p in histogram) + skipped["any.e.duration"] == len(events)
+    # ... and whatever was recorded makes a valid scrape: parseable, no sample twice.
+    text = generate_latest(prometheus).decode()
+    seen = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in seen, key
+            seen.add(key)
+    sink.provider.shutdown()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import inspect
 import itertools
 import logging
@@ -637,14 +638,20 @@ _OVERFLOW_LABEL: Final = "otel_metric_overflow"
 _EXPORTER_NAMES: Final = frozenset({"target", "target_info"})
 
 
+@functools.lru_cache(maxsize=4096)
+def _label_name(name: str) -> str:
+    """The Prometheus label a tag name becomes, by the OpenTelemetry exporter's own rule."""
+    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
+
+    return sanitize_attribute(name)
+
+
 def _tag_check(kind: MetricType) -> TagCheck:
     """A check of one metric's tag names against the labels its Prometheus family may carry.
 
     Names are sanitised by the OpenTelemetry exporter's own rule. The check returns a sentence
     naming the bad tag(s), or None.
     """
-    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
-
     reserved = {"distribution": {"le"}, "summary": {"le", "quantile"}}.get(kind, set())
 
     def check(names: Sequence[object]) -> str | None:
@@ -652,7 +659,7 @@ def _tag_check(kind: MetricType) -> TagCheck:
         for name in names:
             if not isinstance(name, str) or not name:
                 return f"tag name {name!r}, which is not a non-empty string"
-            label = sanitize_attribute(name)
+            label = _label_name(name)
             if label in reserved:
                 return f"tag {name!r}, but a Prometheus {kind} uses the label {label!r} itself"
             if label.startswith(_EXPORTER_LABEL_PREFIX) or label == _OVERFLOW_LABEL:
@@ -813,10 +820,20 @@ class _State:
         return attrs
 
     def find_tags(self, tags: Mapping[Any, Any]) -> Mapping[str, str] | None:
-        """Attributes of the series for a tags callable's result; None if its names are bad."""
-        labels = {name: _label(value) for name, value in tags.items()}
-        key = frozenset(labels.items())
-        attrs = self.by_label.get(key)
+        """Attributes of the series for a tags callable's result; None if its names are bad.
+
+        The series is what Prometheus tells apart: labels by their sanitised names, an empty
+        label the same as a missing one (the exporter fills missing labels with ""), so those
+        are left out.
+        """
+        labels = {name: text for name, value in tags.items() if (text := _label(value))}
+        try:
+            key: frozenset[tuple[str, str]] | None = frozenset(
+                (_label_name(name), text) for name, text in labels.items()
+            )
+        except TypeError:  # a name that is not a string
+            key = None
+        attrs = None if key is None else self.by_label.get(key)
         if attrs is not None:
             return attrs
         problem = self.check(list(labels))
@@ -830,6 +847,7 @@ class _State:
                 self.metric.name, problem,
             )
             return None
+        assert key is not None
         return self.new_series(key, labels)
 
     def new_series(self, key: Any, attrs: Mapping[str, str]) -> Mapping[str, str]:
