@@ -180,13 +180,14 @@ def test_200_concurrent_scrapes_are_all_answered(
     assert answers == [200] * clients
 
 
-def handler_threads() -> int:
-    return sum(t.name.startswith("Thread-") for t in threading.enumerate())
-
-
 def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
     cap, idle = 4, 40
     with serve_metrics(port=0, max_connections=cap, read_timeout=0.3) as server:
+
+        def handler_threads() -> int:
+            name = f"vsrtel-metrics-{server.port}-connection"
+            return sum(t.name == name for t in threading.enumerate())
+
         before = handler_threads()
         sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
                    for _ in range(idle)]

@@ -134,9 +134,15 @@ class _Server(ThreadingWSGIServer):
                 self.shutdown_request(request)
                 return
         try:
-            super().process_request(request, client_address)
+            threading.Thread(
+                target=self.process_request_thread,
+                args=(request, client_address),
+                name=f"vsrtel-metrics-{self.server_address[1]}-connection",
+                daemon=True,
+            ).start()
         except BaseException:
             self._slots.release()
+            self.shutdown_request(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
