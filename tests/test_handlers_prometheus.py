@@ -141,6 +141,28 @@ def test_head_answers_like_get_without_a_body(
                 assert head.headers["Content-Type"] == get.headers["Content-Type"]
 
 
+class FailingCollector:
+    def collect(self) -> list[Any]:
+        raise RuntimeError("collector broke")
+
+
+def test_a_failing_collector_is_a_logged_500_and_the_endpoint_lives_on(
+    server: MetricsServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    collector = FailingCollector()
+    server.registry.register(collector)  # type: ignore[arg-type]
+    status, _, body = fetch(server.url)
+    assert status == 500 and "see the application's log" in body
+    assert any(
+        r.name == "vsrtel" and "collector broke" in (r.exc_text or str(r.exc_info))
+        for r in caplog.records
+    )
+    assert "Traceback" not in capfd.readouterr().err  # reported to the log, not stderr
+    server.registry.unregister(collector)  # type: ignore[arg-type]
+    assert fetch(server.url)[0] == 200
+    assert fetch(server.base_url + "/health")[0] == 200
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"max_connections": 0}, "max_connections"), ({"read_timeout": 0}, "read_timeout"),

@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -83,20 +84,32 @@ class _QuietHandler(WSGIRequestHandler):
 def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
     metrics_app = make_wsgi_app(registry)
 
-    def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics" and environ.get("REQUEST_METHOD") == "HEAD":
-            # prometheus_client answers GET only: produce the GET answer, send its headers alone.
-            answer: list[Any] = []
-            get = {**environ, "REQUEST_METHOD": "GET"}
-            body = b"".join(metrics_app(get, lambda *args: answer.extend(args[:2])))
-            status, headers = answer
-            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            start_response(status, [*headers, ("Content-Length", str(len(body)))])
-            return []
-        if path == "/metrics":
+    def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
             result: Iterable[bytes] = metrics_app(environ, start_response)
             return result
+        # prometheus_client answers GET only: produce the GET answer, send its headers alone.
+        answer: list[Any] = []
+        get = {**environ, "REQUEST_METHOD": "GET"}
+        body = b"".join(metrics_app(get, lambda *args: answer.extend(args[:2])))
+        status, headers = answer
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return []
+
+    def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            try:
+                return scrape(environ, start_response)
+            except Exception:  # a failing collector: report it to the app's log, answer 500
+                _log.exception("metrics endpoint: collecting the metrics failed")
+                start_response(
+                    "500 Internal Server Error",
+                    [("Content-Type", "text/plain; charset=utf-8")],
+                    sys.exc_info(),
+                )
+                return [b"collecting the metrics failed; see the application's log\n"]
         if path == "/health" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"OK"]
