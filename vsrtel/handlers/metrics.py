@@ -70,6 +70,7 @@ MetricType: TypeAlias = Literal["counter", "sum", "last_value", "summary", "dist
 Measurements: TypeAlias = Mapping[str, Any]
 Metadata: TypeAlias = Mapping[str, Any]
 UnitSpec: TypeAlias = "str | tuple[str, str] | None"
+TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]  # a problem with tag names
 
 DEFAULT_MAX_SERIES: Final = 1000
 # The OpenTelemetry SDK keeps at most 2000 attribute sets per metric (its default cardinality
@@ -743,8 +744,6 @@ _INT64: Final = range(-(2**63), 2**63)
 # its own series key. True == 1 == 1.0 (one hash), so a bool or float key must go by its text.
 _PLAIN: Final = frozenset({str, int})
 _NONFINITE: Final[Mapping[str, str]] = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]
 
 
 def _label(value: Any) -> str:
