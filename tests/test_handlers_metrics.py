@@ -6,13 +6,17 @@ import enum
 import logging
 import math
 import re
+import subprocess
+import sys
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ExponentialHistogramDataPoint,
@@ -23,9 +27,12 @@ from opentelemetry.sdk.metrics.export import (
     Metric,
     Sum,
 )
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
 from vsrtel.handlers import metrics as m
+from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.testing import capture
 
 # ----------------------------------------------------------------------------- helpers
@@ -37,9 +44,9 @@ names = st.lists(segment, min_size=2, max_size=6)
 class Sink:
     """A MeterProvider with an in-memory reader, read back as {metric name: Metric}."""
 
-    def __init__(self, views: list[Any] | None = None) -> None:
+    def __init__(self, views: list[Any] | None = None, readers: tuple[Any, ...] = ()) -> None:
         self.reader = InMemoryMetricReader()
-        self.provider = MeterProvider(metric_readers=[self.reader], views=views or ())
+        self.provider = MeterProvider(metric_readers=[self.reader, *readers], views=views or ())
 
     def collect(self) -> dict[str, Metric]:
         data = self.reader.get_metrics_data()
@@ -143,6 +150,20 @@ def test_every_constructor_validates_the_same_options(kind: Any) -> None:
     d = kind("a.b", description="explicit")
     assert d.description == "explicit"
     assert kind("a.b").description  # a default help text (promtool wants one)
+
+
+@pytest.mark.parametrize(
+    ("unit", "suggestion"),
+    [
+        ("seconds", "second"),
+        ("milisecond", "millisecond"),
+        (("native", "seconds"), "second"),
+        (("bytes", "kilobyte"), "byte"),
+    ],
+)
+def test_a_unit_typo_suggests_the_closest_unit(unit: Any, suggestion: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"did you mean {suggestion!r}?")):
+        m.distribution("a.b", unit=unit)
 
 
 @pytest.mark.parametrize(
@@ -447,9 +468,9 @@ def test_tags_from_keys_callable_and_tag_values(sink: Sink, registry: vsrtel.Reg
     registry.execute("h.req.stop", {}, {"method": "PUT", "status": 503,
                                          "reason": TimeoutError("x")})
     assert sink.points("h.req.stop.by_keys").keys() == {
-        frozenset({("method", "GET"), ("status", 200)}),
-        frozenset({("method", "GET"), ("status", 204)}),
-        frozenset({("method", "PUT"), ("status", 503)}),
+        frozenset({("method", "GET"), ("status", "200")}),
+        frozenset({("method", "GET"), ("status", "204")}),
+        frozenset({("method", "PUT"), ("status", "503")}),
     }
     assert sink.value("h.req.stop.by_fn", **{"class": "2xx"}) == 2
     assert sink.value("h.req.stop.by_fn", **{"class": "5xx"}) == 1
@@ -532,9 +553,9 @@ def test_overflow_series_past_max_series(
     registry.execute("o.e", {}, {"id": 0})  # a known series still counts in its own series
     points = {k: p.value for k, p in sink.points("o.e.n").items()}
     assert points == {
-        frozenset({("id", 0)}): 2,
-        frozenset({("id", 1)}): 1,
-        frozenset({("id", 2)}): 1,
+        frozenset({("id", "0")}): 2,
+        frozenset({("id", "1")}): 1,
+        frozenset({("id", "2")}): 1,
         frozenset({(m.OVERFLOW_ATTRIBUTE, "true")}): 7,
     }
     assert sink.value("o.e.fn", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 8
@@ -550,6 +571,25 @@ def test_default_cap_is_1000(sink: Sink, registry: vsrtel.Registry) -> None:
         registry.execute("c.e", {}, {"id": i})
     assert reporter.series_count("c.e.n") == 1000
     assert sink.value("c.e.n", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 5
+
+
+def test_max_series_up_to_the_sdk_limit_is_exact(sink: Sink, registry: vsrtel.Registry) -> None:
+    limit = 1999  # the SDK keeps 2000 series per metric; the overflow series is one of them
+    reporter = report(
+        sink, registry, m.counter("l.e.n", tags=["id"], reporter_options={"max_series": limit})
+    )
+    for i in range(limit + 3):
+        registry.execute("l.e", {}, {"id": f"s{i}"})
+    points = sink.points("l.e.n")
+    overflow = frozenset({(m.OVERFLOW_ATTRIBUTE, "true")})
+    assert len(points) == limit + 1  # every series the reporter kept, plus its overflow series
+    assert points[overflow].value == 3
+    assert reporter.series_count("l.e.n") == limit
+
+
+def test_max_series_above_the_sdk_limit_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"max_series 2000 .*at most 2000 series.*at most 1999"):
+        m.counter("l.e.n", tags=["id"], reporter_options={"max_series": 2000})
 
 
 def test_unhashable_tag_values_are_keyed_by_text(sink: Sink, registry: vsrtel.Registry) -> None:
@@ -602,9 +642,9 @@ def test_default_registry_and_concurrent_events(sink: Sink, vsrtel_registry: Any
     reporter.detach()
     vsrtel.execute("p.e", {}, {"t": 0})  # detached: not counted
     assert {k: p.value for k, p in sink.points("p.e.n").items()} == {
-        frozenset({("t", 0)}): 1000,
-        frozenset({("t", 1)}): 1000,
-        frozenset({("t", 2)}): 1000,
+        frozenset({("t", "0")}): 1000,
+        frozenset({("t", "1")}): 1000,
+        frozenset({("t", "2")}): 1000,
     }
 
 
@@ -630,3 +670,292 @@ def test_span_durations_become_seconds(sink: Sink) -> None:
     (point,) = sink.collect()["w.job.stop.duration"].data.data_points
     assert point.count == 1
     assert point.sum == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------- scrape safety
+
+
+@pytest.mark.parametrize(
+    ("defs", "message"),
+    [
+        ([m.counter("app.req.count"), m.counter("app_req.count")],
+         "metrics 'app.req.count' and 'app_req.count' would both export the Prometheus name "
+         "'app_req_count'"),
+        ([m.sum("app.req.bytes", unit="byte"), m.last_value("app.req_bytes", unit="byte")],
+         "metrics 'app.req.bytes' and 'app.req_bytes'"),
+        # a histogram's _count sample and a gauge of that name
+        ([m.distribution("app.req.size"), m.last_value("app.req.size_count")],
+         "'app.req.size' and 'app.req.size_count' would both export the Prometheus name "
+         "'app_req_size_count'"),
+        # a counter's _total is its family's name
+        ([m.counter("app.req.n"), m.counter("app.req.n_total")], "'app_req_n'"),
+        ([m.last_value("target.info")], "target_info"),
+    ],
+)
+def test_definitions_sharing_a_prometheus_name_are_rejected(
+    sink: Sink, defs: list[m.Metric], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter(defs, meter_provider=sink.provider)
+
+
+def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
+    with pytest.raises(ValueError, match=r"'App\.req\.n' and 'app\.req\.n'.*ignore case"):
+        m.MetricsReporter([m.counter("App.req.n"), m.counter("app.req.n")],
+                          meter_provider=sink.provider)
+
+
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        (m.distribution("d.e.v", tags=["le"]), "'d.e.v' has tag 'le', but a Prometheus "
+                                               "distribution uses the label 'le' itself"),
+        (m.summary("d.e.v", tags=["quantile"]), "tag 'quantile'"),
+        (m.summary("d.e.v", tags=["le"]), "tag 'le'"),
+        (m.counter("d.e.v", tags=["a.b", "a_b"]),
+         "tags 'a.b' and 'a_b', which both become the Prometheus label 'a_b'"),
+        (m.counter("d.e.v", tags=["x-y", "x y"]), "tags 'x-y' and 'x y'"),
+        (m.counter("d.e.v", tags=["a__b", "a_b"]), "tags 'a__b' and 'a_b'"),
+        (m.counter("d.e.v", tags=["otel.scope.name"]), "the exporter adds the label"),
+        (m.counter("d.e.v", tags=[m.OVERFLOW_ATTRIBUTE]), "the exporter adds the label"),
+    ],
+)
+def test_tags_that_break_a_prometheus_family_are_rejected(
+    sink: Sink, metric: m.Metric, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter([metric], meter_provider=sink.provider)
+
+
+def test_le_is_an_ordinary_tag_on_a_counter(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.counter("d.e.n", tags=["le", "quantile"]))
+    registry.execute("d.e", {}, {"le": "x", "quantile": "y"})
+    assert sink.value("d.e.n", le="x", quantile="y") == 1
+
+
+def test_a_tags_callable_returning_bad_names_is_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    reporter = report(
+        sink, registry, m.distribution("d.e.v", tags=lambda md: md),
+    )
+    registry.execute("d.e", {"v": 1}, {"le": "1"})
+    registry.execute("d.e", {"v": 1}, {"a.b": 1, "a_b": 2})
+    registry.execute("d.e", {"v": 1}, {1: "x"})
+    registry.execute("d.e", {"v": 1}, {"ok": "x"})
+    assert reporter.skipped == {"d.e.v": 3}
+    assert set(sink.points("d.e.v")) == {frozenset({("ok", "x")})}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'le'" in warnings[0]  # once per metric
+
+
+def test_a_tags_callable_gets_one_series_per_prometheus_label_set(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    # The exporter fills a missing label with "" and sanitises names: these are one series.
+    reporter = report(sink, registry, m.counter("d.e.n", tags=lambda md: md))
+    for metadata in ({"route": 0}, {"route": 0, "why": None}, {"route": "0", "why": ""}):
+        registry.execute("d.e", {}, metadata)
+    registry.execute("d.e", {}, {"a.b": 1})
+    registry.execute("d.e", {}, {"a_b": 1})
+    assert {k: p.value for k, p in sink.points("d.e.n").items()} == {
+        frozenset({("route", "0")}): 3,
+        frozenset({("a.b", "1")}): 2,
+    }
+    assert reporter.series_count("d.e.n") == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [math.inf, -math.inf, math.nan, True, False, 2**63, -(2**63) - 1, 10**5000, "1", None,
+     1e300],  # 1e300 ns in seconds is finite, but a factor of 1e9 makes it inf below
+    ids=lambda v: type(v).__name__ if isinstance(v, int) else None,
+)
+def test_values_the_sdk_would_drop_are_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry, value: Any
+) -> None:
+    reporter = report(
+        sink, registry,
+        m.sum("v.e.n", reporter_options={"monotonic": False}),
+        m.last_value("v.e.n_last", measurement="n"),
+        m.distribution("v.e.n_hist", measurement="n", unit=("second", "nanosecond")),
+    )
+    registry.execute("v.e", {"n": value})
+    registry.execute("v.e", {"n": 3})
+    skipped = reporter.skipped
+    if value == 1e300:  # finite unscaled: only the distribution's conversion overflows
+        assert skipped == {"v.e.n": 0, "v.e.n_last": 0, "v.e.n_hist": 1}
+    else:
+        assert skipped == {"v.e.n": 1, "v.e.n_last": 1, "v.e.n_hist": 1}
+        assert sink.value("v.e.n") == 3
+        assert sink.value("v.e.n_last") == 3
+    assert sink.collect()["v.e.n_hist"].data.data_points[0].count == 1
+
+
+def test_negative_values_of_a_histogram_are_skipped_and_counted(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    reporter = report(sink, registry, m.distribution("h.e.v"), m.summary("h.e.w", measurement="v"))
+    registry.execute("h.e", {"v": -1})
+    registry.execute("h.e", {"v": 0.5})
+    assert reporter.skipped == {"h.e.v": 1, "h.e.w": 1}
+    assert sink.collect()["h.e.v"].data.data_points[0].count == 1
+
+
+def test_int_and_float_subclasses_are_numbers(sink: Sink, registry: vsrtel.Registry) -> None:
+    class Level(enum.IntEnum):
+        HIGH = 7
+
+    class Ratio(float):
+        pass
+
+    reporter = report(sink, registry, m.sum("i.e.n"))
+    registry.execute("i.e", {"n": Level.HIGH})
+    registry.execute("i.e", {"n": Ratio(0.5)})
+    assert reporter.skipped == {"i.e.n": 0}
+    assert sink.value("i.e.n") == 7.5
+
+
+@pytest.mark.parametrize("tags", [["v"], ["v", "w"], lambda md: {"v": md["v"], "w": md["w"]}])
+def test_true_1_and_1_0_are_three_series(
+    sink: Sink, registry: vsrtel.Registry, tags: Any
+) -> None:
+    reporter = report(sink, registry, m.counter("b.e.n", tags=tags))
+    for value in (1, True, 1.0, 1, "1", True, 1.0, 1.5):
+        registry.execute("b.e", {}, {"v": value, "w": "x"})
+    counts = {dict(k)["v"]: p.value for k, p in sink.points("b.e.n").items()}
+    # int 1 and str "1" are one Prometheus label value, so one series
+    assert counts == {"1": 3, "true": 2, "1.0": 2, "1.5": 1}
+    assert reporter.series_count("b.e.n") == 4
+
+
+def test_no_meter_provider_and_no_global_one_warns_loudly() -> None:
+    # A fresh interpreter: the global MeterProvider is not set there.
+    code = (
+        "from vsrtel.handlers import metrics as m\n"
+        "from vsrtel.handlers.prometheus import serve_metrics\n"
+        "m.MetricsReporter([m.counter('app.req.count')]).attach()\n"
+        "serve_metrics(port=0).close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "RuntimeWarning: MetricsReporter has no working MeterProvider" in result.stderr
+    assert "meter_provider=server.meter_provider" in result.stderr
+
+
+def test_a_no_op_meter_provider_warns_and_an_sdk_one_does_not(sink: Sink) -> None:
+    with pytest.warns(RuntimeWarning, match="no working MeterProvider"):
+        m.MetricsReporter([m.counter("a.b.n")], meter_provider=NoOpMeterProvider())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.MetricsReporter([m.counter("a.b.n")], meter_provider=sink.provider)
+
+
+# ----------------------------------------------------------------------------- any event
+
+
+class NoText:
+    """A value whose text cannot be produced."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+class BadEquality:
+    """A hashable value that cannot be compared."""
+
+    def __hash__(self) -> int:
+        return 1  # the hash of 1 and True: it meets those in a dict
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no comparison")
+
+
+def cyclic_list() -> list[Any]:
+    items: list[Any] = ["x"]
+    items.append(items)
+    return items
+
+
+def cyclic_dict() -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    d["self"] = d
+    return d
+
+
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(2**62, 2**200).map(lambda n: -n),
+    st.integers(2**62, 2**200), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4), st.binary(max_size=4), st.just(Color.RED),
+    st.builds(NoText), st.builds(BadEquality), st.builds(lambda: 10**5000),
+    st.builds(cyclic_list), st.builds(cyclic_dict),
+)
+# Values that compare equal, or share a Prometheus label text, and values the SDK drops.
+confusable = st.sampled_from(
+    [0, 1, True, False, 1.0, "1", "true", "", None, -1, math.inf, math.nan]
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+any_keys = st.one_of(
+    st.text(max_size=6), st.integers(), st.booleans(), st.none(),
+    st.floats(allow_nan=True), st.binary(max_size=3), st.tuples(st.integers(), st.text()),
+    st.sampled_from(["le", "a.b", "a_b", "otel.scope.name"]),
+)
+
+
+def mappings(*known: str) -> st.SearchStrategy[dict[Any, Any]]:
+    """Arbitrary dicts that often hold the `known` keys too."""
+    usual = st.fixed_dictionaries({}, optional=dict.fromkeys(known, confusable | values))
+    extra = st.dictionaries(any_keys, values, max_size=5)
+    return st.tuples(extra, usual).map(lambda pair: {**pair[0], **pair[1]})
+
+
+def every_kind() -> list[m.Metric]:
+    return [
+        m.counter("any.e.count", tags=["route", "status"]),
+        m.sum("any.e.n", tags=["route"]),
+        m.sum("any.e.delta", measurement="n", reporter_options={"monotonic": False},
+              tags=["status"]),
+        m.last_value("any.e.last", measurement="n"),
+        m.distribution("any.e.duration", measurement="n", unit=("native", "second"),
+                       tags=["route"], reporter_options={"max_series": 5}),
+        m.summary("any.e.tagged", measurement=lambda ms: ms.get("n"), tags=lambda md: md),
+        m.counter("any.e.kept", keep=lambda md, ms: md.get("route") == ms.get("n")),
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(mappings("n"), mappings("route", "status")), min_size=1, max_size=8))
+def test_any_event_is_recorded_or_skipped_and_counted(
+    events: list[tuple[dict[Any, Any], dict[Any, Any]]],
+) -> None:
+    reader, prometheus = prometheus_reader()
+    sink = Sink(readers=(reader,))
+    registry = vsrtel.Registry(on_error="raise")  # anything escaping a handler fails the test
+    reporter = report(sink, registry, *every_kind())
+    for measurements, metadata in events:
+        registry.execute("any.e", measurements, metadata)
+    assert reporter.attached and len(registry.list_handlers(("any", "e"))) == 1
+    skipped = reporter.skipped
+    data = sink.collect()
+    counted = sum(p.value for p in data["any.e.count"].data.data_points) if (
+        "any.e.count" in data) else 0
+    assert counted + skipped["any.e.count"] == len(events)
+    histogram = data["any.e.duration"].data.data_points if "any.e.duration" in data else []
+    assert sum(p.count for p in histogram) + skipped["any.e.duration"] == len(events)
+    # ... and whatever was recorded makes a valid scrape: parseable, no sample twice.
+    text = generate_latest(prometheus).decode()
+    seen = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in seen, key
+            seen.add(key)
+    sink.provider.shutdown()

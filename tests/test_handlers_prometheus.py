@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -120,6 +122,126 @@ def test_openmetrics_when_the_scraper_asks(
     assert ctype.startswith("application/openmetrics-text; version=1.0.0")
     assert body.endswith("# EOF\n")
     assert "# UNIT shop_order_stop_duration_seconds seconds" in body
+
+
+def test_head_answers_like_get_without_a_body(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                           registry=registry):
+        emit_orders(registry)
+        for path in ("/metrics", "/health"):
+            request = urllib.request.Request(server.base_url + path, method="HEAD")
+            with urllib.request.urlopen(request, timeout=10) as head:
+                assert head.status == 200
+                assert head.read() == b""
+                length = int(head.headers["Content-Length"])
+            with urllib.request.urlopen(server.base_url + path, timeout=10) as get:
+                assert length == len(get.read()) > 0
+                assert head.headers["Content-Type"] == get.headers["Content-Type"]
+
+
+class FailingCollector:
+    def collect(self) -> list[Any]:
+        raise RuntimeError("collector broke")
+
+
+def test_a_failing_collector_is_a_logged_500_and_the_endpoint_lives_on(
+    server: MetricsServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    collector = FailingCollector()
+    server.registry.register(collector)  # type: ignore[arg-type]
+    status, _, body = fetch(server.url)
+    assert status == 500 and "see the application's log" in body
+    assert any(
+        r.name == "vsrtel" and "collector broke" in (r.exc_text or str(r.exc_info))
+        for r in caplog.records
+    )
+    assert "Traceback" not in capfd.readouterr().err  # reported to the log, not stderr
+    server.registry.unregister(collector)  # type: ignore[arg-type]
+    assert fetch(server.url)[0] == 200
+    assert fetch(server.base_url + "/health")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"max_connections": 0}, "max_connections"), ({"read_timeout": 0}, "read_timeout"),
+     ({"read_timeout": float("inf")}, "read_timeout"), ({"max_connections": True}, "max_conn")],
+)
+def test_bad_limits(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        serve_metrics(port=0, **kwargs)
+
+
+# ----------------------------------------------------------------------------- under load
+# Loopback only, bounded in count and time; no timing assertions beyond generous timeouts.
+
+
+def test_200_concurrent_scrapes_are_all_answered(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    clients = 200
+    start = threading.Barrier(clients)
+    answers: list[object] = []
+
+    def scrape() -> None:
+        start.wait(timeout=30)
+        try:
+            answers.append(fetch(server.url)[0])
+        except OSError as exc:  # a refused or timed-out connection is a lost scrape
+            answers.append(exc)
+
+    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+                           registry=registry):
+        emit_orders(registry)
+        threads = [threading.Thread(target=scrape) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert answers == [200] * clients
+
+
+def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
+    cap, idle = 4, 40
+    with serve_metrics(port=0, max_connections=cap, read_timeout=0.3) as server:
+
+        def handler_threads() -> int:
+            name = f"vsrtel-metrics-{server.port}-connection"
+            return sum(t.name == name for t in threading.enumerate())
+
+        before = handler_threads()
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(idle)]
+        try:
+            most = 0
+            for sock in sockets:  # each is dropped once the server reads nothing from it
+                most = max(most, handler_threads() - before)
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(1) == b""
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert most <= cap
+        assert fetch(server.url)[0] == 200  # the endpoint still answers
+        deadline = time.monotonic() + 30
+        while handler_threads() > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert handler_threads() == before
+
+
+def test_close_returns_while_every_slot_is_taken() -> None:
+    server = serve_metrics(port=0, max_connections=2, read_timeout=60)
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+               for _ in range(6)]
+    try:
+        closer = threading.Thread(target=server.close)
+        closer.start()
+        closer.join(timeout=30)
+        assert not closer.is_alive()
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_port_in_use_names_the_port(server: MetricsServer) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import vsrtel
-from vsrtel.poller import Poller, default_measurements, process_memory
+from vsrtel import poller as poller_module
+from vsrtel.poller import Poller, default_measurements, process_memory, process_uptime
 from vsrtel.testing import capture
 
 BOUND = 30.0  # generous upper bound for waits on the poller thread; never a timing assertion
@@ -38,6 +39,29 @@ def test_one_round_of_default_measurements(registry: vsrtel.Registry) -> None:
     assert by_name[("vsrtel", "process", "threads")].measurements["count"] >= 1
     uptime = by_name[("vsrtel", "process", "uptime")].measurements["seconds"]
     assert isinstance(uptime, float) and uptime > 0
+
+
+def uptime_seconds(registry: vsrtel.Registry) -> float:
+    with capture(("vsrtel", "process", "uptime"), registry=registry) as events:
+        process_uptime(registry)
+    value: float = events[0].measurements["seconds"]
+    return value
+
+
+def test_uptime_has_no_float_noise(
+    registry: vsrtel.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(20):  # the noise shows on some readings only
+        uptime = uptime_seconds(registry)
+        assert uptime == round(uptime, 2) and len(repr(uptime).partition(".")[2]) <= 2
+
+    def no_sysconf(name: str) -> int:
+        raise ValueError(name)
+
+    monkeypatch.setattr(poller_module.os, "sysconf", no_sysconf)  # no /proc answer: fallback
+    for _ in range(20):
+        uptime = uptime_seconds(registry)
+        assert uptime == round(uptime, 3) and len(repr(uptime).partition(".")[2]) <= 3
 
 
 def test_rss_matches_proc_status(registry: vsrtel.Registry) -> None:

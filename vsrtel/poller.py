@@ -87,14 +87,17 @@ def _process_uptime() -> float:
             fields = f.read().rsplit(b")", 1)[1].split()
         with open("/proc/uptime", "rb") as f:
             system_uptime = float(f.read().split()[0])
-        return max(0.0, system_uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+        uptime = system_uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        # /proc/uptime counts hundredths: more digits would be float noise (12.340000000000002).
+        return max(0.0, round(uptime, 2))
     except (OSError, ValueError, IndexError, AttributeError):
-        return time.monotonic() - _IMPORTED_AT  # since vsrtel.poller was imported
+        return round(time.monotonic() - _IMPORTED_AT, 3)  # since vsrtel.poller was imported
 
 
 def process_uptime(registry: vsrtel.Registry | None = None) -> None:
     """Emit `("vsrtel","process","uptime")` with `{"seconds": s}` since the process started
-    (from /proc; elsewhere since this module was imported)."""
+    (from /proc, to the hundredth; elsewhere since this module was imported, to the
+    millisecond)."""
     _bus(registry).execute(("vsrtel", "process", "uptime"), {"seconds": _process_uptime()})
 
 

@@ -17,7 +17,9 @@ OpenTelemetry instruments on a MeterProvider and attaches one handler per event 
 
 from __future__ import annotations
 
+import difflib
 import enum
+import functools
 import inspect
 import itertools
 import logging
@@ -25,6 +27,7 @@ import math
 import re
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -67,8 +70,14 @@ MetricType: TypeAlias = Literal["counter", "sum", "last_value", "summary", "dist
 Measurements: TypeAlias = Mapping[str, Any]
 Metadata: TypeAlias = Mapping[str, Any]
 UnitSpec: TypeAlias = "str | tuple[str, str] | None"
+TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]  # a problem with tag names
 
 DEFAULT_MAX_SERIES: Final = 1000
+# The OpenTelemetry SDK keeps at most 2000 attribute sets per metric (its default cardinality
+# limit) and folds the rest into its own overflow series. The reporter's series plus its overflow
+# series must fit, or series the reporter believes distinct would silently merge.
+_SDK_CARDINALITY_LIMIT: Final = 2000
+_MAX_SERIES_LIMIT: Final = _SDK_CARDINALITY_LIMIT - 1
 
 # OpenTelemetry's instrument-name syntax; checked here so a bad name fails at definition time.
 _OTEL_NAME = re.compile(r"[A-Za-z][-_./A-Za-z0-9]{0,254}\Z")
@@ -129,6 +138,13 @@ class _Unit:
     otel: str  # exported unit
 
 
+def _unknown_unit(unit: object, what: str = "unit", where: str = "") -> ValueError:
+    candidates = [u for u in _UNITS if u != unit]
+    close = difflib.get_close_matches(unit, candidates, n=1) if isinstance(unit, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown {what} {unit!r}{where}{hint}; known units: {', '.join(_UNITS)}")
+
+
 def _parse_unit(unit: object) -> _Unit:
     """Resolve a unit option into a conversion factor and the exported OTel unit."""
     if unit is None:
@@ -136,7 +152,7 @@ def _parse_unit(unit: object) -> _Unit:
     if isinstance(unit, str):
         info = _UNITS.get(unit)
         if info is None:
-            raise ValueError(f"unknown unit {unit!r}; known units: {', '.join(_UNITS)}")
+            raise _unknown_unit(unit)
         if unit == "native":
             # Native time is nanoseconds; Prometheus and OTel want base units (seconds).
             return _Unit(1e-9, "s")
@@ -146,9 +162,9 @@ def _parse_unit(unit: object) -> _Unit:
         src_info = _UNITS.get(src) if isinstance(src, str) else None
         dst_info = _UNITS.get(dst) if isinstance(dst, str) and dst != "native" else None
         if src_info is None:
-            raise ValueError(f"unknown unit {src!r} in conversion {unit!r}")
+            raise _unknown_unit(src, where=f" in conversion {unit!r}")
         if dst_info is None:
-            raise ValueError(f"unknown target unit {dst!r} in conversion {unit!r}")
+            raise _unknown_unit(dst, "target unit", f" in conversion {unit!r}")
         if src_info.dimension != dst_info.dimension:
             raise ValueError(
                 f"cannot convert {src!r} ({src_info.dimension}) to {dst!r} ({dst_info.dimension})"
@@ -278,6 +294,12 @@ def _check_options(kind: MetricType, options: Mapping[str, Any] | None) -> dict[
         n = opts["max_series"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"max_series must be a positive integer, got {n!r}")
+        if n > _MAX_SERIES_LIMIT:
+            raise ValueError(
+                f"max_series {n!r} is too large: the OpenTelemetry SDK keeps at most "
+                f"{_SDK_CARDINALITY_LIMIT} series per metric, the overflow series included, "
+                f"so max_series can be at most {_MAX_SERIES_LIMIT}"
+            )
     if "monotonic" in opts and not isinstance(opts["monotonic"], bool):
         raise ValueError(f"monotonic must be True or False, got {opts['monotonic']!r}")
     if "buckets" in opts:
@@ -413,7 +435,8 @@ def counter(
       `"millisecond"`, `"microsecond"`, `"nanosecond"`, `"byte"`, `"kilobyte"`, `"megabyte"`,
       `"1"`) or a conversion pair such as `("native", "second")` or `("byte", "kilobyte")`.
     - `description`: help text (a default is derived from the definition).
-    - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000), and per
+    - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000, at most
+      1999 so the OpenTelemetry SDK's own limit of 2000 never merges series silently), and per
       type `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
 
     Raises ValueError or TypeError naming the bad option at once.
@@ -606,30 +629,177 @@ def bounded(values: Collection[Any], other: str = "other") -> Callable[[Any], An
 
 
 # --------------------------------------------------------------------------------------------
+# Prometheus compatibility: what would make a scrape invalid is refused when a reporter is built
+# --------------------------------------------------------------------------------------------
+
+# Labels the Prometheus exporter adds itself (instrumentation scope, our overflow series).
+_EXPORTER_LABEL_PREFIX: Final = "otel_scope_"
+_OVERFLOW_LABEL: Final = "otel_metric_overflow"
+# The family and sample name of the exporter's `target_info`.
+_EXPORTER_NAMES: Final = frozenset({"target", "target_info"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _label_name(name: str) -> str:
+    """The Prometheus label a tag name becomes, by the OpenTelemetry exporter's own rule."""
+    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
+
+    return sanitize_attribute(name)
+
+
+def _tag_check(kind: MetricType) -> TagCheck:
+    """A check of one metric's tag names against the labels its Prometheus family may carry.
+
+    Names are sanitised by the OpenTelemetry exporter's own rule. The check returns a sentence
+    naming the bad tag(s), or None.
+    """
+    reserved = {"distribution": {"le"}, "summary": {"le", "quantile"}}.get(kind, set())
+
+    def check(names: Sequence[object]) -> str | None:
+        seen: dict[str, object] = {}
+        for name in names:
+            if not isinstance(name, str) or not name:
+                return f"tag name {name!r}, which is not a non-empty string"
+            label = _label_name(name)
+            if label in reserved:
+                return f"tag {name!r}, but a Prometheus {kind} uses the label {label!r} itself"
+            if label.startswith(_EXPORTER_LABEL_PREFIX) or label == _OVERFLOW_LABEL:
+                return f"tag {name!r}: the exporter adds the label {label!r} itself"
+            if label in seen:
+                return (
+                    f"tags {seen[label]!r} and {name!r}, which both become the Prometheus "
+                    f"label {label!r}"
+                )
+            seen[label] = name
+        return None
+
+    return check
+
+
+def _exposed_names(metric: Metric) -> tuple[str, ...]:
+    """The family name and sample names `metric` has in a Prometheus scrape.
+
+    Named by the OpenTelemetry exporter's rules and prometheus_client's own metric families, so
+    the names are a scrape's, never re-derived here.
+    """
+    from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    name, unit = sanitize_full_name(metric.name), map_unit(metric.export_unit)
+    family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+    if metric.type in ("distribution", "summary"):
+        family = HistogramMetricFamily(name, "", unit=unit)
+        family.add_metric([], buckets=[("+Inf", 0)], sum_value=0)
+    elif metric.type == "counter" or (
+        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    ):
+        family = CounterMetricFamily(name, "", unit=unit)
+        family.add_metric([], 0)
+    else:  # a gauge; so is a non-monotonic sum, as the exporter shows it
+        family = GaugeMetricFamily(name, "", unit=unit)
+        family.add_metric([], 0)
+    return (family.name, *dict.fromkeys(sample.name for sample in family.samples))
+
+
+def _check_prometheus(metrics: Sequence[Metric]) -> list[TagCheck]:
+    """Raise ValueError for definitions that would break a scrape; return each one's tag check.
+
+    Two definitions sharing a Prometheus name (family or sample), a static tag whose label a
+    metric type reserves, and two tags sanitised to one label are refused, naming the culprits.
+    """
+    owners: dict[str, Metric] = {}
+    checks = []
+    for metric in metrics:
+        check = _tag_check(metric.type)
+        if isinstance(metric.tags, tuple) and (problem := check(metric.tags)) is not None:
+            raise ValueError(f"metric {metric.name!r} has {problem}")
+        for name in _exposed_names(metric):
+            if name in _EXPORTER_NAMES:
+                raise ValueError(
+                    f"metric {metric.name!r} would export the Prometheus name {name!r}, "
+                    "which the exporter uses for its target_info"
+                )
+            other = owners.setdefault(name, metric)
+            if other is not metric:
+                raise ValueError(
+                    f"metrics {other.name!r} and {metric.name!r} would both export the "
+                    f"Prometheus name {name!r}"
+                )
+        checks.append(check)
+    return checks
+
+
+# --------------------------------------------------------------------------------------------
 # Reporter
 # --------------------------------------------------------------------------------------------
 
 _MISSING: Final = object()
 _OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
+_INT64: Final = range(-(2**63), 2**63)
+# No value of one of these types equals a value of the other, so a tag key made of them alone is
+# its own series key. True == 1 == 1.0 (one hash), so a bool or float key must go by its text.
+_PLAIN: Final = frozenset({str, int})
+_NONFINITE: Final[Mapping[str, str]] = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-def _attr(value: Any) -> Any:
-    # As span attributes are converted; but a tag always has a value, so None becomes "".
-    converted = scalar(value)
-    return "" if converted is None else converted
+def _label(value: Any) -> str:
+    """The text a tag value is exported as: its Prometheus label, and its series' identity.
+
+    Converted as span attributes are (an enum member is its name), then to text as the Prometheus
+    exporter would: `True` is "true", `1` is "1", `1.0` is "1.0". None, or a value without text
+    (its `__str__` raises, an int too long to print), is "".
+    """
+    try:
+        converted = scalar(value)
+        if converted is None:
+            return ""
+        if isinstance(converted, str):
+            return str.__str__(converted)
+        if isinstance(converted, bool):
+            return "true" if converted else "false"
+        if isinstance(converted, float):
+            text = float.__repr__(converted)
+            return _NONFINITE.get(text, text)
+        return int.__repr__(converted)
+    except Exception:
+        return ""
+
+
+def _number(value: Any) -> int | float | None:
+    """`value` as an int or float the SDK records, or None: a bool, a non-number, or an int
+    beyond 64 bits (OTLP cannot carry it) is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        number = int(value)  # `in range` of an int subclass would scan the range
+        return number if number in _INT64 else None
+    return None
 
 
 class _State:
     """Per-metric mutable state: known series and skip counts."""
 
-    __slots__ = ("failed", "lock", "metric", "series", "skipped", "warned")
+    __slots__ = (
+        "bad_tags", "by_label", "check", "failed", "lock", "metric", "series", "skipped", "warned",
+    )
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: Metric, check: TagCheck) -> None:
         self.metric = metric
-        self.series: dict[Any, Mapping[str, Any]] = {}
+        # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
+        # for a tags callable); and, for the hot path, raw tag keys of _PLAIN values alone.
+        self.by_label: dict[Any, Mapping[str, str]] = {}
+        self.series: dict[Any, Mapping[str, str]] = {}
+        self.check = check
         self.skipped = 0
         self.warned = False
         self.failed = False
+        self.bad_tags = False
         self.lock = threading.Lock()
 
     def skip(self, why: str, *args: Any) -> None:
@@ -637,15 +807,56 @@ class _State:
             self.skipped += 1
         _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
 
-    def new_series(self, key: Any, tags: Mapping[str, Any]) -> Mapping[str, Any]:
+    def find(self, raw: Any, names: tuple[str, ...]) -> Mapping[str, str]:
+        """Attributes of the series for tag values `raw` (a tuple when there are several tags)."""
+        values = raw if len(names) > 1 else (raw,)
+        labels = tuple(map(_label, values))
+        attrs = self.by_label.get(labels)
+        if attrs is None:
+            attrs = self.new_series(labels, dict(zip(names, labels, strict=True)))
+        if attrs is not _OVERFLOW_ATTRS and _PLAIN.issuperset(map(type, values)):
+            self.series[raw] = attrs
+        return attrs
+
+    def find_tags(self, tags: Mapping[Any, Any]) -> Mapping[str, str] | None:
+        """Attributes of the series for a tags callable's result; None if its names are bad.
+
+        The series is what Prometheus tells apart: labels by their sanitised names, an empty
+        label the same as a missing one (the exporter fills missing labels with ""), so those
+        are left out.
+        """
+        labels = {name: text for name, value in tags.items() if (text := _label(value))}
+        try:
+            key: frozenset[tuple[str, str]] | None = frozenset(
+                (_label_name(name), text) for name, text in labels.items()
+            )
+        except TypeError:  # a name that is not a string
+            key = None
+        attrs = None if key is None else self.by_label.get(key)
+        if attrs is not None:
+            return attrs
+        problem = self.check(list(labels))
+        if problem is not None:
+            with self.lock:
+                self.skipped += 1
+                first, self.bad_tags = not self.bad_tags, True
+            _log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "metric %s: event skipped: its tags callable returned %s",
+                self.metric.name, problem,
+            )
+            return None
+        assert key is not None
+        return self.new_series(key, labels)
+
+    def new_series(self, key: Any, attrs: Mapping[str, str]) -> Mapping[str, str]:
         if self.warned:  # the cap was reached: series never grows again, no lock needed
             return _OVERFLOW_ATTRS
-        attrs = {k: _attr(v) for k, v in tags.items()}
         with self.lock:
-            known = self.series.get(key)
+            known = self.by_label.get(key)
             if known is not None:
                 return known
-            if len(self.series) >= self.metric.max_series:
+            if len(self.by_label) >= self.metric.max_series:
                 if not self.warned:
                     self.warned = True
                     _log.warning(
@@ -654,7 +865,7 @@ class _State:
                         self.metric.name, self.metric.max_series, OVERFLOW_ATTRIBUTE,
                     )
                 return _OVERFLOW_ATTRS
-            self.series[key] = attrs
+            self.by_label[key] = attrs
             return attrs
 
 
@@ -669,10 +880,14 @@ def _recorder(
     tag_values = metric.tag_values
     factor = metric.factor
     scale = factor != 1
-    no_negative = metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    # The SDK drops these silently; checked here so they are counted in `skipped`.
+    no_negative = metric.type in ("distribution", "summary") or (
+        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+    )
     tag_fn = metric.tags if callable(metric.tags) else None
     tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
     getter = itemgetter(*tag_keys) if tag_keys else None
+    single = len(tag_keys) == 1
     series = state.series
     empty: Mapping[str, Any] = {}
 
@@ -691,39 +906,42 @@ def _recorder(
                 else:
                     assert measure is not None
                     value = measure(measurements, metadata)
-                if not isinstance(value, (int, float)) or value != value:  # NaN too
-                    state.skip("measurement value %r is not a number", value)
-                    return
+                cls = value.__class__
+                if cls is not float and (cls is not int or value not in _INT64):
+                    number = _number(value)
+                    if number is None:
+                        state.skip("measurement value %r is not a number", value)
+                        return
+                    value = number
                 if scale:
                     value = value * factor
+                if value - value != 0:  # inf or NaN, also after scaling
+                    state.skip("measurement value %r is not finite", value)
+                    return
                 if no_negative and value < 0:
-                    state.skip("negative value %r for a monotonic sum", value)
+                    state.skip("negative value %r for a %s", value, metric.type)
                     return
             md = metadata if tag_values is None else tag_values(metadata)
             if getter is not None:
                 try:
                     tag_key = getter(md)
-                except KeyError as exc:
+                except (LookupError, TypeError) as exc:
                     state.skip("tag %s missing from metadata", exc)
                     return
                 try:
                     attrs = series.get(tag_key)
-                except TypeError:  # an unhashable tag value: key by its text form
-                    tag_key = tuple(map(_attr, tag_key)) if len(tag_keys) > 1 else _attr(tag_key)
-                    attrs = series.get(tag_key)
-                if attrs is None:
-                    values = tag_key if len(tag_keys) > 1 else (tag_key,)
-                    attrs = state.new_series(tag_key, dict(zip(tag_keys, values, strict=True)))
+                except TypeError:  # an unhashable tag value
+                    attrs = None
+                if attrs is None or (
+                    tag_key.__class__ not in _PLAIN if single
+                    else not _PLAIN.issuperset(map(type, tag_key))
+                ):
+                    attrs = state.find(tag_key, tag_keys)
             elif tag_fn is not None:
-                tags = tag_fn(md)
-                try:
-                    tag_key = frozenset(tags.items())
-                    attrs = series.get(tag_key)
-                except TypeError:
-                    tag_key = frozenset((k, _attr(v)) for k, v in tags.items())
-                    attrs = series.get(tag_key)
-                if attrs is None:
-                    attrs = state.new_series(tag_key, tags)
+                found = state.find_tags(tag_fn(md))
+                if found is None:
+                    return
+                attrs = found
             else:
                 attrs = empty
             update(value, attrs)
@@ -756,12 +974,20 @@ def _dispatch(
 class MetricsReporter:
     """Report metric definitions to OpenTelemetry instruments from the events they name.
 
-    `meter_provider` defaults to OpenTelemetry's global one; `registry` to vsrtel's default
-    registry. Instruments are created at construction; `attach()` attaches one handler per event
-    name (all metrics of that event share it) and `detach()` removes them. Also a context
-    manager. Two metrics with the same name raise ValueError.
+    `meter_provider` defaults to OpenTelemetry's global one (a RuntimeWarning says so when that
+    is not set: the metrics would go nowhere); `registry` to vsrtel's default registry.
+    Instruments are created at construction; `attach()` attaches one handler per event name (all
+    metrics of that event share it) and `detach()` removes them. Also a context manager.
 
-    Events lacking a measurement or tag are skipped (debug log) and counted in `skipped`; a
+    Definitions that would break a Prometheus scrape raise ValueError here, naming them: two
+    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name, a tag on the
+    label a type reserves (`le` on a distribution or summary, `quantile` on a summary), two tags
+    that sanitise to one label.
+
+    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). Events
+    lacking a measurement or tag, or whose value the SDK would drop (not a number, a bool, not
+    finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped (debug log)
+    and counted in `skipped`; a
     user callable that raises is logged and counted too. Neither ever detaches the reporter.
     """
 
@@ -773,17 +999,34 @@ class MetricsReporter:
         registry: vsrtel.Registry | None = None,
     ) -> None:
         self.metrics: tuple[Metric, ...] = tuple(metrics)
-        names: set[str] = set()
+        names: dict[str, Metric] = {}
         for metric in self.metrics:
             if not isinstance(metric, Metric):
                 raise TypeError(f"expected a metric definition, got {metric!r}")
-            if metric.name in names:
-                raise ValueError(f"two metrics are named {metric.name!r}")
-            names.add(metric.name)
+            # OpenTelemetry instrument names ignore case: the SDK would merge the two.
+            other = names.setdefault(metric.name.casefold(), metric)
+            if other is not metric:
+                raise ValueError(
+                    f"two metrics are named {other.name!r}"
+                    + ("" if other.name == metric.name else f" and {metric.name!r}")
+                    + " (OpenTelemetry instrument names ignore case)"
+                )
+        checks = _check_prometheus(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
+        # The API package holds only the no-op provider and the proxy that stands in for a global
+        # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
+        if type(provider).__module__.startswith("opentelemetry.metrics"):
+            warnings.warn(
+                "MetricsReporter has no working MeterProvider: OpenTelemetry's global one is not "
+                "set (or is a no-op), so these metrics are discarded. Pass "
+                "meter_provider=server.meter_provider (from serve_metrics) or "
+                "otel.configure(...).meter_provider",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         meter = provider.get_meter(METER_NAME)
         self._registry = registry if registry is not None else vsrtel.default_registry
-        self._states = [_State(m) for m in self.metrics]
+        self._states = [_State(m, c) for m, c in zip(self.metrics, checks, strict=True)]
         by_event: dict[tuple[str, ...], list[Callable[[Measurements, Metadata], None]]] = {}
         for metric, state in zip(self.metrics, self._states, strict=True):
             update = _instrument(meter, metric)
@@ -806,7 +1049,7 @@ class MetricsReporter:
         """Distinct tag sets recorded so far for metric `name` (the overflow series excluded)."""
         for state in self._states:
             if state.metric.name == name:
-                return len(state.series)
+                return len(state.by_label)
         raise KeyError(name)
 
     def attach(self) -> MetricsReporter:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -44,6 +46,15 @@ __all__ = [
 _StartResponse = Callable[..., Any]
 _Environ = dict[str, Any]
 
+_log = logging.getLogger("vsrtel")
+
+LISTEN_BACKLOG = 256
+"""Connections the kernel queues for the endpoint while every handler thread is busy."""
+MAX_CONNECTIONS = 32
+"""Default cap on connections served at once (one thread each); later ones wait in the backlog."""
+READ_TIMEOUT = 5.0
+"""Default seconds a connection may stay silent (or not read the answer) before it is dropped."""
+
 
 def prometheus_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
     """Build OpenTelemetry's Prometheus reader on a new private prometheus_client registry.
@@ -58,7 +69,13 @@ def prometheus_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Request handler that keeps scrapes out of stderr."""
+    """Request handler that keeps scrapes out of stderr and gives up on a silent client."""
+
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.settimeout(self.server.read_timeout)  # reads and writes alike
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -67,11 +84,32 @@ class _QuietHandler(WSGIRequestHandler):
 def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
     metrics_app = make_wsgi_app(registry)
 
+    def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        # prometheus_client answers GET only: produce the GET answer, send its headers alone.
+        answer: list[Any] = []
+        get = {**environ, "REQUEST_METHOD": "GET"}
+        body = b"".join(metrics_app(get, lambda *args: answer.extend(args[:2])))
+        status, headers = answer
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return []
+
     def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            result: Iterable[bytes] = metrics_app(environ, start_response)
-            return result
+            try:
+                return scrape(environ, start_response)
+            except Exception:  # a failing collector: report it to the app's log, answer 500
+                _log.exception("metrics endpoint: collecting the metrics failed")
+                start_response(
+                    "500 Internal Server Error",
+                    [("Content-Type", "text/plain; charset=utf-8")],
+                    sys.exc_info(),
+                )
+                return [b"collecting the metrics failed; see the application's log\n"]
         if path == "/health" and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"OK"]
@@ -81,7 +119,57 @@ def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], It
     return app
 
 
-class _ThreadingServerV6(ThreadingWSGIServer):
+class _Server(ThreadingWSGIServer):
+    """A thread per connection, at most `max_connections` at once; faults are logged, not shown.
+
+    Past the cap the accept loop waits, so further connections queue in the listen backlog
+    instead of each holding a thread.
+    """
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[_QuietHandler],
+        *,
+        max_connections: int,
+        read_timeout: float,
+    ) -> None:
+        self.read_timeout = read_timeout
+        self.closing = threading.Event()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        while not self._slots.acquire(timeout=0.2):
+            if self.closing.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            threading.Thread(
+                target=self.process_request_thread,
+                args=(request, client_address),
+                name=f"vsrtel-metrics-{self.server_address[1]}-connection",
+                daemon=True,
+            ).start()
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went silent (read timeout) or away is routine, not a traceback on stderr.
+        _log.debug("metrics endpoint: connection from %s failed", client_address, exc_info=True)
+
+
+class _ServerV6(_Server):
     address_family = socket.AF_INET6
 
 
@@ -117,6 +205,8 @@ class MetricsServer:
         if self._closed:
             return
         self._closed = True
+        if isinstance(self._httpd, _Server):
+            self._httpd.closing.set()  # a full accept loop stops waiting for a free slot
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
@@ -145,20 +235,36 @@ def _check_port(port: object) -> int:
     return port
 
 
+def _check_limits(max_connections: object, read_timeout: object) -> tuple[int, float]:
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
+        max_connections < 1
+    ):
+        raise ValueError(f"max_connections must be a positive integer, got {max_connections!r}")
+    if isinstance(read_timeout, bool) or not isinstance(read_timeout, (int, float)) or not (
+        0 < read_timeout < float("inf")
+    ):
+        raise ValueError(f"read_timeout must be a positive number of seconds, got {read_timeout!r}")
+    return max_connections, float(read_timeout)
+
+
 def serve_registry(
     registry: CollectorRegistry,
     port: int = 9464,
     host: str = "127.0.0.1",
     *,
     meter_provider: MeterProvider | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    read_timeout: float = READ_TIMEOUT,
 ) -> MetricsServer:
     """Serve `registry` on `GET /metrics` and `GET /health` from a daemon thread.
 
     For wiring the reader of `prometheus_reader()` into a provider built elsewhere; the server
     does not shut down `meter_provider` (it only exposes it as `server.meter_provider`).
     `port=0` picks a free port; a port in use raises OSError naming host and port.
+    `max_connections` and `read_timeout` as for `serve_metrics`.
     """
-    return _serve(registry, _check_port(port), host, meter_provider, owns_provider=False)
+    limits = _check_limits(max_connections, read_timeout)
+    return _serve(registry, _check_port(port), host, meter_provider, False, *limits)
 
 
 def _serve(
@@ -167,10 +273,16 @@ def _serve(
     host: str,
     meter_provider: MeterProvider | None,
     owns_provider: bool,
+    max_connections: int,
+    read_timeout: float,
 ) -> MetricsServer:
-    server_class = _ThreadingServerV6 if ":" in host else ThreadingWSGIServer
+    server_class = _ServerV6 if ":" in host else _Server
     try:
-        httpd = make_server(host, port, _app(registry), server_class, handler_class=_QuietHandler)
+        httpd = server_class(
+            (host, port), _QuietHandler, max_connections=max_connections,
+            read_timeout=read_timeout,
+        )
+        httpd.set_app(_app(registry))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise OSError(
@@ -185,21 +297,26 @@ def serve_metrics(
     host: str = "127.0.0.1",
     *,
     resource: Resource | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    read_timeout: float = READ_TIMEOUT,
 ) -> MetricsServer:
     """Start a Prometheus scrape endpoint with its own OpenTelemetry MeterProvider.
 
     Serves `GET /metrics` (Prometheus text 0.0.4, or OpenMetrics when the Accept header asks for
-    it) and `GET /health` (200 `OK`). Pass `server.meter_provider` to
+    it) and `GET /health` (200 `OK`), and `HEAD` of both. At most `max_connections` connections
+    are served at once; later ones wait in a listen backlog of `LISTEN_BACKLOG`. A connection
+    silent for `read_timeout` seconds is dropped. Pass `server.meter_provider` to
     `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
     the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
     `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
     resource shown in `target_info`. Call `server.close()` (or use `with`) to stop it.
     """
     port = _check_port(port)
+    limits = _check_limits(max_connections, read_timeout)
     reader, registry = prometheus_reader()
     provider = MeterProvider(metric_readers=[reader], resource=resource)
     try:
-        return _serve(registry, port, host, provider, owns_provider=True)
+        return _serve(registry, port, host, provider, True, *limits)
     except BaseException:
         provider.shutdown()
         raise
