@@ -522,7 +522,7 @@ def test_attaching_to_a_span_prefix_warns_both_ways() -> None:
     registry = vsrtel.Registry()
     registry.attach("early", "app.request", recorder([]))
     with pytest.warns(UserWarning, match=r"'early'.*'app.request'.*span prefix"):
-        registry.span("app.request")
+        registry.span("app.request").start().stop()
     with pytest.warns(UserWarning, match=r"'late'.*'app.job'.*span prefix"):
         with registry.span("app.job"):
             pass

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import typing as _typing
 
+from vsrtel._names import EventName, event_name, starts_with
 from vsrtel._registry import (
     FAILURE_EVENT,
     AlreadyAttachedError,
     Clock,
-    EventName,
     HandlerRecord,
     Registry,
     default_registry,
-    event_name,
 )
 from vsrtel._span import Span, current_span
 from vsrtel.scope import Scope
@@ -82,4 +81,5 @@ __all__ = [
     "list_handlers",
     "signal",
     "span",
+    "starts_with",
 ]

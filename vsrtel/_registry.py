@@ -6,6 +6,11 @@ touches that storage: it reads ``_routes``, an immutable-by-convention dict from
 ``_Route`` (or ``None`` when nobody listens), rebuilt under a lock on every attach/detach and
 published with one assignment. Names that only prefix handlers (or nobody) receive are resolved
 on first use and cached in the same dict, so the fast path is one dict lookup.
+
+Spans (`vsrtel._span`) dispatch through one door, and use nothing else of the registry's
+internals: read ``_routes``, call ``_lookup`` (``_lookup_span`` for a start event) on a miss, and
+``_dispatch`` the route. ``execute`` inlines ``_dispatch`` for speed; a test drives failures
+through both so that the two copies cannot drift.
 """
 
 from __future__ import annotations
@@ -18,18 +23,16 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol
 
 import blinker
 
+from vsrtel._names import EventName, Name, event_name, starts_with
 from vsrtel._span import Span
 
-EventName = tuple[str, ...]
-#: What callers may pass as a name: a tuple (or list) of segments, or a dotted string.
-Name = str | Sequence[str]
 Measurements = Mapping[str, Any]
 Metadata = Mapping[str, Any]
 HandlerFunction = Callable[[EventName, Measurements, Metadata, Any], object]
@@ -60,32 +63,6 @@ class HandlerRecord(NamedTuple):
     event_name: EventName
     function: HandlerFunction
     config: Any
-
-
-def event_name(name: Name, *, what: str = "event name", allow_empty: bool = False) -> EventName:
-    """Return ``name`` as a tuple of segments, or raise naming the bad part.
-
-    ``"a.b.c"`` and ``["a", "b", "c"]`` both become ``("a", "b", "c")``. Segments must be
-    non-empty strings without dots, so the dotted and tuple spellings always agree.
-    """
-    if isinstance(name, str):
-        parts: tuple[Any, ...] = tuple(name.split(".")) if name else ()
-    elif isinstance(name, (tuple, list)):
-        parts = tuple(name)
-    else:
-        raise TypeError(f"{what} must be a tuple of str or a dotted str, got {name!r}")
-    if not parts and not allow_empty:
-        raise ValueError(f"{what} is empty: {name!r}")
-    for i, segment in enumerate(parts):
-        if not isinstance(segment, str):
-            raise TypeError(
-                f"{what} {name!r}: segment {i} is {type(segment).__name__} {segment!r}, not str"
-            )
-        if not segment:
-            raise ValueError(f"{what} {name!r}: segment {i} is empty")
-        if "." in segment and not isinstance(name, str):
-            raise ValueError(f"{what} {name!r}: segment {i} {segment!r} contains a dot")
-    return parts
 
 
 class _Handler:
@@ -189,10 +166,6 @@ def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
         ) from None
 
 
-def _matches(name: EventName, prefix: EventName) -> bool:
-    return name[: len(prefix)] == prefix
-
-
 def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
     dotted = ".".join(prefix)
     warnings.warn(
@@ -223,13 +196,18 @@ class Registry:
         self._seq = itertools.count()
         self._reset()
 
+    @staticmethod
+    def or_default(registry: Registry | None) -> Registry:
+        """Return ``registry``, or the process-wide default registry when it is None."""
+        return default_registry if registry is None else registry
+
     def _reset(self) -> None:
         self._signals: dict[EventName, blinker.NamedSignal] = {}
         self._handlers: dict[Hashable, list[_Handler]] = {}
         self._prefix_handlers: list[_Handler] = []
         self._foreign_seq: dict[tuple[EventName, Hashable], int] = {}
-        self._span_names: dict[Any, tuple[EventName, EventName, EventName]] = {}
         self._routes: dict[Any, _Route | None] = {}
+        self._span_prefixes: set[EventName] = set()
 
     # -- attaching -------------------------------------------------------------------------
 
@@ -281,9 +259,8 @@ class Registry:
             if handler_id in self._handlers:
                 raise AlreadyAttachedError(f"handler id {handler_id!r} is already attached")
             if not is_prefix:
-                span_prefixes = {names[0][:-1] for names in self._span_names.values()}
                 for name in names:
-                    if name in span_prefixes:
+                    if name in self._span_prefixes:
                         _warn_span_prefix(handler_id, name)
             seq = next(self._seq)
             handlers = [
@@ -319,7 +296,7 @@ class Registry:
                 h.record()
                 for handlers in self._handlers.values()
                 for h in handlers
-                if _matches(h.event_name, wanted)
+                if starts_with(h.event_name, wanted)
             ]
 
     def signal(self, event_name_: Name) -> blinker.NamedSignal:
@@ -355,7 +332,7 @@ class Registry:
         self._routes = routes
 
     def _build_route(self, name: EventName, seen: set[tuple[EventName, Hashable]]) -> _Route | None:
-        handlers = [h for h in self._prefix_handlers if _matches(name, h.event_name)]
+        handlers = [h for h in self._prefix_handlers if starts_with(name, h.event_name)]
         signal = self._signals.get(name)
         if signal is not None:
             for key, receiver in list(signal.receivers.items()):
@@ -372,8 +349,8 @@ class Registry:
         handlers.sort(key=lambda h: h.seq)
         return _Route(name, tuple((h.function, h.config, h) for h in handlers))
 
-    def _resolve(self, name: Any) -> _Route | None:
-        """Slow path of a lookup: validate the name, resolve its route and cache it."""
+    def _lookup(self, name: Any) -> _Route | None:
+        """A name missing from ``_routes``: validate it, resolve its route and cache it."""
         canonical = event_name(name)
         with self._lock:
             if canonical in self._routes:
@@ -403,7 +380,7 @@ class Registry:
         try:
             route = self._routes[event_name]
         except (KeyError, TypeError):
-            route = self._resolve(event_name)
+            route = self._lookup(event_name)
         if route is None:
             if measurements.__class__ is not dict or metadata.__class__ is not dict:
                 _check_payload(measurements, metadata)
@@ -436,7 +413,7 @@ class Registry:
         try:
             return self._routes[event_name] is not None
         except (KeyError, TypeError):
-            return self._resolve(event_name) is not None
+            return self._lookup(event_name) is not None
 
     def _dispatch(self, route: _Route, measurements: Any, metadata: Any) -> None:
         if measurements.__class__ is dict and metadata.__class__ is dict:
@@ -516,20 +493,17 @@ class Registry:
         """
         return Span(self, event_prefix, metadata)
 
-    def _span_event_names(self, prefix: Any) -> tuple[EventName, EventName, EventName]:
-        try:
-            return self._span_names[prefix]
-        except (KeyError, TypeError):
-            base = event_name(prefix, what="span prefix")
-            names = (base + ("start",), base + ("stop",), base + ("exception",))
-            signal = self._signals.get(base)
-            if signal is not None:
-                for receiver in list(signal.receivers.values()):
-                    if isinstance(receiver, _Handler):
-                        _warn_span_prefix(receiver.id, base)
-            if len(self._span_names) < _MAX_ROUTES and isinstance(prefix, (str, tuple)):
-                self._span_names[prefix] = names
-            return names
+    def _lookup_span(self, start_name: EventName) -> _Route | None:
+        """:meth:`_lookup` for a span's start event; remembers the span's prefix, and warns a
+        handler attached to the prefix itself (no event has that name)."""
+        prefix = start_name[:-1]
+        if prefix not in self._span_prefixes and len(self._span_prefixes) < _MAX_ROUTES:
+            self._span_prefixes.add(prefix)
+            signal = self._signals.get(prefix)
+            for receiver in list(signal.receivers.values()) if signal is not None else ():
+                if isinstance(receiver, _Handler):
+                    _warn_span_prefix(receiver.id, prefix)
+        return self._lookup(start_name)
 
     # -- isolation for tests ---------------------------------------------------------------
 

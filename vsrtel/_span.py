@@ -13,14 +13,29 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from vsrtel._names import EventName, Name, event_name
+
 if TYPE_CHECKING:
-    from vsrtel._registry import Clock, EventName, Metadata, Name, Registry, _Route
+    from vsrtel._registry import Clock, Metadata, Registry, _Route
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=None)
 _span_ids = itertools.count(1)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
+_MAX_PREFIXES = 10_000  # bound on the cache below
+
+#: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names.
+_event_names: dict[Any, tuple[EventName, EventName, EventName]] = {}
+
+
+def _names_of(prefix: Any) -> tuple[EventName, EventName, EventName]:
+    """The event names of a span prefix: validated and computed on first sight, then cached."""
+    base = event_name(prefix, what="span prefix")
+    names = (base + ("start",), base + ("stop",), base + ("exception",))
+    if len(_event_names) < _MAX_PREFIXES and isinstance(prefix, (str, tuple)):
+        _event_names[prefix] = names
+    return names
 _log = logging.getLogger("vsrtel")
 
 
@@ -70,9 +85,9 @@ class Span:
         self._registry = registry
         self._clock = clock or registry.clock
         try:
-            self._names = registry._span_names[prefix]
+            self._names = _event_names[prefix]
         except (KeyError, TypeError):
-            self._names = registry._span_event_names(prefix)
+            self._names = _names_of(prefix)
         self._template = metadata
         self._started_at: int | None = None
         # Copied on first use: a span nobody listens to never pays for its metadata.
@@ -132,7 +147,7 @@ class Span:
         try:
             route = self._registry._routes[self._names[0]]
         except KeyError:
-            route = self._registry._resolve(self._names[0])
+            route = self._registry._lookup_span(self._names[0])
         if route is not None:
             self._emit_start(route, now)
         return self
@@ -164,7 +179,7 @@ class Span:
             try:
                 route = self._registry._routes[name]
             except KeyError:
-                route = self._registry._resolve(name)
+                route = self._registry._lookup(name)
             if route is not None:
                 self._emit_stop(route, error, now - started_at, now)
         finally:
@@ -223,7 +238,7 @@ class Span:
         try:
             route = self._registry._routes[self._names[0]]
         except KeyError:
-            route = self._registry._resolve(self._names[0])
+            route = self._registry._lookup_span(self._names[0])
         if route is not None:
             try:
                 self._emit_start(route, now)
@@ -248,7 +263,7 @@ class Span:
             try:
                 route = self._registry._routes[name]
             except KeyError:
-                route = self._registry._resolve(name)
+                route = self._registry._lookup(name)
             if route is not None:
                 self._emit_stop(route, exc, now - started_at, now)  # type: ignore[operator]
         finally:

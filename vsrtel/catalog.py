@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vsrtel._registry import EventName, Name, Registry, default_registry, event_name
+from vsrtel._names import EventName, Name, event_name, starts_with
+from vsrtel._registry import Registry
 
 Kind = Literal["event", "span"]
 SPAN_SUFFIXES = ("start", "stop", "exception")
@@ -185,7 +186,7 @@ class Catalog:
         for spec in self.specs:
             if not isinstance(spec, EventSpec):
                 raise TypeError(f"catalog {self.title}: not an EventSpec: {spec!r}")
-            if spec.name[: len(self.prefix)] != self.prefix or len(spec.name) <= len(self.prefix):
+            if not starts_with(spec.name, self.prefix) or len(spec.name) <= len(self.prefix):
                 raise ValueError(f"catalog {self.title}: {spec.dotted} is not under the prefix")
             for name in spec.event_names():
                 if name in self._by_name:
@@ -249,7 +250,7 @@ class Catalog:
         listing every problem (undeclared events, missing or undeclared keys). The checking
         handler is detached on exit.
         """
-        registry = registry if registry is not None else default_registry
+        registry = Registry.or_default(registry)
         result = CatalogCheck()
 
         def checker(name: EventName, measurements: Any, metadata: Any, _: Any) -> None:

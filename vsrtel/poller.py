@@ -40,7 +40,7 @@ _IMPORTED_AT = time.monotonic()
 
 
 def _bus(registry: vsrtel.Registry | None) -> vsrtel.Registry:
-    return registry if registry is not None else vsrtel.default_registry
+    return vsrtel.Registry.or_default(registry)
 
 
 def _page_size() -> int:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from vsrtel._registry import (
-    Clock,
-    EventName,
-    Metadata,
-    Name,
-    Registry,
-    default_registry,
-    event_name,
-)
+from vsrtel._names import EventName, Name, event_name
+from vsrtel._registry import Clock, Metadata, Registry
 from vsrtel._span import Span
 
 State = TypeVar("State")
@@ -37,7 +30,7 @@ class Scope(Generic[State]):
         clock: Clock | None = None,
     ) -> None:
         self.prefix = event_name(prefix, what="scope prefix")
-        self.registry = registry if registry is not None else default_registry
+        self.registry = Registry.or_default(registry)
         self.clock = clock
         self._metadata_fn = metadata_fn
         self._names: dict[Any, EventName] = {}

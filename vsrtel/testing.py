@@ -7,15 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from vsrtel._registry import (
-    EventName,
-    Measurements,
-    Metadata,
-    Name,
-    Registry,
-    default_registry,
-    event_name,
-)
+from vsrtel._names import EventName, Name, event_name, starts_with
+from vsrtel._registry import Measurements, Metadata, Registry
 
 _capture_ids = itertools.count()
 
@@ -37,12 +30,12 @@ def capture(*prefixes: Name, registry: Registry | None = None) -> Iterator[list[
     >>> with capture("app.request") as events:
     ...     ...
     """
-    registry = registry if registry is not None else default_registry
+    registry = Registry.or_default(registry)
     wanted = sorted({event_name(p, what="prefix", allow_empty=True) for p in prefixes or [()]})
     # Drop prefixes that a shorter one already covers, so no event is recorded twice.
     kept: list[EventName] = []
     for prefix in wanted:
-        if not any(prefix[: len(k)] == k for k in kept):
+        if not any(starts_with(prefix, k) for k in kept):
             kept.append(prefix)
     events: list[CapturedEvent] = []
 

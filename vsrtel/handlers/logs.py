@@ -33,11 +33,11 @@ import structlog
 from opentelemetry import trace
 
 import vsrtel
+from vsrtel import EventName
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "DebugHandle", "attach_logger", "debug"]
 
-EventName = tuple[str, ...]
 
 LEVELS: Mapping[str, int] = {
     "debug": logging.DEBUG,
@@ -103,7 +103,7 @@ def attach_logger(
     if not callable(getattr(logger, "info", None)):
         raise TypeError(f"logger must be a structlog logger, got {logger!r}")
     handler = _LogHandler(logger, default, rules, Secrets(redact), (event_prefix, source))
-    registry = registry if registry is not None else vsrtel.default_registry
+    registry = vsrtel.Registry.or_default(registry)
     if handler_id is None:
         handler_id = _detach_same(registry, handler)
     if handler_id is None:
@@ -128,7 +128,7 @@ class DebugHandle:
 
     def __init__(self, handler_id: Hashable, registry: vsrtel.Registry | None) -> None:
         self.handler_id = handler_id
-        self._registry = registry if registry is not None else vsrtel.default_registry
+        self._registry = vsrtel.Registry.or_default(registry)
 
     def detach(self) -> bool:
         """Stop logging; False if it was already detached."""
@@ -208,7 +208,7 @@ class _LogHandler:
             level = logging.ERROR
         else:
             level = next(
-                (lvl for prefix, lvl in self.rules if name[: len(prefix)] == prefix),
+                (lvl for prefix, lvl in self.rules if vsrtel.starts_with(name, prefix)),
                 self.default,
             )
         if len(self.names) >= _MAX_CACHED_NAMES:

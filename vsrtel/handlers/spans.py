@@ -44,13 +44,12 @@ from opentelemetry.trace import Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 import vsrtel
-from vsrtel import current_span
+from vsrtel import EventName, current_span
 from vsrtel.handlers._attributes import INT64, scalar, text
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
 
-EventName = tuple[str, ...]
 SpanName = str | Callable[[EventName, Mapping[str, Any]], str] | None
 
 _START, _STOP, _EXCEPTION = 0, 1, 2
@@ -132,7 +131,7 @@ def attach_tracer(
         Secrets(redact),
         handler_id,
     )
-    registry = registry if registry is not None else vsrtel.default_registry
+    registry = vsrtel.Registry.or_default(registry)
     # Traced spans are matched by prefix, and span events may come from any event: listen under
     # the longest prefix that covers what is wanted, and classify each event name once.
     registry.attach_prefix(handler_id, () if span_events else _common_prefix(names), tracer.handle)
@@ -179,7 +178,7 @@ def extract(carrier: Mapping[str, str]) -> Context:
 def _common_prefix(names: list[EventName]) -> EventName:
     common = names[0]
     for name in names[1:]:
-        while name[: len(common)] != common:
+        while not vsrtel.starts_with(name, common):
             common = common[:-1]
     return common
 
@@ -227,7 +226,7 @@ class _Tracer:
         event = None
         if kind is not None and len(name) > 1:
             prefix = name[:-1]
-            if any(prefix[: len(p)] == p for p in self.prefixes):
+            if any(vsrtel.starts_with(prefix, p) for p in self.prefixes):
                 event = (kind, prefix, self.fixed_name or ".".join(prefix))
         if len(self.events) < _MAX_NAMES:
             self.events[name] = event
@@ -307,7 +306,8 @@ class _Tracer:
         if entry[4] is not None:
             self.open[key] = entry[4]  # the span this one shadowed is open again
         span, _, start_metadata, start_time, _ = entry
-        changed = {k: v for k, v in metadata.items() if start_metadata.get(k, _MISSING) is not v}
+        before = start_metadata
+        changed = {k: v for k, v in metadata.items() if k not in before or before[k] is not v}
         if changed:
             exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
             span.set_attributes(self.attributes(changed, exclude))
@@ -363,9 +363,6 @@ class _Tracer:
         out: dict[str, AttributeValue] = {}
         _flatten(out, "", self.secrets.redact(values), self, exclude, 0)
         return out
-
-
-_MISSING = object()
 
 
 def _flatten(

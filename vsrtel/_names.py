@@ -1,0 +1,41 @@
+"""Event names: tuples of string segments, also written as dotted strings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+EventName = tuple[str, ...]
+#: What callers may pass as a name: a tuple (or list) of segments, or a dotted string.
+Name = str | Sequence[str]
+
+
+def event_name(name: Name, *, what: str = "event name", allow_empty: bool = False) -> EventName:
+    """Return ``name`` as a tuple of segments, or raise naming the bad part.
+
+    ``"a.b.c"`` and ``["a", "b", "c"]`` both become ``("a", "b", "c")``. Segments must be
+    non-empty strings without dots, so the dotted and tuple spellings always agree.
+    """
+    if isinstance(name, str):
+        parts: tuple[Any, ...] = tuple(name.split(".")) if name else ()
+    elif isinstance(name, (tuple, list)):
+        parts = tuple(name)
+    else:
+        raise TypeError(f"{what} must be a tuple of str or a dotted str, got {name!r}")
+    if not parts and not allow_empty:
+        raise ValueError(f"{what} is empty: {name!r}")
+    for i, segment in enumerate(parts):
+        if not isinstance(segment, str):
+            raise TypeError(
+                f"{what} {name!r}: segment {i} is {type(segment).__name__} {segment!r}, not str"
+            )
+        if not segment:
+            raise ValueError(f"{what} {name!r}: segment {i} is empty")
+        if "." in segment and not isinstance(name, str):
+            raise ValueError(f"{what} {name!r}: segment {i} {segment!r} contains a dot")
+    return parts
+
+
+def starts_with(name: EventName, prefix: EventName) -> bool:
+    """Whether ``name`` is ``prefix`` or under it (``()`` is a prefix of every name)."""
+    return name[: len(prefix)] == prefix
