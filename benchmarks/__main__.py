@@ -5,26 +5,20 @@ Usage: ``python -m benchmarks [--quick] [--output PATH]``. Writes ``benchmarks/r
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import pkgutil
 import platform
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import benchmarks
 from benchmarks._harness import Case, Target, measure
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from vsrtel.cli import Parser
 
 
 def main() -> int:
-    parser = _Parser(prog="python -m benchmarks", description=__doc__)
+    parser = Parser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few short repeats (smoke test)")
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()

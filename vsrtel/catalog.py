@@ -22,6 +22,8 @@ from typing import Any, Literal
 from vsrtel._names import EventName, Name, event_name, starts_with
 from vsrtel._registry import Registry
 
+__all__ = ["SPAN_SUFFIXES", "Catalog", "CatalogCheck", "CatalogViolation", "EventSpec", "Kind"]
+
 Kind = Literal["event", "span"]
 SPAN_SUFFIXES = ("start", "stop", "exception")
 

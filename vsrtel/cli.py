@@ -15,8 +15,10 @@ from typing import Any, NoReturn, TextIO, cast
 
 import vsrtel
 
+__all__ = ["Parser", "build_parser", "main"]
 
-class _Parser(argparse.ArgumentParser):
+
+class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit status 2, no usage dump."""
 
     def error(self, message: str) -> NoReturn:
@@ -25,9 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``vsrtel`` command and its subcommands."""
-    parser = _Parser(prog="vsrtel", description="vsrtel: a telemetry event bus with span tracing.")
+    parser = Parser(prog="vsrtel", description="vsrtel: a telemetry event bus with span tracing.")
     parser.add_argument("--version", action="version", version=f"vsrtel {vsrtel.__version__}")
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", parser_class=Parser)
 
     demo = commands.add_parser(
         "demo",

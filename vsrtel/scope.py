@@ -9,6 +9,8 @@ from vsrtel._names import EventName, Name, event_name
 from vsrtel._registry import Clock, Metadata, Registry
 from vsrtel._span import Span
 
+__all__ = ["Scope"]
+
 State = TypeVar("State")
 
 

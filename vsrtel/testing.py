@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 from vsrtel._names import EventName, Name, event_name, starts_with
 from vsrtel._registry import Measurements, Metadata, Registry
 
+__all__ = ["CapturedEvent", "capture"]
+
 _capture_ids = itertools.count()
 
 

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from vsrtel.handlers.prometheus import MetricsServer
     from vsrtel.otel import OTel
 
+__all__ = [
+    "LOGGED_EVENTS",
+    "SERVICE_NAME",
+    "TRACED_SPANS",
+    "attach_logs",
+    "export_to_otlp",
+    "otlp_exporter_installed",
+    "serve_metrics",
+    "trace_propagation",
+]
+
 #: The events the demo logs at info: view changes and state transfers, begun and done.
 LOGGED_EVENTS = (
     "vsr.view_change.start",

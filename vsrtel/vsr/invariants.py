@@ -8,6 +8,8 @@ from vsrtel.vsr.messages import Entry, Reply, Result
 from vsrtel.vsr.replica import Replica
 from vsrtel.vsr.state_machine import StateMachine
 
+__all__ = ["Checker", "InvariantViolation"]
+
 
 class InvariantViolation(AssertionError):
     """A safety or liveness property failed; the message names the seed to replay it."""

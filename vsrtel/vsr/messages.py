@@ -11,6 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+__all__ = [
+    "Commit",
+    "DoViewChange",
+    "Entry",
+    "GetState",
+    "Message",
+    "NewState",
+    "Operation",
+    "Prepare",
+    "PrepareOk",
+    "ReplicaMessage",
+    "Reply",
+    "Request",
+    "Result",
+    "StartView",
+    "StartViewChange",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Operation:

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from vsrtel.vsr.messages import Entry, Operation, Result
 
+__all__ = ["OPERATION_KINDS", "OperationRejected", "StateMachine", "fold"]
+
 OPERATION_KINDS = ("set", "add", "get", "div")
 
 
