@@ -1,10 +1,11 @@
-"""The README's examples run as written and print what the README says they print.
+"""The README's and docs' examples run as written and print what the text says they print.
 
-Every ```python block (top level or indented in a list) runs as its own script in a fresh
-interpreter. A ```text block right after it (at most one line of prose between) is its expected
-standard output, compared after normalising what changes from run to run: trace and span ids
-(each distinct id becomes ``<id1>``, ``<id2>``... so parent links are still checked), clock
-times, durations and tracebacks' file paths. ``...`` in the expected output matches anything.
+Every ```python block (top level or indented in a list) of README.md and docs/*.md runs as its
+own script in a fresh interpreter. A ```text block right after it (at most one line of prose
+between) is its expected standard output, compared after normalising what changes from run to
+run: trace and span ids (each distinct id becomes ``<id1>``, ``<id2>``... so parent links are
+still checked), clock times, durations and tracebacks' file paths. ``...`` in the expected
+output matches anything.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```\n", flags=re.S | re.M)
 
 
-def examples() -> list[tuple[int, str, str | None]]:
-    """(line number, code, expected output or None) for each python block."""
-    text = README.read_text()
+def examples(page: Path) -> list[tuple[str, str, str | None]]:
+    """(where, code, expected output or None) for each python block of ``page``."""
+    text = page.read_text()
     blocks = [
         (text.count("\n", 0, m.start()) + 1, m.group(2), textwrap.dedent(m.group(3)), m)
         for m in FENCE.finditer(text)
@@ -41,7 +43,7 @@ def examples() -> list[tuple[int, str, str | None]]:
             between = text[match.end() : blocks[i + 1][3].start()].strip()
             if "\n" not in between:
                 expected = blocks[i + 1][2]
-        found.append((line, body, expected))
+        found.append((f"{page.relative_to(ROOT)}:{line}", body, expected))
     return found
 
 
@@ -62,21 +64,22 @@ def normalise(output: str) -> str:
     return "\n".join(line.rstrip() for line in output.strip().splitlines())
 
 
-EXAMPLES = examples()
+EXAMPLES = [example for page in PAGES for example in examples(page)]
 
 
 def test_the_readme_has_examples_with_documented_output() -> None:
-    assert len(EXAMPLES) >= 5
-    assert sum(expected is not None for _, _, expected in EXAMPLES) >= 3
+    readme = examples(README)
+    assert len(readme) >= 4
+    assert sum(expected is not None for _, _, expected in readme) >= 2
 
 
 @pytest.mark.parametrize(
-    ("line", "code", "expected"), EXAMPLES, ids=[f"line{line}" for line, _, _ in EXAMPLES]
+    ("where", "code", "expected"), EXAMPLES, ids=[where for where, _, _ in EXAMPLES]
 )
-def test_readme_example_runs_alone_and_prints_what_it_says(
-    line: int, code: str, expected: str | None, tmp_path: Path
+def test_example_runs_alone_and_prints_what_it_says(
+    where: str, code: str, expected: str | None, tmp_path: Path
 ) -> None:
-    script = tmp_path / f"readme_line{line}.py"
+    script = tmp_path / "example.py"
     script.write_text(code)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     result = subprocess.run(
@@ -87,21 +90,29 @@ def test_readme_example_runs_alone_and_prints_what_it_says(
         cwd=tmp_path,
         env=env,
     )
-    assert result.returncode == 0, f"README line {line} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"{where} failed:\n{result.stderr}"
     if expected is not None:
         want, got = normalise(expected), normalise(result.stdout)
         checker = doctest.OutputChecker()
         assert checker.check_output(want + "\n", got + "\n", doctest.ELLIPSIS), (
-            f"README line {line} printed:\n{got}\n\nbut the README shows:\n{want}"
+            f"{where} printed:\n{got}\n\nbut the text shows:\n{want}"
         )
 
 
-def test_the_readme_links_only_to_files_in_the_repository() -> None:
-    text = README.read_text()
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_links_stay_inside_the_repository_and_resolve(page: Path) -> None:
+    text = page.read_text()
     assert "../shared" not in text  # the project's working notes: users do not have them
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
-    local = [link for link in links if not re.match(r"[a-z]+://", link)]
-    assert local, "expected links to the docs"
-    for link in local:
-        target = (ROOT / link).resolve()
-        assert target.is_relative_to(ROOT) and target.exists(), f"README links to {link}"
+    for link, anchor in re.findall(r"\]\(([^)#\s]*)(#[^)\s]*)?\)", text):
+        if re.match(r"[a-z]+://", link):
+            continue
+        target = (page.parent / link).resolve() if link else page
+        assert target.is_relative_to(ROOT) and target.exists(), f"{page.name} links to {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor[1:] in _anchors(target), f"{page.name} links to {link}{anchor}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the headings of ``page``."""
+    headings = re.findall(r"^#+ (.*)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import vsrtel
 from vsrtel.testing import capture
 from vsrtel.vsr import CATALOG, common_metadata, telemetry
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 ISSUE_EVENTS = {
     "protocol": ["client_request", "prepare.sent", "prepare.received", "prepare_ok.sent",
@@ -57,12 +52,3 @@ def test_common_metadata_and_the_telemetry_scope(vsrtel_registry: vsrtel.Registr
     assert events[0].name == ("vsr", "protocol", "prepare", "sent")
     assert events[0].metadata["view_number"] == 7
     assert CATALOG.validate(events[0].name, events[0].measurements, events[0].metadata) == []
-
-
-def test_readme_shows_the_generated_catalogue() -> None:
-    text = README.read_text()
-    match = re.search(r"<!-- vsr-catalogue:start -->\n(.*)<!-- vsr-catalogue:end -->", text, re.S)
-    assert match, "README lacks the generated VSR catalogue"
-    assert match.group(1).strip() == CATALOG.render_markdown(heading_level=4).strip(), (
-        "README catalogue is stale: regenerate it with CATALOG.render_markdown(heading_level=4)"
-    )
