@@ -527,3 +527,16 @@ def test_attaching_to_a_span_prefix_warns_both_ways() -> None:
         with registry.span("app.job"):
             pass
         registry.attach("late", "app.job", recorder([]))
+
+
+def test_isolated_detaches_everything_for_the_block_and_restores_it() -> None:
+    registry = vsrtel.Registry()
+    calls: list[Call] = []
+    registry.attach("kept", "a.b", recorder(calls))
+    with registry.isolated():
+        assert registry.list_handlers() == []
+        registry.attach("temporary", "a.b", recorder(calls, "temp"))
+        registry.execute("a.b", {"n": 1})
+    registry.execute("a.b", {"n": 2})
+    assert [(c[0], c[2]["n"]) for c in calls] == [("temp", 1), ("", 2)]
+    assert [r.id for r in registry.list_handlers()] == ["kept"]

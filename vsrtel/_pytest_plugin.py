@@ -12,5 +12,5 @@ from vsrtel._registry import Registry, default_registry
 @pytest.fixture
 def vsrtel_registry() -> Iterator[Registry]:
     """Give the test an empty default registry; the previous handlers come back afterwards."""
-    with default_registry._isolated() as registry:
+    with default_registry.isolated() as registry:
         yield registry

@@ -508,8 +508,12 @@ class Registry:
     # -- isolation for tests ---------------------------------------------------------------
 
     @contextmanager
-    def _isolated(self) -> Iterator[Registry]:
-        """Run with empty state, then put the previous handlers back (for the pytest fixture)."""
+    def isolated(self) -> Iterator[Registry]:
+        """Detach everything for the ``with`` block, then put the previous handlers back.
+
+        For tests of code that emits on the default registry (the pytest fixture
+        ``vsrtel_registry`` uses it): ``with vsrtel.default_registry.isolated(): ...``.
+        """
         with self._lock:
             saved = dict(vars(self))
             self._reset()
