@@ -390,7 +390,7 @@ def test_debug_as_a_context_manager_with_a_registry() -> None:
     out = io.StringIO()
     registry = vsrtel.Registry()
     with vsrtel.debug(file=out, registry=registry) as handle:
-        assert [r.id for r in registry.list_handlers()] == [handle.handler_id]
+        assert [r.id for r in registry.list_handlers()] == [handle.id]
         with pytest.raises(ZeroDivisionError), registry.span("calc"):
             1 / 0  # noqa: B018
     assert registry.list_handlers() == []

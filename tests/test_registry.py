@@ -540,3 +540,16 @@ def test_isolated_detaches_everything_for_the_block_and_restores_it() -> None:
     registry.execute("a.b", {"n": 2})
     assert [(c[0], c[2]["n"]) for c in calls] == [("temp", 1), ("", 2)]
     assert [r.id for r in registry.list_handlers()] == ["kept"]
+
+
+def test_a_handle_detaches_and_stands_for_its_id() -> None:
+    registry = vsrtel.Registry()
+    registry.attach("h", "a.b", recorder([]))
+    handle = vsrtel.Handle("h", registry)
+    assert handle == "h" and "h" == handle and hash(handle) == hash("h")
+    assert [r.id for r in registry.list_handlers()] == [handle]
+    with handle:
+        pass
+    assert registry.list_handlers() == [] and handle.detach() is False
+    registry.attach("h", "a.b", recorder([]))
+    assert registry.detach(handle) is True

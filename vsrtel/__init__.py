@@ -14,6 +14,7 @@ from vsrtel._registry import (
     FAILURE_EVENT,
     AlreadyAttachedError,
     Clock,
+    Handle,
     HandlerRecord,
     Registry,
     default_registry,
@@ -23,8 +24,6 @@ from vsrtel.scope import Scope
 
 if _typing.TYPE_CHECKING:
     from typing import TextIO
-
-    from vsrtel.handlers.logs import DebugHandle
 
 __version__ = "0.1.0"
 
@@ -45,7 +44,7 @@ def debug(
     *,
     file: TextIO | None = None,
     registry: Registry | None = None,
-) -> DebugHandle:
+) -> Handle:
     """Print every event under ``prefix`` (``()`` = all) readably to ``file`` (default stderr).
 
     A one-liner while debugging: ``with vsrtel.debug("app"): ...``, or keep the returned handle
@@ -63,6 +62,7 @@ __all__ = [
     "AlreadyAttachedError",
     "Clock",
     "EventName",
+    "Handle",
     "HandlerRecord",
     "Registry",
     "Scope",

@@ -103,6 +103,40 @@ class _Route(NamedTuple):
     handlers: tuple[tuple[HandlerFunction, Any, _Handler], ...]
 
 
+class Handle:
+    """What the attach helpers (``attach_logger``, ``attach_tracer``, ``debug``) return.
+
+    ``.detach()`` it, or use it as a context manager (detached on exit). It compares equal to,
+    and hashes like, its handler ``id``, so it works wherever an id does:
+    ``vsrtel.detach(handle)``, ``record.id == handle``.
+    """
+
+    __slots__ = ("id", "registry")
+
+    def __init__(self, handler_id: Hashable, registry: Registry) -> None:
+        self.id = handler_id
+        self.registry = registry
+
+    def detach(self) -> bool:
+        """Detach the handler; False if it was already detached."""
+        return self.registry.detach(self.id)
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def __eq__(self, other: object) -> bool:
+        return self.id == (other.id if isinstance(other, Handle) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"<vsrtel.Handle {self.id!r}>"
+
+
 def _blinker_adapter(receiver: Any) -> HandlerFunction:
     """Call a plain blinker receiver (held strongly or by weakref) the way ``send`` would."""
 
@@ -275,7 +309,7 @@ class Registry:
             self._rebuild()
 
     def detach(self, handler_id: Hashable) -> bool:
-        """Detach a handler from every event; return False if no such handler was attached."""
+        """Detach a handler (by id or :class:`Handle`) from every event; False if none was."""
         with self._lock:
             handlers = self._handlers.pop(handler_id, None)
             if handlers is None:

@@ -36,7 +36,7 @@ import vsrtel
 from vsrtel import EventName
 from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
-__all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "DebugHandle", "attach_logger", "debug"]
+__all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "attach_logger", "debug"]
 
 
 LEVELS: Mapping[str, int] = {
@@ -65,7 +65,7 @@ def attach_logger(
     redact: Iterable[str] = DEFAULT_SECRET_KEYS,
     levels: Mapping[str | tuple[str, ...], str | int] | None = None,
     registry: vsrtel.Registry | None = None,
-) -> Hashable:
+) -> vsrtel.Handle:
     """Attach a handler that logs every event under ``prefix`` (``()`` = all) with structlog.
 
     ``level`` is the default level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``,
@@ -80,7 +80,8 @@ def attach_logger(
     twice) without a ``handler_id`` replaces the earlier handler, keeping its id: re-running
     the setup (a notebook cell) does not log every line twice.
 
-    Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it.
+    Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
+    ``.detach()`` it, or ``vsrtel.detach(handle)``.
     Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
     """
     event_prefix = vsrtel.event_name(prefix, what="prefix", allow_empty=True)
@@ -109,7 +110,7 @@ def attach_logger(
     if handler_id is None:
         handler_id = ("vsrtel.handlers.logs", next(_handler_ids))
     registry.attach_prefix(handler_id, event_prefix, handler.handle)
-    return handler_id
+    return vsrtel.Handle(handler_id, registry)
 
 
 def _detach_same(registry: vsrtel.Registry, new: _LogHandler) -> Hashable | None:
@@ -123,41 +124,15 @@ def _detach_same(registry: vsrtel.Registry, new: _LogHandler) -> Hashable | None
     return None
 
 
-class DebugHandle:
-    """The console logger attached by `debug`; ``detach()`` it, or use it as a context manager."""
-
-    def __init__(self, handler_id: Hashable, registry: vsrtel.Registry | None) -> None:
-        self.handler_id = handler_id
-        self._registry = vsrtel.Registry.or_default(registry)
-
-    def detach(self) -> bool:
-        """Stop logging; False if it was already detached."""
-        return self._registry.detach(self.handler_id)
-
-    def __enter__(self) -> DebugHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.detach()
-
-    def __repr__(self) -> str:
-        return f"<vsrtel.handlers.logs.DebugHandle {self.handler_id!r}>"
-
-
 def debug(
     prefix: str | Sequence[str] = (),
     *,
     file: TextIO | None = None,
     registry: vsrtel.Registry | None = None,
-) -> DebugHandle:
+) -> vsrtel.Handle:
     """Print every event under ``prefix`` (``()`` = all) readably to ``file`` (stderr).
 
-    A debugging aid independent of the structlog configuration. Returns a `DebugHandle`:
+    A debugging aid independent of the structlog configuration. Returns a :class:`vsrtel.Handle`:
     call ``.detach()`` or use ``with vsrtel.debug("app"):`` to stop.
     """
     out = file if file is not None else sys.stderr
@@ -172,13 +147,12 @@ def debug(
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         context_class=dict,
     )
-    handler_id = attach_logger(
+    return attach_logger(
         prefix,
         logger=logger,
         handler_id=("vsrtel.debug", next(_handler_ids)),
         registry=registry,
     )
-    return DebugHandle(handler_id, registry)
 
 
 class _LogHandler:

@@ -94,7 +94,7 @@ def attach_tracer(
     span_events: bool = True,
     redact: Iterable[str] = DEFAULT_SECRET_KEYS,
     registry: vsrtel.Registry | None = None,
-) -> Hashable:
+) -> vsrtel.Handle:
     """Attach a handler that turns the spans under ``prefixes`` into OpenTelemetry spans.
 
     ``prefixes`` select spans by prefix, as :func:`vsrtel.attach_prefix` selects events:
@@ -106,8 +106,9 @@ def attach_tracer(
     event emitted while a traced span is the current one becomes an OTel span event on it (name =
     the dotted event name). ``redact`` names secret keys (see "Secrets" in the README).
 
-    Returns the handler id (generated when not given); ``vsrtel.detach(handler_id)`` removes it
-    and ``skipped(handler_id)`` counts the spans it could not trace.
+    Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
+    ``.detach()`` it, or ``vsrtel.detach(handle)``; ``skipped(handle)`` counts the spans it could
+    not trace.
     Raises ``ValueError``/``TypeError`` for a bad prefix, option, or a handler id in use.
     """
     if isinstance(prefixes, str):
@@ -136,11 +137,12 @@ def attach_tracer(
     # the longest prefix that covers what is wanted, and classify each event name once.
     registry.attach_prefix(handler_id, () if span_events else _common_prefix(names), tracer.handle)
     _tracers.add(tracer)
-    return handler_id
+    return vsrtel.Handle(handler_id, registry)
 
 
 def skipped(handler_id: Hashable) -> int:
-    """How many spans the tracer attached as ``handler_id`` skipped because it failed on them."""
+    """How many spans the tracer attached as ``handler_id`` (or its handle) skipped: it failed
+    on them."""
     for tracer in list(_tracers):
         if tracer.handler_id == handler_id:
             return tracer.skipped
