@@ -26,7 +26,6 @@ import os
 import reprlib
 import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
