@@ -547,7 +547,8 @@ def test_a_handle_detaches_and_stands_for_its_id() -> None:
     registry.attach("h", "a.b", recorder([]))
     handle = vsrtel.Handle("h", registry)
     assert handle == "h" and hash(handle) == hash("h")
-    assert [r.id for r in registry.list_handlers()][0] == handle  # the reflected comparison
+    [record] = registry.list_handlers()
+    assert record.id == handle  # str.__eq__ defers to the handle
     assert [r.id for r in registry.list_handlers()] == [handle]
     with handle:
         pass
