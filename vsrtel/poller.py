@@ -19,7 +19,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from functools import partial
-from types import TracebackType
 
 import vsrtel
 
@@ -224,10 +223,5 @@ class Poller:
     def __enter__(self) -> Poller:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
