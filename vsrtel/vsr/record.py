@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 from vsrtel import EventName, Registry, default_registry
 from vsrtel.vsr.catalog import PREFIX, PROTOCOL_CLIENT_REQUEST, STATE_MACHINE_OPERATION
 
+__all__ = ["MessageStats", "Recorder", "RequestRecord", "RunRecord", "SpanRecord"]
+
 _ids = itertools.count(1)
 _SPANS = {PROTOCOL_CLIENT_REQUEST, STATE_MACHINE_OPERATION}
 _COMPLETE = PREFIX + ("view_change", "complete")
