@@ -5,6 +5,12 @@ from __future__ import annotations
 import vsrtel
 from vsrtel.testing import capture
 from vsrtel.vsr import CATALOG, common_metadata, telemetry
+from vsrtel.vsr.catalog import (
+    CLIENT_REQUEST,
+    PROTOCOL_CLIENT_REQUEST,
+    STATE_MACHINE_OPERATION,
+    dotted,
+)
 
 ISSUE_EVENTS = {
     "protocol": ["client_request", "prepare.sent", "prepare.received", "prepare_ok.sent",
@@ -30,6 +36,12 @@ def test_the_catalogue_declares_exactly_the_vsr_events() -> None:
     assert CATALOG.prefix == ("vsr",)
     assert set(CATALOG.common_metadata) == {"node_id", "view_number", "status", "is_primary",
                                             "op_number", "commit_number"}
+
+
+def test_the_span_names_emitters_use_are_the_catalogues_spans() -> None:
+    names = {dotted(name) for name in (PROTOCOL_CLIENT_REQUEST, STATE_MACHINE_OPERATION,
+                                       CLIENT_REQUEST)}
+    assert names == {spec.dotted for spec in CATALOG if spec.kind == "span"} == SPANS
 
 
 def test_fanout_events_carry_a_count_of_frames() -> None:

@@ -30,7 +30,7 @@ def test_report_is_json_with_the_documented_keys() -> None:
 def test_sample_trace_is_the_request_span_with_each_replicas_operation() -> None:
     with Simulation(seed=2, requests=10, faults="none", registry=vsrtel.Registry()) as sim:
         sim.run()
-        tree = sample_trace(sim, 1, 2)
+        tree = sample_trace(sim.record(), 1, 2)
     assert tree["name"] == "request c1#2 (1 attempt)" and tree["status"] == "ok"
     [request] = tree["children"]
     assert request["name"] == "vsr.protocol.client_request" and request["node"] == 0
@@ -74,7 +74,7 @@ def test_no_completed_request_has_no_latency_rather_than_zero() -> None:
 def test_a_request_whose_operation_was_rejected_is_not_ok() -> None:
     with Simulation(seed=2, requests=60, faults="none", registry=vsrtel.Registry()) as sim:
         sim.run()
-        tree = sample_trace(sim, 3, 10)  # div k6 0: every replica rejects it
+        tree = sample_trace(sim.record(), 3, 10)  # div k6 0: every replica rejects it
     [request] = tree["children"]
     assert {op["status"] for op in request["children"]} == {"error: division by zero: div k6 0"}
     assert tree["status"] == "error: division by zero: div k6 0"

@@ -5,13 +5,15 @@
 - :data:`telemetry` and :func:`common_metadata`: the ``Vsr.Telemetry`` pattern, a
   :class:`vsrtel.Scope` stamping each event with a replica's state.
 - :func:`simulate` / :class:`Simulation`: a VSR cluster (Liskov and Cowling, 2012) in
-  deterministic simulation, emitting the whole catalogue with simulated timings.
+  deterministic simulation, emitting the whole catalogue with simulated timings; its
+  :class:`RunRecord` (the run as data) and :func:`render_text` (its report for a terminal).
 """
 
 from __future__ import annotations
 
 from vsrtel.vsr.catalog import CATALOG, PREFIX, common_metadata, telemetry
 from vsrtel.vsr.invariants import Checker, InvariantViolation
+from vsrtel.vsr.record import RunRecord
 from vsrtel.vsr.replica import NO_PROPAGATION, TICK, Output, Propagation, Replica, Timeouts
 from vsrtel.vsr.report import render_text
 from vsrtel.vsr.sim import FAULTS, FaultProfile, SimClock, Simulation, simulate
@@ -29,6 +31,7 @@ __all__ = [
     "Output",
     "Propagation",
     "Replica",
+    "RunRecord",
     "SimClock",
     "Simulation",
     "Timeouts",

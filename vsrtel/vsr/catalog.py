@@ -9,6 +9,14 @@ from vsrtel.scope import Scope
 
 PREFIX = ("vsr",)
 
+# The catalogue's spans, named under PREFIX (what Scope.span takes); emitters use these names.
+#: ``vsr.protocol.client_request``: the primary, from accepting a request to its reply.
+PROTOCOL_CLIENT_REQUEST = ("protocol", "client_request")
+#: ``vsr.state_machine.operation``: a replica executing a committed operation.
+STATE_MACHINE_OPERATION = ("state_machine", "operation")
+#: ``vsr.client.request``: a simulated client, from its first send to the reply (tracing on).
+CLIENT_REQUEST = ("client", "request")
+
 
 class ReplicaLike(Protocol):
     """What :func:`common_metadata` reads from a replica."""
@@ -65,6 +73,11 @@ _COUNT = {"count": "messages placed on the wire (frames, one per destination)"}
 _TRACE = {"trace_parent": "remote parent trace context extracted from the message (tracing on)"}
 
 
+def dotted(name: tuple[str, ...]) -> str:
+    """The dotted event name of ``name`` under :data:`PREFIX`: ``vsr.client.request``."""
+    return ".".join(PREFIX + name)
+
+
 def _event(name: str, description: str, measurements: dict[str, str] | None = None,
            metadata: dict[str, str] | None = None) -> EventSpec:
     return EventSpec(f"vsr.{name}", "event", description, measurements or {}, metadata or {})
@@ -75,7 +88,7 @@ CATALOG = Catalog(
     [
         # protocol: the normal case
         EventSpec(
-            "vsr.protocol.client_request",
+            dotted(PROTOCOL_CLIENT_REQUEST),
             "span",
             "starts when the primary accepts a new client request into its log; stops when the "
             "request commits and the reply is sent; exception when the primary leaves its view "
@@ -100,7 +113,7 @@ CATALOG = Catalog(
                {**_FROM, "received_commit_number": "commit-number in the message (int)"}),
         # state machine
         EventSpec(
-            "vsr.state_machine.operation",
+            dotted(STATE_MACHINE_OPERATION),
             "span",
             "a replica executes a committed operation; exception when the state machine rejects "
             "it (every replica rejects it the same way)",
@@ -170,7 +183,7 @@ CATALOG = Catalog(
                {"elapsed": "time since it last heard from the primary (int ns)"}),
         # clients
         EventSpec(
-            "vsr.client.request",
+            dotted(CLIENT_REQUEST),
             "span",
             "tracing on only (a propagation is set): a simulated client's request, from its "
             "first send to the reply it accepts; the root of the request's trace, whose context "

@@ -12,6 +12,12 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from vsrtel import Registry, Span
+from vsrtel.vsr.catalog import (
+    CLIENT_REQUEST,
+    PROTOCOL_CLIENT_REQUEST,
+    STATE_MACHINE_OPERATION,
+    dotted,
+)
 from vsrtel.vsr.replica import Propagation
 
 if TYPE_CHECKING:
@@ -40,7 +46,9 @@ LOGGED_EVENTS = (
 #: The service name of the demo's traces and metrics (``target_info`` on Prometheus).
 SERVICE_NAME = "vsrtel-demo"
 #: The span prefixes a trace of the demo is made of.
-TRACED_SPANS = ("vsr.client.request", "vsr.protocol.client_request", "vsr.state_machine.operation")
+TRACED_SPANS = tuple(
+    dotted(span) for span in (CLIENT_REQUEST, PROTOCOL_CLIENT_REQUEST, STATE_MACHINE_OPERATION)
+)
 
 
 def trace_propagation() -> Propagation:

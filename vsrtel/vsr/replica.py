@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from vsrtel import Scope, Span
-from vsrtel.vsr.catalog import ReplicaLike
+from vsrtel.vsr.catalog import PROTOCOL_CLIENT_REQUEST, STATE_MACHINE_OPERATION, ReplicaLike
 from vsrtel.vsr.messages import (
     Commit,
     DoViewChange,
@@ -43,7 +43,6 @@ from vsrtel.vsr.state_machine import OperationRejected, StateMachine, fold
 
 NORMAL, VIEW_CHANGE, RECOVERING = "normal", "view_change", "recovering"
 MS = 1_000_000  # nanoseconds per millisecond
-
 
 
 class Tick:
@@ -105,10 +104,6 @@ class Output:
     messages: list[tuple[int, ReplicaMessage]] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     wake_at: int | None = None
-
-
-_CLIENT_REQUEST = ("protocol", "client_request")
-_OPERATION = ("state_machine", "operation")
 
 
 class Replica:
@@ -366,7 +361,7 @@ class Replica:
         op_number = self.op_number + 1
         metadata = self._span_metadata(msg, op_number)
         context = metadata["telemetry_span_context"]
-        span = self.scope.span(_CLIENT_REQUEST, self, metadata).start()
+        span = self.scope.span(PROTOCOL_CLIENT_REQUEST, self, metadata).start()
         carrier: dict[str, str] = {}
         self.propagation.inject(carrier, span)
         entry = Entry(self.view_number, msg.client_id, msg.request_number, msg.operation,
@@ -474,7 +469,7 @@ class Replica:
         else:
             metadata = self._span_metadata(entry, op_number, client_request_context=entry.origin)
             try:
-                with self.scope.span(_OPERATION, self, metadata):
+                with self.scope.span(STATE_MACHINE_OPERATION, self, metadata):
                     result = Result(True, self.machine.apply(entry.operation))
             except OperationRejected as exc:
                 result = Result(False, error=str(exc))
@@ -782,6 +777,8 @@ class Replica:
         self._learn_commit(self._known_commit)
 
 
+# What arrived -> the name of the method that handles it, looked up at each call (as in sim.py):
+# a test or a subclass may replace a handler.
 _HANDLERS: dict[type, str] = {
     Request: "_on_request",
     Prepare: "_on_prepare",

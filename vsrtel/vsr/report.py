@@ -1,58 +1,15 @@
 """The report of a simulation run: event counts, latencies, and one sample trace as a tree.
 
-The :class:`Recorder` is an ordinary handler on the ``vsr`` prefix: the report is built from the
-same events every other handler sees, not from the simulator's internals (latencies excepted:
-they are measured where a user would, at the clients).
+The report is built from a :class:`vsrtel.vsr.record.RunRecord`, the run as plain data; it
+never reads the simulator.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vsrtel import EventName, Registry, default_registry
-from vsrtel.vsr.catalog import PREFIX
-
-if TYPE_CHECKING:
-    from vsrtel.vsr.sim import Simulation
-
-_ids = itertools.count(1)
-_SPANS = {("protocol", "client_request"), ("state_machine", "operation")}
-_COMPLETE = ("vsr", "view_change", "complete")
-# (span kind, suffix, node, monotonic time, span context, origin context, reason)
-SpanRecord = tuple[str, str, int, int, Any, str, str]
-
-
-class Recorder:
-    """Counts every ``vsr`` event and keeps the span events of each client request."""
-
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry if registry is not None else default_registry
-        self.counts: dict[EventName, int] = {}
-        self.views_established = 0
-        self.spans: dict[tuple[int, int], list[SpanRecord]] = {}
-        self._handler_id = ("vsrtel.vsr.report", next(_ids))
-        self.registry.attach_prefix(self._handler_id, PREFIX, self._record)
-        self._attached = True
-
-    def close(self) -> None:
-        """Detach from the registry (idempotent)."""
-        if self._attached:
-            self._attached = False
-            self.registry.detach(self._handler_id)
-
-    def _record(self, name: EventName, measurements: Any, metadata: Any, _: Any) -> None:
-        counts = self.counts
-        counts[name] = counts.get(name, 0) + 1
-        if len(name) == 4 and name[1:3] in _SPANS:
-            key = (metadata["client_id"], metadata["request_number"])
-            reason = str(metadata.get("reason", "")) if name[3] == "exception" else ""
-            record = (name[2], name[3], metadata["node_id"], measurements["monotonic_time"],
-                      metadata["telemetry_span_context"],
-                      metadata.get("client_request_context", ""), reason)
-            self.spans.setdefault(key, []).append(record)
-        elif name == _COMPLETE and metadata.get("role") == "primary":
-            self.views_established += 1
+from vsrtel.vsr.catalog import STATE_MACHINE_OPERATION, dotted
+from vsrtel.vsr.record import RunRecord
 
 
 def percentile(sorted_values: list[int], pct: float) -> int:
@@ -69,13 +26,14 @@ def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[str, Any]:
+def sample_trace(record: RunRecord, client_id: int, request_number: int) -> dict[str, Any]:
     """Return the trace of one request as a tree of ``{name, node, start_ms, duration_ms,
-    status, children}`` dicts, times relative to the client's first send."""
-    client = sim.clients[client_id - 1]
-    sent = client.sent_at[request_number]
-    latency = client.latency_of.get(request_number)
-    attempts = client.attempts_of.get(request_number, 0)
+    status, children}`` dicts, times relative to the client's first send.
+
+    Raises ``KeyError`` if no client of the run sent that request.
+    """
+    request = record.request(client_id, request_number)
+    sent, latency, attempts = request.sent_at, request.latency, request.attempts
     root: dict[str, Any] = {
         "name": f"request c{client_id}#{request_number} ({attempts} "
                 f"attempt{'' if attempts == 1 else 's'})",
@@ -86,12 +44,12 @@ def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[s
         "children": [],
     }
     by_context: dict[Any, dict[str, Any]] = {}
-    for kind, suffix, node, when, context, origin, reason in sim.recorder.spans.get(
-        (client_id, request_number), []
+    for span, suffix, node, when, context, origin, reason in record.spans.get(
+        (client_id, request_number), ()
     ):
         if suffix == "start":
             item: dict[str, Any] = {
-                "name": f"vsr.{'protocol' if kind == 'client_request' else 'state_machine'}.{kind}",
+                "name": dotted(span),
                 "node": node,
                 "start_ms": _ms(when - sent),
                 "duration_ms": None,
@@ -99,7 +57,7 @@ def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[s
                 "children": [],
             }
             by_context[context] = item
-            parent = by_context.get(origin) if kind == "operation" else None
+            parent = by_context.get(origin) if span == STATE_MACHINE_OPERATION else None
             (parent or root)["children"].append(item)
         elif context in by_context:
             item = by_context[context]
@@ -114,40 +72,38 @@ def sample_trace(sim: Simulation, client_id: int, request_number: int) -> dict[s
     return root
 
 
-def build_report(sim: Simulation) -> dict[str, Any]:
-    """Return the JSON-ready report of ``sim`` (complete or stopped by a violation)."""
-    latencies = sorted(itertools.chain.from_iterable(c.latencies for c in sim.clients))
-    recorder = sim.recorder
-    events = {".".join(name): count for name, count in sorted(recorder.counts.items())}
+def build_report(record: RunRecord) -> dict[str, Any]:
+    """Return the JSON-ready report of a run (complete or stopped part way)."""
+    answered = sorted((r.latency, r.client_id, r.request_number)
+                      for r in record.client_requests if r.latency is not None)
+    latencies = [latency for latency, _, _ in answered]
+    events = {".".join(name): count for name, count in sorted(record.events.items())}
+    messages = record.messages
     sample = None
-    finished = sorted(
-        (latency, c.client_id, number) for c in sim.clients for number, latency in
-        c.latency_of.items()
-    )
-    if finished:
-        _, client_id, number = finished[_rank(len(finished), 99)]
-        sample = sample_trace(sim, client_id, number)
-    stats = sim.stats
+    if answered:
+        _, client_id, number = answered[_rank(len(answered), 99)]
+        sample = sample_trace(record, client_id, number)
     return {
-        "seed": sim.seed,
-        "replicas": len(sim.replicas),
-        "clients": len(sim.clients),
-        "faults": sim.faults,
-        "requests": sim.requests,
-        "requests_committed": len(sim.checker.results),
+        "seed": record.seed,
+        "replicas": record.replicas,
+        "clients": record.clients,
+        "faults": record.faults,
+        "requests": record.requests,
+        "requests_committed": record.requests_committed,
         "latency_ms": {  # None when no request completed
             "p50": _ms(percentile(latencies, 50)) if latencies else None,
             "p99": _ms(percentile(latencies, 99)) if latencies else None,
             "max": _ms(latencies[-1]) if latencies else None,
         },
-        "view_changes": recorder.views_established,
+        "view_changes": record.views_established,
         "state_transfers": events.get("vsr.state_transfer.snapshot_received", 0),
-        "crashes": stats["crashes"],
-        "partitions": stats["partitions"],
-        "messages": {k: stats[k] for k in ("sent", "delivered", "dropped", "duplicated")},
-        "simulated_ms": _ms(sim.now),
+        "crashes": record.crashes,
+        "partitions": record.partitions,
+        "messages": {"sent": messages.sent, "delivered": messages.delivered,
+                     "dropped": messages.dropped, "duplicated": messages.duplicated},
+        "simulated_ms": _ms(record.simulated_ns),
         "events": events,
-        "invariants": "ok" if sim.violation is None else str(sim.violation),
+        "invariants": "ok" if record.violation is None else record.violation,
         "sample_trace": sample,
     }
 

@@ -22,11 +22,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from vsrtel import Registry, Scope, Span
-from vsrtel.vsr.catalog import PREFIX, ReplicaLike, common_metadata
+from vsrtel.vsr.catalog import CLIENT_REQUEST, PREFIX, ReplicaLike, common_metadata
 from vsrtel.vsr.invariants import Checker, InvariantViolation
 from vsrtel.vsr.messages import Operation, ReplicaMessage, Reply, Request
-from vsrtel.vsr.replica import MS, NO_PROPAGATION, TICK, Output, Propagation, Replica, Timeouts
-from vsrtel.vsr.report import Recorder, build_report
+from vsrtel.vsr.record import MessageStats, Recorder, RequestRecord, RunRecord
+from vsrtel.vsr.replica import (
+    MS,
+    NO_PROPAGATION,
+    NORMAL,
+    RECOVERING,
+    TICK,
+    Output,
+    Propagation,
+    Replica,
+    Timeouts,
+)
+from vsrtel.vsr.report import build_report
+from vsrtel.vsr.state_machine import OPERATION_KINDS
 
 SECOND = 1000 * MS
 DEFAULT_EPOCH_NS = 1_700_000_000 * SECOND  # system_time of simulated time 0 (2023-11-14)
@@ -177,7 +189,7 @@ FAULTS: dict[str, FaultProfile] = {
     ),
 }
 
-_CLIENT_REQUEST = ("vsr", "client", "request")
+_OPERATION_WEIGHTS = (3, 4, 2, 1)  # of OPERATION_KINDS
 _TIMERS = ("heartbeat", "primary", "view_change", "view_change_retry", "prepare_retry", "lag",
            "state_transfer")
 
@@ -192,6 +204,19 @@ def _profile(faults: object) -> FaultProfile:
 
 # Event-queue kinds.
 _DELIVER, _REPLY, _TICK, _CLIENT, _FAULT, _RESTART, _UNPARTITION, _HEAL, _DEADLINE = range(9)
+# Each kind -> the name of the method that handles it, looked up at each call (as in replica.py);
+# every handler takes the event's (target, payload).
+_HANDLERS = {
+    _DELIVER: "_on_deliver",
+    _REPLY: "_on_reply",
+    _TICK: "_on_tick",
+    _CLIENT: "_on_client",
+    _FAULT: "_on_fault",
+    _RESTART: "_on_restart",
+    _UNPARTITION: "_on_unpartition",
+    _HEAL: "_on_heal",
+    _DEADLINE: "_on_deadline",
+}
 
 
 class RequestUnanswered(Exception):
@@ -225,10 +250,6 @@ class _Client:
         self.pending: Request | None = None
         self.first_sent = 0
         self.attempt = 0
-        self.latencies: list[int] = []
-        self.latency_of: dict[int, int] = {}
-        self.attempts_of: dict[int, int] = {}
-        self.sent_at: dict[int, int] = {}
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -242,8 +263,9 @@ class Simulation:
 
     Emits the ``vsr`` catalogue on ``registry`` (default: the default registry), timed by the
     simulated clock. Drive it with :meth:`run` or step by step with :meth:`run_until`; read the
-    result with :meth:`report`. ``faults`` is a :class:`FaultProfile` or a spec of one (see
-    :func:`simulate`). ``propagation`` carries trace context inside messages.
+    result as data with :meth:`record`, or as a report with :meth:`report`. ``faults`` is a
+    :class:`FaultProfile` or a spec of one (see :func:`simulate`). ``propagation`` carries trace
+    context inside messages.
     Use it as a context manager (or call :meth:`close`) to detach its event recorder.
     Raises ``ValueError`` naming a bad argument.
     """
@@ -285,7 +307,7 @@ class Simulation:
                     propagation=propagation, context_prefix=f"s{seed}.")
             for i in range(replicas)
         ]
-        self.clients = [
+        self._clients = [
             _Client(c + 1, requests // clients + (1 if c < requests % clients else 0))
             for c in range(clients)
         ]
@@ -296,8 +318,9 @@ class Simulation:
         self.crashed: set[int] = set()
         self.cut: frozenset[tuple[int, int]] = frozenset()  # (source, destination) links down
         self.faults_on = self.profile != FAULTS["none"]
-        self.stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0,
-                      "crashes": 0, "partitions": 0}
+        self._stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0,
+                       "crashes": 0, "partitions": 0}
+        self._answered: list[RequestRecord] = []
         self.completed = 0
         self.healed_at: int | None = None
         self.finished = False
@@ -348,7 +371,7 @@ class Simulation:
             while queue and queue[0][0] <= until and not self.finished:
                 when, _, kind, target, payload = heapq.heappop(queue)
                 self.clock.now = when
-                self._dispatch(kind, target, payload)
+                getattr(self, _HANDLERS[kind])(target, payload)
         except InvariantViolation as exc:
             self.violation = exc
             self.finished = True
@@ -364,9 +387,35 @@ class Simulation:
             self.close()
         return self.finished
 
+    def record(self) -> RunRecord:
+        """The run so far, as data (what :meth:`report` is built from)."""
+        unanswered = [
+            RequestRecord(c.client_id, c.pending.request_number, c.first_sent, None, c.attempt + 1)
+            for c in self._clients if c.pending is not None
+        ]
+        stats, recorder = self._stats, self.recorder
+        return RunRecord(
+            seed=self.seed,
+            replicas=len(self.replicas),
+            clients=len(self._clients),
+            faults=self.faults,
+            requests=self.requests,
+            simulated_ns=self.now,
+            client_requests=tuple(self._answered + unanswered),
+            requests_committed=len(self.checker.results),
+            messages=MessageStats(stats["sent"], stats["delivered"], stats["dropped"],
+                                  stats["duplicated"]),
+            crashes=stats["crashes"],
+            partitions=stats["partitions"],
+            events=dict(recorder.counts),
+            views_established=recorder.views_established,
+            spans={key: tuple(spans) for key, spans in recorder.spans.items()},
+            violation=None if self.violation is None else str(self.violation),
+        )
+
     def report(self) -> dict[str, Any]:
         """The run's report (see :func:`vsrtel.vsr.simulate`)."""
-        return build_report(self)
+        return build_report(self.record())
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -378,7 +427,7 @@ class Simulation:
         self._started = True
         for replica in self.replicas:
             self._handle(replica, replica.start(self.now))
-        for client in self.clients:
+        for client in self._clients:
             self._push(self.rng.randrange(*self.think_time) if self.think_time[1] else 0,
                        _CLIENT, client.client_id, None)
         if self.faults_on:
@@ -388,34 +437,28 @@ class Simulation:
             self._heal()
         self._check_progress()
 
-    def _dispatch(self, kind: int, target: int, payload: Any) -> None:
-        if kind == _DELIVER:
-            self._deliver(target, payload)
-        elif kind == _REPLY:
-            self._on_reply(self.clients[target - 1], payload)
-        elif kind == _TICK:
-            replica = self.replicas[target]
-            if (target in self.crashed or payload != replica.incarnation
-                    or self._wake[target] != self.now):
-                return
-            self._wake[target] = None
-            self._handle(replica, replica.step(TICK, self.now))
-        elif kind == _CLIENT:
-            self._client_event(self.clients[target - 1], payload)
-        elif kind == _FAULT:
-            if self.faults_on:
-                self._inject_fault()
-                self._schedule_fault()
-        elif kind == _RESTART:
-            if target in self.crashed:
-                self._restart(target)
-        elif kind == _UNPARTITION:
-            if self.cut == payload:
-                self.cut = frozenset()
-        elif kind == _HEAL:
-            self._heal()
-        elif kind == _DEADLINE:
-            self._deadline(payload)
+    def _on_tick(self, i: int, incarnation: int) -> None:
+        replica = self.replicas[i]
+        if i in self.crashed or incarnation != replica.incarnation or self._wake[i] != self.now:
+            return
+        self._wake[i] = None
+        self._handle(replica, replica.step(TICK, self.now))
+
+    def _on_fault(self, _: int, __: None) -> None:
+        if self.faults_on:
+            self._inject_fault()
+            self._schedule_fault()
+
+    def _on_restart(self, i: int, _: None) -> None:
+        if i in self.crashed:
+            self._restart(i)
+
+    def _on_unpartition(self, _: int, cut: frozenset[tuple[int, int]]) -> None:
+        if self.cut == cut:
+            self.cut = frozenset()
+
+    def _on_heal(self, _: int, __: None) -> None:
+        self._heal()
 
     # -- replicas and network ------------------------------------------------------------------
 
@@ -446,22 +489,22 @@ class Simulation:
 
     def _copies(self) -> int:
         """How many copies of a message the network delivers: 0 (lost), 1 or 2 (duplicated)."""
-        self.stats["sent"] += 1
+        self._stats["sent"] += 1
         if not self.faults_on:
             return 1
         profile = self.profile
         if profile.loss and self.rng.random() < profile.loss:
-            self.stats["dropped"] += 1
+            self._stats["dropped"] += 1
             return 0
         if profile.duplicate and self.rng.random() < profile.duplicate:
-            self.stats["duplicated"] += 1
+            self._stats["duplicated"] += 1
             return 2
         return 1
 
     def _transmit(self, source: int, destination: int, message: ReplicaMessage) -> None:
         if (source, destination) in self.cut:
-            self.stats["sent"] += 1
-            self.stats["dropped"] += 1
+            self._stats["sent"] += 1
+            self._stats["dropped"] += 1
             return
         for _ in range(self._copies()):
             self._push(self.now + self._delay(), _DELIVER, destination, message)
@@ -470,11 +513,11 @@ class Simulation:
         for _ in range(self._copies()):
             self._push(self.now + self._delay(), _REPLY, reply.client_id, reply)
 
-    def _deliver(self, destination: int, message: ReplicaMessage) -> None:
+    def _on_deliver(self, destination: int, message: ReplicaMessage) -> None:
         if destination in self.crashed:
-            self.stats["dropped"] += 1
+            self._stats["dropped"] += 1
             return
-        self.stats["delivered"] += 1
+        self._stats["delivered"] += 1
         replica = self.replicas[destination]
         self._handle(replica, replica.step(message, self.now))
 
@@ -482,13 +525,14 @@ class Simulation:
 
     def _operation(self) -> Operation:
         rng = self.rng
-        kind = rng.choices(("set", "add", "get", "div"), weights=(3, 4, 2, 1))[0]
+        kind = rng.choices(OPERATION_KINDS, weights=_OPERATION_WEIGHTS)[0]
         key = rng.choice(KEYS)
         if kind == "div":
             return Operation(kind, key, rng.choice((0, 2, 3, 0, 5)))
         return Operation(kind, key, rng.randrange(-50, 100) if kind != "get" else 0)
 
-    def _client_event(self, client: _Client, payload: Any) -> None:
+    def _on_client(self, client_id: int, payload: tuple[int, int] | None) -> None:
+        client = self._clients[client_id - 1]
         if payload is None:  # time to issue the next request
             if client.pending is not None or client.next_number > client.quota:
                 return
@@ -497,7 +541,6 @@ class Simulation:
                               self._start_trace(client.client_id, number, operation))
             client.next_number += 1
             client.pending, client.first_sent, client.attempt = request, self.now, 0
-            client.sent_at[request.request_number] = self.now
             self._client_send(client, broadcast=False)
             return
         number, attempt = payload  # a retry timer
@@ -526,22 +569,22 @@ class Simulation:
         metadata = {"client_id": client_id, "request_number": number,
                     "operation": operation.kind,
                     "telemetry_span_context": f"s{self.seed}.c{client_id}.{number}"}
-        span = Span(self.scope.registry, _CLIENT_REQUEST, metadata, self.clock).start()
+        span = Span(self.scope.registry, PREFIX + CLIENT_REQUEST, metadata, self.clock).start()
         self._client_spans[client_id] = span
         carrier: dict[str, str] = {}
         self.propagation.inject(carrier, span)
         return carrier
 
-    def _on_reply(self, client: _Client, reply: Reply) -> None:
-        self.stats["delivered"] += 1
+    def _on_reply(self, client_id: int, reply: Reply) -> None:
+        client = self._clients[client_id - 1]
+        self._stats["delivered"] += 1
         self.checker.check_reply(reply, self.now)
         request = client.pending
         if request is None or reply.request_number != request.request_number:
             return
-        latency = self.now - client.first_sent
-        client.latencies.append(latency)
-        client.latency_of[request.request_number] = latency
-        client.attempts_of[request.request_number] = client.attempt + 1
+        self._answered.append(RequestRecord(client.client_id, request.request_number,
+                                            client.first_sent, self.now - client.first_sent,
+                                            client.attempt + 1))
         client.view = max(client.view, reply.view)
         client.pending = None
         self.completed += 1
@@ -563,7 +606,7 @@ class Simulation:
 
     def _caught_up(self) -> bool:
         committed = len(self.checker.committed)
-        return all(r.commit_number == committed and r.status == "normal" for r in self.replicas)
+        return all(r.commit_number == committed and r.status == NORMAL for r in self.replicas)
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -581,20 +624,20 @@ class Simulation:
         kind = rng.choices(kinds, weights=weights)[0]
         if kind == "crash":
             down = sum(1 for r in self.replicas
-                       if r.node_id in self.crashed or r.status == "recovering")
+                       if r.node_id in self.crashed or r.status == RECOVERING)
             candidates = [r.node_id for r in self.replicas
-                          if r.node_id not in self.crashed and r.status != "recovering"]
+                          if r.node_id not in self.crashed and r.status != RECOVERING]
             if down >= self.f or not candidates:
                 return
             victim = rng.choice(candidates)
             self.crashed.add(victim)
-            self.stats["crashes"] += 1
+            self._stats["crashes"] += 1
             self.replicas[victim].crash(self.now)
             self._wake[victim] = None
             self._push(self.now + rng.randrange(*profile.downtime), _RESTART, victim)
         elif not self.cut and len(self.replicas) > 1:
             self.cut = cut = self._partition()
-            self.stats["partitions"] += 1
+            self._stats["partitions"] += 1
             self._push(self.now + rng.randrange(*profile.partition_length), _UNPARTITION, 0, cut)
 
     def _partition(self) -> frozenset[tuple[int, int]]:
@@ -640,7 +683,7 @@ class Simulation:
     def _progress(self) -> tuple[int, int]:
         return self.completed, sum(r.commit_number for r in self.replicas)
 
-    def _deadline(self, progress: Any) -> None:
+    def _on_deadline(self, _: int, progress: tuple[int, int]) -> None:
         """Liveness watchdog: after healing, the run must keep making progress."""
         if progress != self._progress():
             self._push(self.now + self.watchdog, _DEADLINE, 0, self._progress())
@@ -652,7 +695,7 @@ class Simulation:
                 f"incomplete, no progress for {seconds} s with every fault healed"
             )
         lagging = [r.node_id for r in self.replicas
-                   if r.commit_number != len(self.checker.committed) or r.status != "normal"]
+                   if r.commit_number != len(self.checker.committed) or r.status != NORMAL]
         raise self.checker.fail(
             f"liveness: replicas {lagging} did not catch up within {seconds} s of healing"
         )

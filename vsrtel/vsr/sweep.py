@@ -8,6 +8,7 @@ report the same failures in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,12 +16,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from vsrtel import Registry
-from vsrtel.vsr.sim import FaultProfile, simulate
+from vsrtel.vsr.invariants import InvariantViolation
+from vsrtel.vsr.sim import FaultProfile, Simulation
 
 
 @dataclass(frozen=True)
 class Run:
-    """One simulated run of a sweep: the arguments of :func:`vsrtel.vsr.simulate`."""
+    """One simulated run of a sweep: the arguments of a :class:`vsrtel.vsr.Simulation`."""
 
     seed: int
     replicas: int
@@ -68,14 +70,16 @@ def runs(
 def check(run: Run) -> Failure | None:
     """Simulate ``run`` on a private registry; return its failure, or None when it passed."""
     try:
-        report = simulate(seed=run.seed, requests=run.requests, replicas=run.replicas,
-                          clients=run.clients, faults=run.faults, registry=Registry())
+        with (Simulation(seed=run.seed, requests=run.requests, replicas=run.replicas,
+                         clients=run.clients, faults=run.faults, registry=Registry()) as sim,
+              contextlib.suppress(InvariantViolation)):  # the record has it
+            sim.run()
     except Exception as exc:  # a crash of the code under test is a finding too
         return Failure(run, "error", f"{type(exc).__name__}: {exc}")
-    verdict: str = report["invariants"]
-    if verdict == "ok":
+    violation = sim.record().violation
+    if violation is None:
         return None
-    message = verdict.removeprefix(f"seed {run.seed}: ")
+    message = violation.removeprefix(f"seed {run.seed}: ")
     return Failure(run, "liveness" if message.startswith("liveness:") else "safety", message)
 
 
