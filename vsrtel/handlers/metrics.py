@@ -28,6 +28,7 @@ import re
 import threading
 import uuid
 import warnings
+from bisect import bisect_left
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -37,8 +38,19 @@ from typing import Any, Final, Literal, TypeAlias
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 import vsrtel
+from vsrtel.handlers._aggregation import (
+    COUNTER,
+    HISTOGRAM,
+    LAST_VALUE,
+    SUM,
+    Cells,
+    Export,
+    Series,
+    install,
+)
 from vsrtel.handlers._attributes import scalar
 
 __all__ = [
@@ -62,6 +74,8 @@ _log = logging.getLogger("vsrtel")
 
 METER_NAME: Final = "vsrtel.handlers.metrics"
 """Name of the OpenTelemetry meter (instrumentation scope) the reporter creates instruments on."""
+
+_SCOPE: Final = InstrumentationScope(METER_NAME)
 
 OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
 """Tag carried by the one series that collects observations past a metric's `max_series` cap."""
@@ -783,18 +797,20 @@ def _number(value: Any) -> int | float | None:
 
 
 class _State:
-    """Per-metric mutable state: known series and skip counts."""
+    """Per-metric state: its series (shared by all threads), cells (per thread), skip counts."""
 
     __slots__ = (
-        "bad_tags", "by_label", "check", "failed", "lock", "metric", "series", "skipped", "warned",
+        "bad_tags", "by_label", "cells", "check", "failed", "lock", "metric", "overflow",
+        "skipped", "warned",
     )
 
-    def __init__(self, metric: Metric, check: TagCheck) -> None:
+    def __init__(self, metric: Metric, check: TagCheck, cells: Cells) -> None:
         self.metric = metric
         # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
-        # for a tags callable); and, for the hot path, raw tag keys of _PLAIN values alone.
-        self.by_label: dict[Any, Mapping[str, str]] = {}
-        self.series: dict[Any, Mapping[str, str]] = {}
+        # for a tags callable).
+        self.by_label: dict[Any, Series] = {}
+        self.overflow = Series(_OVERFLOW_ATTRS)
+        self.cells = cells
         self.check = check
         self.skipped = 0
         self.warned = False
@@ -807,19 +823,24 @@ class _State:
             self.skipped += 1
         _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
 
-    def find(self, raw: Any, names: tuple[str, ...]) -> Mapping[str, str]:
-        """Attributes of the series for tag values `raw` (a tuple when there are several tags)."""
-        values = raw if len(names) > 1 else (raw,)
+    def cell(self, key: Any, names: tuple[str, ...]) -> list[Any]:
+        """The calling thread's cell for tag key `key`: raw tag values (a tuple when there are
+        several tags) or the `Series` a tags callable's result was found to be."""
+        if isinstance(key, Series):
+            return self.cells.cell(key)
+        values = key if len(names) != 1 else (key,)
         labels = tuple(map(_label, values))
-        attrs = self.by_label.get(labels)
-        if attrs is None:
-            attrs = self.new_series(labels, dict(zip(names, labels, strict=True)))
-        if attrs is not _OVERFLOW_ATTRS and _PLAIN.issuperset(map(type, values)):
-            self.series[raw] = attrs
-        return attrs
+        series = self.by_label.get(labels)
+        if series is None:
+            series = self.new_series(labels, dict(zip(names, labels, strict=True)))
+        cell = self.cells.cell(series)
+        # No value of these types equals one of another, so such raw values are the series.
+        if series is not self.overflow and _PLAIN.issuperset(map(type, values)):
+            self.cells.mine()[key] = cell
+        return cell
 
-    def find_tags(self, tags: Mapping[Any, Any]) -> Mapping[str, str] | None:
-        """Attributes of the series for a tags callable's result; None if its names are bad.
+    def find_tags(self, tags: Mapping[Any, Any]) -> Series | None:
+        """The series for a tags callable's result; None if its names are bad.
 
         The series is what Prometheus tells apart: labels by their sanitised names, an empty
         label the same as a missing one (the exporter fills missing labels with ""), so those
@@ -832,9 +853,9 @@ class _State:
             )
         except TypeError:  # a name that is not a string
             key = None
-        attrs = None if key is None else self.by_label.get(key)
-        if attrs is not None:
-            return attrs
+        series = None if key is None else self.by_label.get(key)
+        if series is not None:
+            return series
         problem = self.check(list(labels))
         if problem is not None:
             with self.lock:
@@ -849,9 +870,9 @@ class _State:
         assert key is not None
         return self.new_series(key, labels)
 
-    def new_series(self, key: Any, attrs: Mapping[str, str]) -> Mapping[str, str]:
+    def new_series(self, key: Any, attrs: Mapping[str, str]) -> Series:
         if self.warned:  # the cap was reached: series never grows again, no lock needed
-            return _OVERFLOW_ATTRS
+            return self.overflow
         with self.lock:
             known = self.by_label.get(key)
             if known is not None:
@@ -864,15 +885,23 @@ class _State:
                         "recorded in one series tagged %s=\"true\"",
                         self.metric.name, self.metric.max_series, OVERFLOW_ATTRIBUTE,
                     )
-                return _OVERFLOW_ATTRS
-            self.by_label[key] = attrs
-            return attrs
+                return self.overflow
+            series = Series(attrs)
+            self.by_label[key] = series
+            return series
+
+
+_Record: TypeAlias = Callable[[tuple[str, ...], Measurements, Metadata, Any], None]
 
 
 def _recorder(
-    metric: Metric, update: Callable[[Any, Mapping[str, Any]], None], state: _State
-) -> Callable[[Measurements, Metadata], None]:
-    """Build the per-event closure for one metric, specialised on its options."""
+    metric: Metric, state: _State, sink: Callable[[Any, Mapping[str, Any]], None] | None
+) -> _Record:
+    """Build the handler of one metric, specialised on its options.
+
+    With `sink` None, it updates the metric's cells in vsrtel (see `_aggregation`); else it
+    calls `sink(value, attributes)`, an OpenTelemetry instrument's update method.
+    """
     is_counter = metric.type == "counter"
     key = metric.measurement if isinstance(metric.measurement, str) else None
     measure = metric._measure
@@ -888,10 +917,16 @@ def _recorder(
     tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
     getter = itemgetter(*tag_keys) if tag_keys else None
     single = len(tag_keys) == 1
-    series = state.series
-    empty: Mapping[str, Any] = {}
+    threads = state.cells.threads
+    kind = state.cells.kind if sink is None else -1
+    bounds = state.cells.bounds
+    at_sum = len(bounds) + 1  # a histogram cell: bucket counts, then sum, min, max
+    stamp = state.cells.stamp
+    get_ident = threading.get_ident
 
-    def record(measurements: Measurements, metadata: Metadata) -> None:
+    def record(
+        event_name: tuple[str, ...], measurements: Measurements, metadata: Metadata, _: Any
+    ) -> None:
         try:
             if filt is not None and not filt(metadata, measurements):
                 return
@@ -922,6 +957,7 @@ def _recorder(
                     state.skip("negative value %r for a %s", value, metric.type)
                     return
             md = metadata if tag_values is None else tag_values(metadata)
+            tag_key: Any
             if getter is not None:
                 try:
                     tag_key = getter(md)
@@ -929,22 +965,46 @@ def _recorder(
                     state.skip("tag %s missing from metadata", exc)
                     return
                 try:
-                    attrs = series.get(tag_key)
-                except TypeError:  # an unhashable tag value
-                    attrs = None
-                if attrs is None or (
-                    tag_key.__class__ not in _PLAIN if single
-                    else not _PLAIN.issuperset(map(type, tag_key))
-                ):
-                    attrs = state.find(tag_key, tag_keys)
+                    cell = threads[get_ident()][tag_key]
+                    # True == 1 == 1.0: a hit for a bool or float key may be another's series.
+                    if (
+                        tag_key.__class__ not in _PLAIN if single
+                        else not _PLAIN.issuperset(map(type, tag_key))
+                    ):
+                        cell = state.cell(tag_key, tag_keys)
+                except (KeyError, TypeError):  # a new series, thread, or unhashable value
+                    cell = state.cell(tag_key, tag_keys)
             elif tag_fn is not None:
-                found = state.find_tags(tag_fn(md))
-                if found is None:
+                series = state.find_tags(tag_fn(md))
+                if series is None:
                     return
-                attrs = found
+                if sink is not None:
+                    sink(value, series.attrs)
+                    return
+                cell = state.cells.cell(series)
             else:
-                attrs = empty
-            update(value, attrs)
+                try:
+                    cell = threads[get_ident()][()]
+                except KeyError:
+                    cell = state.cell((), ())
+            # Each cell has one writer, the thread that owns it: updates need no lock.
+            if kind == COUNTER:
+                cell[0] += 1
+            elif kind == SUM:
+                cell[0] += value
+            elif kind == HISTOGRAM:
+                cell[bisect_left(bounds, value)] += 1
+                cell[at_sum] += value
+                if value < cell[at_sum + 1]:
+                    cell[at_sum + 1] = value
+                if value > cell[at_sum + 2]:
+                    cell[at_sum + 2] = value
+            elif kind == LAST_VALUE:
+                cell[0] = value
+                cell[1] = stamp()
+            else:
+                assert sink is not None
+                sink(value, cell[-1].attrs)
         except Exception:
             # A faulty user callable must not detach the whole reporter: count and report it,
             # at ERROR the first time only so a hot event cannot flood the log.
@@ -965,10 +1025,10 @@ def _dispatch(
     event_name: tuple[str, ...],
     measurements: Measurements,
     metadata: Metadata,
-    config: tuple[Callable[[Measurements, Metadata], None], ...],
+    config: tuple[_Record, ...],
 ) -> None:
     for record in config:
-        record(measurements, metadata)
+        record(event_name, measurements, metadata, None)
 
 
 class MetricsReporter:
@@ -997,7 +1057,10 @@ class MetricsReporter:
         *,
         meter_provider: otel_metrics.MeterProvider | None = None,
         registry: vsrtel.Registry | None = None,
+        aggregation: Literal["vsrtel", "otel"] = "vsrtel",
     ) -> None:
+        if aggregation not in ("vsrtel", "otel"):
+            raise ValueError(f"aggregation must be 'vsrtel' or 'otel', got {aggregation!r}")
         self.metrics: tuple[Metric, ...] = tuple(metrics)
         names: dict[str, Metric] = {}
         for metric in self.metrics:
@@ -1025,12 +1088,30 @@ class MetricsReporter:
                 stacklevel=2,
             )
         meter = provider.get_meter(METER_NAME)
+        hook = install(provider, _SCOPE) if aggregation == "vsrtel" else None
+        self.aggregation: Literal["vsrtel", "otel"] = "vsrtel" if hook is not None else "otel"
         self._registry = registry if registry is not None else vsrtel.default_registry
-        self._states = [_State(m, c) for m, c in zip(self.metrics, checks, strict=True)]
-        by_event: dict[tuple[str, ...], list[Callable[[Measurements, Metadata], None]]] = {}
-        for metric, state in zip(self.metrics, self._states, strict=True):
-            update = _instrument(meter, metric)
-            by_event.setdefault(metric.event_name, []).append(_recorder(metric, update, state))
+        self._states = []
+        exports = []
+        by_event: dict[tuple[str, ...], list[_Record]] = {}
+        for metric, check in zip(self.metrics, checks, strict=True):
+            # A summary's aggregation is the provider's (its views): it stays an SDK histogram.
+            if hook is None or metric.type == "summary":
+                state = _State(metric, check, Cells(COUNTER))
+                record = _recorder(metric, state, _instrument(meter, metric))
+            else:
+                state = _State(metric, check, _cells(metric))
+                record = _recorder(metric, state, None)
+                monotonic = metric.type == "counter" or (
+                    metric.type == "sum" and metric.reporter_options.get("monotonic", True)
+                )
+                exports.append(Export(
+                    metric.name, metric.description, metric.export_unit, state.cells, monotonic
+                ))
+            self._states.append(state)
+            by_event.setdefault(metric.event_name, []).append(record)
+        if hook is not None:
+            hook.add(exports)
         self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
         self._id = f"vsrtel.handlers.metrics/{uuid.uuid4().hex[:12]}"
         self._attached: list[str] = []
@@ -1059,7 +1140,10 @@ class MetricsReporter:
         try:
             for event, records in self._handlers.items():
                 handler_id = f"{self._id}/{'.'.join(event)}"
-                self._registry.attach(handler_id, event, _dispatch, records)
+                if len(records) == 1:  # the metric's own handler, without a dispatch loop
+                    self._registry.attach(handler_id, event, records[0])
+                else:
+                    self._registry.attach(handler_id, event, _dispatch, records)
                 self._attached.append(handler_id)
         except BaseException:
             self.detach()
@@ -1081,6 +1165,15 @@ class MetricsReporter:
         tb: TracebackType | None,
     ) -> None:
         self.detach()
+
+
+def _cells(metric: Metric) -> Cells:
+    """Empty cells of the kind `metric` aggregates into."""
+    if metric.type == "distribution":
+        return Cells(HISTOGRAM, buckets_for(metric))
+    if metric.type == "last_value":
+        return Cells(LAST_VALUE)
+    return Cells(COUNTER if metric.type == "counter" else SUM)
 
 
 def _instrument(

@@ -1,0 +1,335 @@
+"""Series aggregated in vsrtel, handed to OpenTelemetry's readers when they collect.
+
+Each metric keeps its series in *cells*: plain lists a handler updates in place. A cell belongs
+to one thread (cells are kept per `threading.get_ident()`), so every cell has a single writer and
+an update needs no lock: `cell[0] += 1` cannot lose a count to another thread, whatever the
+interpreter's scheduling (with or without a GIL). A collection reads every thread's cells of a
+series and adds them up; it may see an update in progress (a histogram's bucket counted, its
+sum not yet), which the next collection shows whole. Cells of a thread that ended stay and keep
+counting towards their series.
+
+OpenTelemetry's Python SDK has no public way to hand it data aggregated elsewhere (no
+MetricProducer). The route taken here: the SDK's collect callback of each reader of the
+MeterProvider is wrapped, so that after the SDK's own collection the reporter's series are added
+as ordinary `Sum`, `Gauge` and `Histogram` metrics of the reporter's instrumentation scope.
+Every reader and exporter (Prometheus, OTLP, console, in-memory) then sees them exactly as it
+would see the SDK's own, in the temporality it prefers. That wrapping uses the SDK's private
+`_measurement_consumer` (its `collect` and `_reader_storages`), `_sdk_config` and reader `_set_collect_callback` /
+`_instrument_class_temporality`; `install` returns None when any is missing, and the reporter
+then falls back to OpenTelemetry instruments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from time import time_ns
+from typing import Any, Final
+
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+_log = logging.getLogger("vsrtel")
+
+# What a cell holds, by kind: counter and sum [total]; last value [value, stamp];
+# histogram [bucket counts..., sum, min, max].
+COUNTER: Final = 0
+SUM: Final = 1
+LAST_VALUE: Final = 2
+HISTOGRAM: Final = 3
+
+_CUMULATIVE: Final = AggregationTemporality.CUMULATIVE
+_DELTA: Final = AggregationTemporality.DELTA
+
+
+class Series:
+    """One tag set of one metric: its exported attributes and when it was first recorded."""
+
+    __slots__ = ("attrs", "start_ns")
+
+    def __init__(self, attrs: Mapping[str, str]) -> None:
+        self.attrs = attrs
+        self.start_ns = time_ns()
+
+
+class Cells:
+    """The cells of one metric: per thread, a dict from tag key (or `Series`) to its cell."""
+
+    __slots__ = ("bounds", "kind", "lock", "stamp", "threads")
+
+    def __init__(self, kind: int, bounds: tuple[float, ...] = ()) -> None:
+        self.kind = kind
+        self.bounds = bounds
+        # The handler reads this dict without a lock; a thread's own dict is added under `lock`.
+        self.threads: dict[int, dict[Any, list[Any]]] = {}
+        self.lock = threading.Lock()
+        # next() of itertools.count runs in C under the GIL: no two writes get one stamp.
+        self.stamp: Callable[[], int] = itertools.count().__next__
+
+    def mine(self) -> dict[Any, list[Any]]:
+        """The calling thread's dict of cells (created on its first event)."""
+        ident = threading.get_ident()
+        cells = self.threads.get(ident)
+        if cells is None:
+            with self.lock:
+                cells = self.threads.setdefault(ident, {})
+        return cells
+
+    def cell(self, series: Series) -> list[Any]:
+        """The calling thread's cell of `series`, created empty if needed."""
+        cells = self.mine()
+        cell = cells.get(series)
+        if cell is None:
+            if self.kind == HISTOGRAM:
+                cell = [0] * (len(self.bounds) + 1) + [0, float("inf"), float("-inf")]
+            elif self.kind == LAST_VALUE:
+                cell = [0, -1]
+            else:
+                cell = [0]
+            cell.append(series)  # the last item: whose cell it is
+            cells[series] = cell
+        return cell
+
+    def totals(self) -> dict[Series, list[Any]]:
+        """Every series with its cells added up (last value: the latest write wins)."""
+        merged: dict[Series, list[Any]] = {}
+        seen: set[int] = set()
+        for cells in list(self.threads.values()):
+            for cell in list(cells.values()):
+                if id(cell) in seen:  # one cell is found under several keys
+                    continue
+                seen.add(id(cell))
+                data = cell[:-1]  # one copy: a consistent enough view of a cell being updated
+                series = cell[-1]
+                total = merged.get(series)
+                if total is None:
+                    merged[series] = data
+                elif self.kind == HISTOGRAM:
+                    n = len(self.bounds) + 1
+                    for i in range(n + 1):
+                        total[i] += data[i]
+                    total[n + 1] = min(total[n + 1], data[n + 1])
+                    total[n + 2] = max(total[n + 2], data[n + 2])
+                elif self.kind == LAST_VALUE:
+                    if data[1] > total[1]:
+                        merged[series] = data
+                else:
+                    total[0] += data[0]
+        return merged
+
+
+class Export:
+    """What a reader gets for one metric: name, description, unit, kind and its cells."""
+
+    __slots__ = ("cells", "description", "monotonic", "name", "unit")
+
+    def __init__(
+        self, name: str, description: str, unit: str, cells: Cells, monotonic: bool
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.unit = unit
+        self.cells = cells
+        self.monotonic = monotonic
+
+
+class Hook:
+    """The wrapped collection of one MeterProvider: adds the series of its reporters' metrics."""
+
+    def __init__(self, provider: MeterProvider, scope: InstrumentationScope) -> None:
+        self._provider = provider
+        self._scope = scope
+        self._lock = threading.Lock()
+        self._exports: dict[str, Export] = {}  # by metric name: a newer reporter's replaces
+        # Per reader, for delta temporality: each series' totals at the last collection.
+        self._previous: weakref.WeakKeyDictionary[
+            MetricReader, dict[tuple[str, Series], tuple[list[Any], int]]
+        ] = weakref.WeakKeyDictionary()
+
+    def add(self, exports: Iterable[Export]) -> None:
+        """Export these metrics from now on (replacing metrics of the same name: a reset)."""
+        with self._lock:
+            for export in exports:
+                self._exports[export.name] = export
+
+    def wrap(self, collect: Callable[..., MetricsData | None]) -> Callable[..., Any]:
+        """A collect callback calling `collect` (the SDK's) and adding our metrics."""
+
+        def collect_with_vsrtel(
+            reader: MetricReader, timeout_millis: float = 10_000
+        ) -> MetricsData | None:
+            return self._merge(reader, collect(reader, timeout_millis=timeout_millis))
+
+        return collect_with_vsrtel
+
+    def _merge(self, reader: MetricReader, data: MetricsData | None) -> MetricsData | None:
+        with self._lock:
+            exports = list(self._exports.values())
+        now = time_ns()
+        previous = self._previous.setdefault(reader, {})
+        metrics = [
+            metric for export in exports
+            if (metric := self._metric(export, reader, now, previous)) is not None
+        ]
+        if not metrics:
+            return data
+        resource = self._provider._sdk_config.resource
+        if data is None or not data.resource_metrics:
+            data = MetricsData(resource_metrics=[
+                ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
+            ])
+        first, *rest = data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, scope_metrics in enumerate(scopes):
+            if scope_metrics.scope == self._scope:
+                scopes[i] = ScopeMetrics(
+                    scope=scope_metrics.scope,
+                    metrics=[*scope_metrics.metrics, *metrics],
+                    schema_url=scope_metrics.schema_url,
+                )
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=""))
+        merged = ResourceMetrics(
+            resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url
+        )
+        return MetricsData(resource_metrics=[merged, *rest])
+
+    def _metric(
+        self,
+        export: Export,
+        reader: MetricReader,
+        now: int,
+        previous: dict[tuple[str, Series], tuple[list[Any], int]],
+    ) -> Metric | None:
+        cells = export.cells
+        totals = cells.totals()
+        if not totals:
+            return None
+        data: Sum | Gauge | Histogram
+        if cells.kind == LAST_VALUE:
+            points = [
+                NumberDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=s.start_ns, time_unix_nano=now,
+                    value=total[0],
+                )
+                for s, total in totals.items()
+            ]
+            data = Gauge(data_points=points)
+        elif cells.kind == HISTOGRAM:
+            temporality = _temporality(reader, SdkHistogram)
+            hpoints = []
+            n = len(cells.bounds) + 1
+            for s, total in totals.items():
+                start, value = self._since(export, s, total, temporality, previous, now)
+                counts = value[:n]
+                count = sum(counts)
+                if temporality is _DELTA and not count:
+                    continue
+                hpoints.append(HistogramDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
+                    count=count, sum=value[n], bucket_counts=counts,
+                    explicit_bounds=cells.bounds, min=total[n + 1], max=total[n + 2],
+                ))
+            if not hpoints:
+                return None
+            data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
+        else:
+            kind = SdkCounter if export.monotonic else SdkUpDownCounter
+            temporality = _temporality(reader, kind)
+            spoints = []
+            for s, total in totals.items():
+                start, value = self._since(export, s, total, temporality, previous, now)
+                if temporality is _DELTA and not value[0]:
+                    continue
+                spoints.append(NumberDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
+                    value=value[0],
+                ))
+            if not spoints:
+                return None
+            data = Sum(
+                data_points=spoints, aggregation_temporality=temporality,
+                is_monotonic=export.monotonic,
+            )
+        return Metric(name=export.name, description=export.description, unit=export.unit, data=data)
+
+    @staticmethod
+    def _since(
+        export: Export,
+        series: Series,
+        total: list[Any],
+        temporality: AggregationTemporality,
+        previous: dict[tuple[str, Series], tuple[list[Any], int]],
+        now: int,
+    ) -> tuple[int, list[Any]]:
+        """Start time and value of a point: the totals (cumulative), or what was added since the
+        reader's last collection (delta)."""
+        if temporality is _CUMULATIVE:
+            return series.start_ns, total
+        key = (export.name, series)
+        before, start = previous.get(key, (None, series.start_ns))
+        previous[key] = (total, now)
+        if before is None:
+            return start, total
+        return start, [a - b for a, b in zip(total, before, strict=True)]
+
+
+def _temporality(reader: MetricReader, kind: type) -> AggregationTemporality:
+    for cls, temporality in reader._instrument_class_temporality.items():
+        if issubclass(cls, kind):
+            return temporality
+    return _CUMULATIVE
+
+
+_HOOKS: weakref.WeakKeyDictionary[MeterProvider, Hook] = weakref.WeakKeyDictionary()
+_HOOKS_LOCK: Final = threading.Lock()
+
+
+def install(provider: object, scope: InstrumentationScope) -> Hook | None:
+    """The collection hook of `provider`, installed on first use; None if it cannot be.
+
+    None for anything but the SDK's MeterProvider, and for an SDK whose internals moved.
+    """
+    if not isinstance(provider, MeterProvider):
+        return None
+    with _HOOKS_LOCK:
+        hook = _HOOKS.get(provider)
+        if hook is not None:
+            return hook
+        try:
+            consumer = provider._measurement_consumer
+            readers = tuple(consumer._reader_storages)  # every reader, added ones too
+            original = consumer.collect
+            for reader in readers:
+                if not isinstance(reader._instrument_class_temporality, dict):
+                    return None
+        except AttributeError:
+            return None
+        hook = Hook(provider, scope)
+        wrapped = hook.wrap(original)
+        # Readers added later (provider.add_metric_reader) are given consumer.collect.
+        consumer.collect = wrapped  # type: ignore[method-assign]
+        for reader in readers:
+            reader._set_collect_callback(wrapped)
+        _HOOKS[provider] = hook
+        return hook
