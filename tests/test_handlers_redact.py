@@ -162,7 +162,11 @@ def test_spans_redact_inside_lists_and_measurements() -> None:
     [span] = exporter.get_finished_spans()
     assert "hunter2" not in str(span.attributes)
     assert "[REDACTED]" in str(dict(span.attributes or {})["users"])
-    assert dict(span.events[0].attributes or {}) == {"n": 1}
+    assert dict(span.events[0].attributes or {}) == {
+        "n": 1,
+        "accessToken": "[REDACTED]",
+        "apiKey": "[REDACTED]",
+    }
 
 
 def test_the_readme_states_the_rule_with_the_default_names() -> None:

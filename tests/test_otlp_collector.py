@@ -409,5 +409,5 @@ def test_metrics_arrive_at_rotel_over_otlp(
     assert sum(point["count"] for point in duration["points"]) == requests
     commit_number = metrics["vsr.replica.commit_number"]
     assert commit_number["kind"] == "Gauge"
-    assert sorted(p["attributes"]["node_id"] for p in commit_number["points"]) == [0, 1, 2]
+    assert sorted(p["attributes"]["node_id"] for p in commit_number["points"]) == ["0", "1", "2"]
     assert metrics["vsr.protocol.prepare.sent.count"]["kind"] == "Sum"

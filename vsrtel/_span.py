@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=None)
 _span_ids = itertools.count(1)
+_TOP = Token.MISSING  # the old value of a token set where no span was current yet
 _log = logging.getLogger("vsrtel")
 
 
@@ -259,7 +260,7 @@ class Span:
                 except ValueError:
                     raise RuntimeError(self._wrong_context) from None
                 parent = token.old_value  # type: ignore[union-attr]
-                if parent.__class__ is Span and parent._started_at is None:
+                if parent is not _TOP and parent is not None and parent._started_at is None:
                     _current.set(_live_ancestor(parent))
             else:
                 self._leave()
