@@ -14,9 +14,9 @@ MeterProvider is wrapped, so that after the SDK's own collection the reporter's 
 as ordinary `Sum`, `Gauge` and `Histogram` metrics of the reporter's instrumentation scope.
 Every reader and exporter (Prometheus, OTLP, console, in-memory) then sees them exactly as it
 would see the SDK's own, in the temporality it prefers. That wrapping uses the SDK's private
-`_measurement_consumer` (its `collect` and `_reader_storages`), `_sdk_config` and reader `_set_collect_callback` /
-`_instrument_class_temporality`; `install` returns None when any is missing, and the reporter
-then falls back to OpenTelemetry instruments.
+`_measurement_consumer` (its `collect` and `_reader_storages`), `_sdk_config.resource`, and the
+readers' `_set_collect_callback` and `_instrument_class_temporality`; `install` returns None
+when any is missing, and the reporter then falls back to OpenTelemetry instruments.
 """
 
 from __future__ import annotations
@@ -72,26 +72,31 @@ class Series:
 
 
 class Cells:
-    """The cells of one metric: per thread, a dict from tag key (or `Series`) to its cell."""
+    """The cells of one metric: per thread, a dict from tag key (or `Series`) to its cell.
 
-    __slots__ = ("bounds", "kind", "lock", "stamp", "threads")
+    `local.cells` is the calling thread's dict (a thread-local attribute is the cheapest way to
+    reach it); `threads` holds every thread's, so a thread that ended still counts.
+    """
+
+    __slots__ = ("bounds", "kind", "local", "lock", "stamp", "threads")
 
     def __init__(self, kind: int, bounds: tuple[float, ...] = ()) -> None:
         self.kind = kind
         self.bounds = bounds
-        # The handler reads this dict without a lock; a thread's own dict is added under `lock`.
-        self.threads: dict[int, dict[Any, list[Any]]] = {}
+        self.local = threading.local()
+        self.threads: list[dict[Any, list[Any]]] = []
         self.lock = threading.Lock()
         # next() of itertools.count runs in C under the GIL: no two writes get one stamp.
         self.stamp: Callable[[], int] = itertools.count().__next__
 
     def mine(self) -> dict[Any, list[Any]]:
         """The calling thread's dict of cells (created on its first event)."""
-        ident = threading.get_ident()
-        cells = self.threads.get(ident)
-        if cells is None:
+        try:
+            cells: dict[Any, list[Any]] = self.local.cells
+        except AttributeError:
+            cells = self.local.cells = {}
             with self.lock:
-                cells = self.threads.setdefault(ident, {})
+                self.threads.append(cells)
         return cells
 
     def cell(self, series: Series) -> list[Any]:
@@ -113,7 +118,7 @@ class Cells:
         """Every series with its cells added up (last value: the latest write wins)."""
         merged: dict[Series, list[Any]] = {}
         seen: set[int] = set()
-        for cells in list(self.threads.values()):
+        for cells in list(self.threads):
             for cell in list(cells.values()):
                 if id(cell) in seen:  # one cell is found under several keys
                     continue

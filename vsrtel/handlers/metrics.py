@@ -751,9 +751,10 @@ def _check_prometheus(metrics: Sequence[Metric]) -> list[TagCheck]:
 # Reporter
 # --------------------------------------------------------------------------------------------
 
-_MISSING: Final = object()
 _OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
 _INT64: Final = range(-(2**63), 2**63)
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 # No value of one of these types equals a value of the other, so a tag key made of them alone is
 # its own series key. True == 1 == 1.0 (one hash), so a bool or float key must go by its text.
 _PLAIN: Final = frozenset({str, int})
@@ -917,12 +918,12 @@ def _recorder(
     tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
     getter = itemgetter(*tag_keys) if tag_keys else None
     single = len(tag_keys) == 1
-    threads = state.cells.threads
+    pair = len(tag_keys) == 2
+    local = state.cells.local
     kind = state.cells.kind if sink is None else -1
     bounds = state.cells.bounds
     at_sum = len(bounds) + 1  # a histogram cell: bucket counts, then sum, min, max
     stamp = state.cells.stamp
-    get_ident = threading.get_ident
 
     def record(
         event_name: tuple[str, ...], measurements: Measurements, metadata: Metadata, _: Any
@@ -934,25 +935,30 @@ def _recorder(
                 value: Any = 1
             else:
                 if key is not None:
-                    value = measurements.get(key, _MISSING)
-                    if value is _MISSING:
+                    try:
+                        value = measurements[key]
+                    except KeyError:
                         state.skip("measurement %r missing", key)
                         return
                 else:
                     assert measure is not None
                     value = measure(measurements, metadata)
                 cls = value.__class__
-                if cls is not float and (cls is not int or value not in _INT64):
-                    number = _number(value)
-                    if number is None:
-                        state.skip("measurement value %r is not a number", value)
+                if cls is int and _INT64_MIN <= value <= _INT64_MAX:
+                    if scale:  # an int this size times a unit factor is finite
+                        value = value * factor
+                else:
+                    if cls is not float:
+                        number = _number(value)
+                        if number is None:
+                            state.skip("measurement value %r is not a number", value)
+                            return
+                        value = number
+                    if scale:
+                        value = value * factor
+                    if value - value != 0:  # inf or NaN, also after scaling
+                        state.skip("measurement value %r is not finite", value)
                         return
-                    value = number
-                if scale:
-                    value = value * factor
-                if value - value != 0:  # inf or NaN, also after scaling
-                    state.skip("measurement value %r is not finite", value)
-                    return
                 if no_negative and value < 0:
                     state.skip("negative value %r for a %s", value, metric.type)
                     return
@@ -964,15 +970,20 @@ def _recorder(
                 except (LookupError, TypeError) as exc:
                     state.skip("tag %s missing from metadata", exc)
                     return
-                try:
-                    cell = threads[get_ident()][tag_key]
-                    # True == 1 == 1.0: a hit for a bool or float key may be another's series.
-                    if (
-                        tag_key.__class__ not in _PLAIN if single
-                        else not _PLAIN.issuperset(map(type, tag_key))
-                    ):
+                # True == 1 == 1.0: only str and int values are their series' key (see _PLAIN).
+                if pair:
+                    first, second = tag_key
+                    plain = first.__class__ in _PLAIN and second.__class__ in _PLAIN
+                elif single:
+                    plain = tag_key.__class__ in _PLAIN
+                else:
+                    plain = _PLAIN.issuperset(map(type, tag_key))
+                if plain:
+                    try:
+                        cell = local.cells[tag_key]
+                    except (AttributeError, KeyError):  # a new thread or series
                         cell = state.cell(tag_key, tag_keys)
-                except (KeyError, TypeError):  # a new series, thread, or unhashable value
+                else:
                     cell = state.cell(tag_key, tag_keys)
             elif tag_fn is not None:
                 series = state.find_tags(tag_fn(md))
@@ -984,8 +995,8 @@ def _recorder(
                 cell = state.cells.cell(series)
             else:
                 try:
-                    cell = threads[get_ident()][()]
-                except KeyError:
+                    cell = local.cells[()]
+                except (AttributeError, KeyError):
                     cell = state.cell((), ())
             # Each cell has one writer, the thread that owns it: updates need no lock.
             if kind == COUNTER:
