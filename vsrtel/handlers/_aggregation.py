@@ -75,17 +75,20 @@ class Cells:
     """The cells of one metric: per thread, a dict from tag key (or `Series`) to its cell.
 
     `local.cells` is the calling thread's dict (a thread-local attribute is the cheapest way to
-    reach it); `threads` holds every thread's, so a thread that ended still counts.
+    reach it); `threads` holds every live thread's. When a thread ends, its cells are folded
+    into `retired` (nobody writes them any more), so its counts stay and a program starting a
+    thread per request does not pile up dicts.
     """
 
-    __slots__ = ("bounds", "kind", "local", "lock", "stamp", "threads")
+    __slots__ = ("__weakref__", "bounds", "kind", "local", "lock", "retired", "stamp", "threads")
 
     def __init__(self, kind: int, bounds: tuple[float, ...] = ()) -> None:
         self.kind = kind
         self.bounds = bounds
         self.local = threading.local()
-        self.threads: list[dict[Any, list[Any]]] = []
-        self.lock = threading.Lock()
+        self.threads: dict[int, dict[Any, list[Any]]] = {}  # by id() of the dict
+        self.retired: dict[Series, list[Any]] = {}
+        self.lock = threading.Lock()  # guards threads and retired; never taken per event
         # next() of itertools.count runs in C under the GIL: no two writes get one stamp.
         self.stamp: Callable[[], int] = itertools.count().__next__
 
@@ -95,9 +98,23 @@ class Cells:
             cells: dict[Any, list[Any]] = self.local.cells
         except AttributeError:
             cells = self.local.cells = {}
+            # The thread's local storage is cleared when the thread ends, this marker with it.
+            marker = self.local.marker = _Marker()
+            weakref.finalize(marker, _retire, weakref.ref(self), cells).atexit = False
             with self.lock:
-                self.threads.append(cells)
+                self.threads[id(cells)] = cells
         return cells
+
+    def retire(self, cells: dict[Any, list[Any]]) -> None:
+        """Fold the cells of a thread that ended into `retired`."""
+        with self.lock:
+            self.threads.pop(id(cells), None)
+            for cell in _unique(cells):
+                total = self.retired.get(cell[-1])
+                if total is None:
+                    self.retired[cell[-1]] = cell
+                else:
+                    self._add(total, cell)
 
     def cell(self, series: Series) -> list[Any]:
         """The calling thread's cell of `series`, created empty if needed."""
@@ -117,29 +134,49 @@ class Cells:
     def totals(self) -> dict[Series, list[Any]]:
         """Every series with its cells added up (last value: the latest write wins)."""
         merged: dict[Series, list[Any]] = {}
-        seen: set[int] = set()
-        for cells in list(self.threads):
-            for cell in list(cells.values()):
-                if id(cell) in seen:  # one cell is found under several keys
-                    continue
-                seen.add(id(cell))
-                data = cell[:-1]  # one copy: a consistent enough view of a cell being updated
-                series = cell[-1]
-                total = merged.get(series)
-                if total is None:
-                    merged[series] = data
-                elif self.kind == HISTOGRAM:
-                    n = len(self.bounds) + 1
-                    for i in range(n + 1):
-                        total[i] += data[i]
-                    total[n + 1] = min(total[n + 1], data[n + 1])
-                    total[n + 2] = max(total[n + 2], data[n + 2])
-                elif self.kind == LAST_VALUE:
-                    if data[1] > total[1]:
-                        merged[series] = data
-                else:
-                    total[0] += data[0]
-        return merged
+        with self.lock:
+            for cells in [*self.threads.values(), self.retired]:
+                for cell in _unique(cells):
+                    # One copy: a consistent enough view of a cell being updated.
+                    total = merged.get(cell[-1])
+                    if total is None:
+                        merged[cell[-1]] = cell[:]
+                    else:
+                        self._add(total, cell)
+        return {series: total[:-1] for series, total in merged.items()}
+
+    def _add(self, total: list[Any], cell: list[Any]) -> None:
+        """Add `cell` to `total`, a cell of the same series."""
+        if self.kind == HISTOGRAM:
+            n = len(self.bounds) + 1
+            for i in range(n + 1):
+                total[i] += cell[i]
+            total[n + 1] = min(total[n + 1], cell[n + 1])
+            total[n + 2] = max(total[n + 2], cell[n + 2])
+        elif self.kind == LAST_VALUE:
+            if cell[1] > total[1]:
+                total[:2] = cell[:2]
+        else:
+            total[0] += cell[0]
+
+
+def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
+    # By weak reference: the finalizer must not keep the metric's cells alive.
+    found = owner()
+    if found is not None:
+        found.retire(cells)
+
+
+class _Marker:
+    """An object only a thread's local storage refers to: its end tells that the thread ended."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _unique(cells: dict[Any, list[Any]]) -> list[list[Any]]:
+    """The cells of a thread's dict, each once (a cell is found under several keys)."""
+    # list() of a dict's values is one C call: safe while its thread adds keys.
+    return list({id(cell): cell for cell in list(cells.values())}.values())
 
 
 class Export:
