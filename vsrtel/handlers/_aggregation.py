@@ -224,14 +224,15 @@ class Hook:
         return collect_with_vsrtel
 
     def _merge(self, reader: MetricReader, data: MetricsData | None) -> MetricsData | None:
+        # One collection at a time (concurrent scrapes of one reader would race on `previous`),
+        # as the SDK does its own.
         with self._lock:
-            exports = list(self._exports.values())
-        now = time_ns()
-        previous = self._previous.setdefault(reader, {})
-        metrics = [
-            metric for export in exports
-            if (metric := self._metric(export, reader, now, previous)) is not None
-        ]
+            now = time_ns()
+            previous = self._previous.setdefault(reader, {})
+            metrics = [
+                metric for export in self._exports.values()
+                if (metric := self._metric(export, reader, now, previous)) is not None
+            ]
         if not metrics:
             return data
         resource = self._provider._sdk_config.resource
