@@ -1,4 +1,4 @@
-"""Cells per thread: nothing lost, nothing kept for threads that ended."""
+"""Cells: shared or per thread, nothing lost, nothing kept for threads that ended."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from vsrtel.handlers._aggregation import COUNTER, HISTOGRAM, LAST_VALUE, Cells, 
 
 
 def test_threads_that_end_are_folded_and_still_count() -> None:
-    cells = Cells(COUNTER)
+    cells = Cells(COUNTER, per_thread=True)
     series = Series({"a": "1"})
 
     def once() -> None:
@@ -24,7 +24,8 @@ def test_threads_that_end_are_folded_and_still_count() -> None:
 
 
 def test_histogram_and_last_value_cells_add_up_across_threads() -> None:
-    histogram, last = Cells(HISTOGRAM, (1.0, 10.0)), Cells(LAST_VALUE)
+    histogram = Cells(HISTOGRAM, (1.0, 10.0), per_thread=True)
+    last = Cells(LAST_VALUE, per_thread=True)
     series = Series({})
 
     def record(value: float) -> None:
@@ -42,3 +43,16 @@ def test_histogram_and_last_value_cells_add_up_across_threads() -> None:
     record(2.0)
     assert histogram.totals() == {series: [1, 2, 1, 57.5, 0.5, 50.0]}
     assert last.totals()[series][0] == 2.0  # the latest write, not the largest stamp's thread
+
+
+def test_shared_cells_are_created_once_per_series() -> None:
+    cells = Cells(COUNTER, per_thread=False)
+    series = Series({})
+    found: list[list[object]] = []
+    threads = [threading.Thread(target=lambda: found.append(cells.cell(series))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(cell is found[0] for cell in found)
+    assert len(cells.threads) == 1

@@ -32,6 +32,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
+from vsrtel.handlers import _aggregation
 from vsrtel.handlers import metrics as m
 from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.testing import capture
@@ -1023,7 +1024,21 @@ def test_a_provider_that_is_not_the_sdks_falls_back_to_instruments() -> None:
     ],
     ids=lambda metric: metric.type,
 )
-def test_four_threads_on_one_series_lose_nothing(metric: m.Metric) -> None:
+@pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
+def test_four_threads_on_one_series_lose_nothing(
+    metric: m.Metric, per_thread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_aggregation, "PER_THREAD", per_thread)
+    # Ask for a thread switch as often as the interpreter allows: a racy update would lose counts.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        check_four_threads(metric)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def check_four_threads(metric: m.Metric) -> None:
     sink = Sink()
     registry = vsrtel.Registry(on_error="raise")
     report(sink, registry, metric)

@@ -1,12 +1,19 @@
 """Series aggregated in vsrtel, handed to OpenTelemetry's readers when they collect.
 
-Each metric keeps its series in *cells*: plain lists a handler updates in place. A cell belongs
-to one thread (cells are kept per `threading.get_ident()`), so every cell has a single writer and
-an update needs no lock: `cell[0] += 1` cannot lose a count to another thread, whatever the
-interpreter's scheduling (with or without a GIL). A collection reads every thread's cells of a
-series and adds them up; it may see an update in progress (a histogram's bucket counted, its
-sum not yet), which the next collection shows whole. Cells of a thread that ended stay and keep
-counting towards their series.
+Each metric keeps its series in *cells*: plain lists a handler updates in place
+(`cell[0] += 1`), found by one dict lookup, without a lock. Why no count is lost:
+
+- On CPython with a GIL (3.10 and later), a thread switch happens only where the interpreter
+  checks for one: at a function's start, a backward jump, or after a call returns. A cell update
+  is subscripts and arithmetic on ints and floats in a list, none of those, and runs no Python
+  code (no `__eq__`, `__hash__` or `__del__` of ours; ints and floats never start the garbage
+  collector). So all threads share one dict of cells and each update is whole. Cells are only
+  *created* under the metric's lock, so two threads never make two cells for one series.
+- Anywhere else (a free-threaded build, another interpreter) that reasoning does not hold: each
+  thread gets its own dict of cells (`threading.local`), so every cell has one writer. When a
+  thread ends, its cells are folded into the metric's `retired` ones.
+
+A collection copies each cell (one C call) and adds up a series' cells.
 
 OpenTelemetry's Python SDK has no public way to hand it data aggregated elsewhere (no
 MetricProducer). The route taken here: the SDK's collect callback of each reader of the
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import platform
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +66,11 @@ SUM: Final = 1
 LAST_VALUE: Final = 2
 HISTOGRAM: Final = 3
 
+PER_THREAD: Final = platform.python_implementation() != "CPython" or not getattr(
+    sys, "_is_gil_enabled", lambda: True
+)()
+"""Whether cells are kept per thread (see above): not on CPython with its GIL."""
+
 _CUMULATIVE: Final = AggregationTemporality.CUMULATIVE
 _DELTA: Final = AggregationTemporality.DELTA
 
@@ -72,37 +86,49 @@ class Series:
 
 
 class Cells:
-    """The cells of one metric: per thread, a dict from tag key (or `Series`) to its cell.
+    """The cells of one metric: a dict from tag key (or `Series`) to its cell, one per thread
+    when `per_thread`.
 
     `local.cells` is the calling thread's dict (a thread-local attribute is the cheapest way to
-    reach it); `threads` holds every live thread's. When a thread ends, its cells are folded
-    into `retired` (nobody writes them any more), so its counts stay and a program starting a
-    thread per request does not pile up dicts.
+    reach it; without `per_thread`, `local` is a plain object all threads share); `threads`
+    holds every live thread's dict.
     """
 
-    __slots__ = ("__weakref__", "bounds", "kind", "local", "lock", "retired", "stamp", "threads")
+    __slots__ = (
+        "__weakref__", "bounds", "kind", "local", "lock", "per_thread", "retired", "stamp",
+        "threads",
+    )
 
-    def __init__(self, kind: int, bounds: tuple[float, ...] = ()) -> None:
+    def __init__(
+        self, kind: int, bounds: tuple[float, ...] = (), *, per_thread: bool = PER_THREAD
+    ) -> None:
         self.kind = kind
         self.bounds = bounds
-        self.local = threading.local()
+        self.per_thread = per_thread
+        self.local: Any = threading.local() if per_thread else _Shared()
         self.threads: dict[int, dict[Any, list[Any]]] = {}  # by id() of the dict
         self.retired: dict[Series, list[Any]] = {}
-        self.lock = threading.Lock()  # guards threads and retired; never taken per event
-        # next() of itertools.count runs in C under the GIL: no two writes get one stamp.
+        self.lock = threading.Lock()  # guards creating cells, threads, retired; not per event
+        # next() of itertools.count runs in C: no two writes get one stamp.
         self.stamp: Callable[[], int] = itertools.count().__next__
 
     def mine(self) -> dict[Any, list[Any]]:
         """The calling thread's dict of cells (created on its first event)."""
         try:
             cells: dict[Any, list[Any]] = self.local.cells
+            return cells
         except AttributeError:
+            pass
+        with self.lock:
+            if not self.per_thread and hasattr(self.local, "cells"):  # another thread's
+                found: dict[Any, list[Any]] = self.local.cells
+                return found
             cells = self.local.cells = {}
+            self.threads[id(cells)] = cells
+        if self.per_thread:
             # The thread's local storage is cleared when the thread ends, this marker with it.
             marker = self.local.marker = _Marker()
             weakref.finalize(marker, _retire, weakref.ref(self), cells).atexit = False
-            with self.lock:
-                self.threads[id(cells)] = cells
         return cells
 
     def retire(self, cells: dict[Any, list[Any]]) -> None:
@@ -121,14 +147,17 @@ class Cells:
         cells = self.mine()
         cell = cells.get(series)
         if cell is None:
-            if self.kind == HISTOGRAM:
-                cell = [0] * (len(self.bounds) + 1) + [0, float("inf"), float("-inf")]
-            elif self.kind == LAST_VALUE:
-                cell = [0, -1]
-            else:
-                cell = [0]
-            cell.append(series)  # the last item: whose cell it is
-            cells[series] = cell
+            with self.lock:
+                cell = cells.get(series)
+                if cell is None:
+                    if self.kind == HISTOGRAM:
+                        cell = [0] * (len(self.bounds) + 1) + [0, float("inf"), float("-inf")]
+                    elif self.kind == LAST_VALUE:
+                        cell = [0, -1]
+                    else:
+                        cell = [0]
+                    cell.append(series)  # the last item: whose cell it is
+                    cells[series] = cell
         return cell
 
     def totals(self) -> dict[Series, list[Any]]:
@@ -165,6 +194,12 @@ def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
     found = owner()
     if found is not None:
         found.retire(cells)
+
+
+class _Shared:
+    """Stands in for a `threading.local` when all threads share one dict of cells."""
+
+    __slots__ = ("cells",)
 
 
 class _Marker:

@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 import vsrtel
+from vsrtel.handlers import _aggregation
 from vsrtel.handlers._aggregation import (
     COUNTER,
     HISTOGRAM,
@@ -482,7 +483,7 @@ def _recorder(
                     cell = local.cells[()]
                 except (AttributeError, KeyError):
                     cell = state.cell((), ())
-            # Each cell has one writer, the thread that owns it: updates need no lock.
+            # No lock, and no call nor backward jump until the update is done (_aggregation).
             if kind == COUNTER:
                 cell[0] += 1
             elif kind == SUM:
@@ -664,11 +665,12 @@ class MetricsReporter:
 
 def _cells(metric: Metric) -> Cells:
     """Empty cells of the kind `metric` aggregates into."""
+    per_thread = _aggregation.PER_THREAD  # read here, so a test can choose
     if metric.type == "distribution":
-        return Cells(HISTOGRAM, buckets_for(metric))
+        return Cells(HISTOGRAM, buckets_for(metric), per_thread=per_thread)
     if metric.type == "last_value":
-        return Cells(LAST_VALUE)
-    return Cells(COUNTER if metric.type == "counter" else SUM)
+        return Cells(LAST_VALUE, per_thread=per_thread)
+    return Cells(COUNTER if metric.type == "counter" else SUM, per_thread=per_thread)
 
 
 def _instrument(
