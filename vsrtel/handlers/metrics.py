@@ -528,12 +528,19 @@ def _dispatch(
 
 
 class MetricsReporter:
-    """Report metric definitions to OpenTelemetry instruments from the events they name.
+    """Report metric definitions to an OpenTelemetry MeterProvider from the events they name.
 
     `meter_provider` defaults to OpenTelemetry's global one (a RuntimeWarning says so when that
     is not set: the metrics would go nowhere); `registry` to vsrtel's default registry.
-    Instruments are created at construction; `attach()` attaches one handler per event name (all
-    metrics of that event share it) and `detach()` removes them. Also a context manager.
+    `attach()` attaches one handler per event name (all metrics of that event share it) and
+    `detach()` removes them. Also a context manager.
+
+    `aggregation="vsrtel"` (the default) aggregates each metric's series in vsrtel and adds them
+    to what the provider's readers collect (see `vsrtel.handlers._aggregation`); a newer
+    reporter of a metric on the same provider replaces this one's series. `"otel"` records every
+    event on an OpenTelemetry instrument, for the SDK's views and exemplars. Summaries always do
+    (the provider's views choose their aggregation), and so does everything when the provider is
+    not the SDK's; `aggregation` tells which one is in use.
 
     Definitions that would break a Prometheus scrape raise ValueError here, naming them: two
     metrics with one name (OpenTelemetry names ignore case) or one Prometheus name, a tag on the
