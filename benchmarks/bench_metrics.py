@@ -1,27 +1,44 @@
-"""MetricsReporter against raw OpenTelemetry: the same counter/histogram update, two ways.
+"""MetricsReporter against its peers: the same tagged counter/histogram update, several ways.
 
-raw: `counter.add(1, attrs)` / `histogram.record(v, attrs)` on an SDK instrument with a prebuilt
-attribute dict. reporter: `registry.execute(name, measurements, metadata)` with a
-`MetricsReporter` turning the event into that update (measurement lookup, tag extraction,
-series cap, unit conversion). Both use a MeterProvider with an in-memory reader, so no export
-work is timed.
+raw OTel: `counter.add(1, attrs)` / `histogram.record(v, attrs)` on an SDK instrument with a
+prebuilt dict of the same two attributes. prometheus_client: `counter.labels(a, b).inc()` (the
+label lookup per event, as an event-driven caller does it) and a bound child's `inc()`.
+reporter: `registry.execute(name, measurements, metadata)` with a `MetricsReporter` turning the
+event into that update (measurement lookup, two tags, series cap, unit conversion), once with
+its default aggregation in vsrtel and once with `aggregation="otel"` (OpenTelemetry
+instruments). Every MeterProvider has an in-memory reader, so no export work is timed, except
+in the scrape rows: one Prometheus scrape (`generate_latest`) of 10 metrics x 1,000 series.
+The VSR row with `aggregation="otel"` sits next to `bench_vsr`'s two rows.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import Counter as PromCounter
 
 import vsrtel
 from benchmarks._harness import Case, Target, now
 from vsrtel.handlers import metrics as m
+from vsrtel.handlers.prometheus import prometheus_reader
+from vsrtel.vsr import simulate
+from vsrtel.vsr.metrics import METRICS as VSR_METRICS
+
+Aggregation = Literal["vsrtel", "otel"]
 
 EVENT = ("vsr", "protocol", "client_request", "stop")
 METADATA = {"operation": "write", "replica": 1}
-ATTRS = {"operation": "write"}
+ATTRS = {"operation": "write", "replica": "1"}  # as the reporter exports them: label text
 DURATION_NS = 1_234_567
+COUNTER = m.counter("vsr.protocol.client_request.stop.count", tags=["operation", "replica"])
+DISTRIBUTION = m.distribution(
+    "vsr.protocol.client_request.stop.duration", unit=("native", "second"),
+    tags=["operation", "replica"],
+)
 
 
 def _provider() -> MeterProvider:
@@ -39,9 +56,7 @@ def raw_counter(loops: int) -> int:
 
 def raw_histogram(loops: int) -> int:
     histogram = _provider().get_meter("bench").create_histogram(
-        "vsr.duration", unit="s", explicit_bucket_boundaries_advisory=m.buckets_for(
-            m.distribution("x.y", unit=("native", "second"))
-        )
+        "vsr.duration", unit="s", explicit_bucket_boundaries_advisory=m.buckets_for(DISTRIBUTION)
     )
     record, attrs = histogram.record, ATTRS
     start = now()
@@ -51,10 +66,34 @@ def raw_histogram(loops: int) -> int:
     return now() - start
 
 
-def reporter_case(metric: m.Metric) -> Any:
+def prometheus_labels_inc(loops: int) -> int:
+    counter = PromCounter(
+        "vsr_requests", "requests", ["operation", "replica"], registry=CollectorRegistry()
+    )
+    labels, md = counter.labels, METADATA
+    start = now()
+    for _ in range(loops):
+        labels(md["operation"], md["replica"]).inc()
+    return now() - start
+
+
+def prometheus_bound_inc(loops: int) -> int:
+    counter = PromCounter(
+        "vsr_requests", "requests", ["operation", "replica"], registry=CollectorRegistry()
+    )
+    inc = counter.labels("write", "1").inc
+    start = now()
+    for _ in range(loops):
+        inc()
+    return now() - start
+
+
+def reporter_case(metric: m.Metric, aggregation: Aggregation) -> Callable[[int], int]:
     def run(loops: int) -> int:
         registry = vsrtel.Registry()
-        m.MetricsReporter([metric], meter_provider=_provider(), registry=registry).attach()
+        m.MetricsReporter(
+            [metric], meter_provider=_provider(), registry=registry, aggregation=aggregation
+        ).attach()
         execute = registry.execute
         name, measurements, metadata = EVENT, {"duration": DURATION_NS}, METADATA
         start = now()
@@ -65,19 +104,93 @@ def reporter_case(metric: m.Metric) -> Any:
     return run
 
 
+def scrape_case(aggregation: Aggregation, *, collect_only: bool = False) -> Callable[[int], int]:
+    """One Prometheus scrape of 10 metrics (5 counters, 5 distributions) x 1,000 series; or,
+    `collect_only`, the collection of those by an in-memory reader (what the scrape's time
+    owes to the aggregation, the formatting left out)."""
+    state: dict[str, Any] = {}
+
+    def run(loops: int) -> int:
+        if not state:  # built once: filling 10,000 series through the SDK takes a while
+            reader, prom = prometheus_reader()
+            memory = InMemoryMetricReader()
+            provider = MeterProvider(metric_readers=[reader, memory])
+            registry = vsrtel.Registry()
+            defs = [
+                m.counter(f"app.scrape.m{i}.count", event_name=f"app.scrape.m{i}", tags=["id"])
+                for i in range(5)
+            ] + [
+                m.distribution(f"app.scrape.m{i}.duration", event_name=f"app.scrape.m{i}",
+                               unit=("native", "second"), tags=["id"])
+                for i in range(5, 10)
+            ]
+            m.MetricsReporter(
+                defs, meter_provider=provider, registry=registry, aggregation=aggregation
+            ).attach()
+            for i in range(10):
+                event = f"app.scrape.m{i}"
+                for series in range(1000):
+                    registry.execute(event, {"duration": series * 1000}, {"id": series})
+            state["scrape"] = memory.get_metrics_data if collect_only else (
+                lambda: generate_latest(prom)
+            )
+        scrape = state["scrape"]
+        start = now()
+        for _ in range(loops):
+            scrape()
+        return now() - start
+
+    return run
+
+
+def vsr_request_otel(loops: int) -> int:
+    """`bench_vsr`'s request + metrics row, with the reporter on OpenTelemetry instruments."""
+    total = done = 0
+    while done < loops:
+        registry = vsrtel.Registry()
+        reporter = m.MetricsReporter(
+            VSR_METRICS, meter_provider=_provider(), registry=registry, aggregation="otel"
+        ).attach()
+        start = now()
+        simulate(seed=done, requests=200, faults="none", registry=registry)
+        total += now() - start
+        reporter.detach()
+        done += 200
+    return total * loops // done
+
+
 CASES = [
-    Case("otel counter.add (raw)", raw_counter),
-    Case("execute -> reporter counter", reporter_case(
-        m.counter("vsr.protocol.client_request.stop.count", tags=["operation"]))),
-    Case("otel histogram.record (raw)", raw_histogram),
-    Case("execute -> reporter distribution", reporter_case(
-        m.distribution("vsr.protocol.client_request.stop.duration",
-                       unit=("native", "second"), tags=["operation"]))),
+    Case("otel counter.add (raw, 2 attributes)", raw_counter),
+    Case("prometheus_client labels(2).inc()", prometheus_labels_inc),
+    Case("prometheus_client bound child inc()", prometheus_bound_inc),
+    Case("execute -> reporter counter, 2 tags (otel aggregation)",
+         reporter_case(COUNTER, "otel")),
+    Case("execute -> reporter counter, 2 tags", reporter_case(COUNTER, "vsrtel")),
+    Case("otel histogram.record (raw, 2 attributes)", raw_histogram),
+    Case("execute -> reporter distribution, 2 tags (otel aggregation)",
+         reporter_case(DISTRIBUTION, "otel")),
+    Case("execute -> reporter distribution, 2 tags", reporter_case(DISTRIBUTION, "vsrtel")),
+    Case("scrape 10 metrics x 1,000 series (otel aggregation)", scrape_case("otel")),
+    Case("scrape 10 metrics x 1,000 series", scrape_case("vsrtel")),
+    Case("collect 10 metrics x 1,000 series (otel aggregation)",
+         scrape_case("otel", collect_only=True)),
+    Case("collect 10 metrics x 1,000 series", scrape_case("vsrtel", collect_only=True)),
+    Case("vsr simulated request + metrics reporter (otel aggregation)", vsr_request_otel),
 ]
 
 TARGETS = [
-    Target("reporter counter vs raw OTel", "execute -> reporter counter",
-           "otel counter.add (raw)", 1.3),
-    Target("reporter distribution vs raw OTel", "execute -> reporter distribution",
-           "otel histogram.record (raw)", 1.3),
+    Target("reporter counter (2 tags), ns", "execute -> reporter counter, 2 tags", None, 600),
+    Target("reporter counter vs raw OTel counter.add", "execute -> reporter counter, 2 tags",
+           "otel counter.add (raw, 2 attributes)", 0.125),
+    Target("reporter distribution vs raw OTel histogram.record",
+           "execute -> reporter distribution, 2 tags",
+           "otel histogram.record (raw, 2 attributes)", round(1 / 6, 3)),
+    Target("reporter counter vs prometheus_client labels().inc()",
+           "execute -> reporter counter, 2 tags", "prometheus_client labels(2).inc()", 1.0),
+    Target("vsr request + metrics vs without", "vsr simulated request + metrics reporter",
+           "vsr simulated request (3 replicas, ~23 events)", 1.15),
+    Target("scrape 10x1,000 series vs otel aggregation", "scrape 10 metrics x 1,000 series",
+           "scrape 10 metrics x 1,000 series (otel aggregation)", 1.0),
+    Target("collect 10x1,000 series vs otel aggregation", "collect 10 metrics x 1,000 series",
+           "collect 10 metrics x 1,000 series (otel aggregation)", 1.0),
 ]

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,6 +32,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
+from vsrtel.handlers import _aggregation
 from vsrtel.handlers import metrics as m
 from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.testing import capture
@@ -959,3 +961,196 @@ def test_any_event_is_recorded_or_skipped_and_counted(
             assert key not in seen, key
             seen.add(key)
     sink.provider.shutdown()
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def comparable(sink: Sink) -> dict[str, Any]:
+    """What a collection holds, without timestamps: per metric, per attribute set, its value."""
+    out: dict[str, Any] = {}
+    for name, metric in sink.collect().items():
+        points: dict[frozenset[tuple[str, Any]], Any] = {}
+        for p in metric.data.data_points:
+            attrs = frozenset((p.attributes or {}).items())
+            if isinstance(p, HistogramDataPoint):
+                points[attrs] = (p.count, pytest.approx(p.sum), tuple(p.bucket_counts),
+                                 tuple(p.explicit_bounds), p.min, p.max)
+            else:
+                points[attrs] = pytest.approx(p.value)
+        out[name] = (type(metric.data).__name__, metric.unit, metric.description, points,
+                     getattr(metric.data, "is_monotonic", None))
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(mappings("n"), mappings("route", "status")), min_size=1, max_size=8))
+def test_both_aggregations_export_the_same_data(
+    events: list[tuple[dict[Any, Any], dict[Any, Any]]],
+) -> None:
+    got = []
+    for aggregation in ("vsrtel", "otel"):
+        sink = Sink()
+        registry = vsrtel.Registry(on_error="raise")
+        reporter = m.MetricsReporter(
+            every_kind(), meter_provider=sink.provider, registry=registry,
+            aggregation=aggregation,  # type: ignore[arg-type]
+        ).attach()
+        assert reporter.aggregation == aggregation
+        for measurements, metadata in events:
+            registry.execute("any.e", measurements, metadata)
+        got.append((comparable(sink), reporter.skipped))
+        sink.provider.shutdown()
+    assert got[0] == got[1]
+
+
+def test_aggregation_must_be_known(sink: Sink) -> None:
+    with pytest.raises(ValueError, match="aggregation"):
+        m.MetricsReporter([], meter_provider=sink.provider, aggregation="fast")  # type: ignore[arg-type]
+
+
+def test_a_provider_that_is_not_the_sdks_falls_back_to_instruments() -> None:
+    with pytest.warns(RuntimeWarning):
+        reporter = m.MetricsReporter([m.counter("a.b.c")], meter_provider=NoOpMeterProvider())
+    assert reporter.aggregation == "otel"
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        m.counter("h.e.count"),
+        m.sum("h.e.n"),
+        m.distribution("h.e.n", reporter_options={"buckets": [1, 10]}),
+    ],
+    ids=lambda metric: metric.type,
+)
+@pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
+def test_four_threads_on_one_series_lose_nothing(
+    metric: m.Metric, per_thread: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_aggregation, "PER_THREAD", per_thread)
+    # Ask for a thread switch as often as the interpreter allows: a racy update would lose counts.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        check_four_threads(metric)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def check_four_threads(metric: m.Metric) -> None:
+    sink = Sink()
+    registry = vsrtel.Registry(on_error="raise")
+    report(sink, registry, metric)
+    per_thread = 20_000
+    start = threading.Barrier(5)
+    collected: list[Any] = []
+
+    def work() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            registry.execute("h.e", {"n": 2}, {})
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    start.wait()
+    while any(th.is_alive() for th in threads):  # collections while the threads count
+        collected.append(sink.collect())
+    for th in threads:
+        th.join()
+    (point,) = sink.collect()[metric.name].data.data_points
+    if metric.type == "distribution":
+        assert point.count == 4 * per_thread and point.sum == 2 * 4 * per_thread
+        assert tuple(point.bucket_counts) == (0, 4 * per_thread, 0)
+    else:
+        assert point.value == 4 * per_thread * (1 if metric.type == "counter" else 2)
+    sink.provider.shutdown()
+
+
+def test_last_value_is_the_latest_write_of_any_thread(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    report(sink, registry, m.last_value("g.e.n"))
+    registry.execute("g.e", {"n": 1})
+    other = threading.Thread(target=registry.execute, args=("g.e", {"n": 2}))
+    other.start()
+    other.join()
+    assert sink.value("g.e.n") == 2  # that thread has ended: its write still counts
+    registry.execute("g.e", {"n": 3})
+    assert sink.value("g.e.n") == 3
+
+
+def test_cumulative_points_keep_their_start_time(sink: Sink, registry: vsrtel.Registry) -> None:
+    before = time.time_ns()
+    report(sink, registry, m.counter("c.e.count"), m.distribution("c.e.n"))
+    registry.execute("c.e", {"n": 1})
+    first = {name: metric.data.data_points[0] for name, metric in sink.collect().items()}
+    registry.execute("c.e", {"n": 2})
+    second = {name: metric.data.data_points[0] for name, metric in sink.collect().items()}
+    for name in ("c.e.count", "c.e.n"):
+        assert before <= first[name].start_time_unix_nano <= first[name].time_unix_nano
+        assert second[name].start_time_unix_nano == first[name].start_time_unix_nano
+        assert second[name].time_unix_nano >= first[name].time_unix_nano
+    assert second["c.e.count"].value == 2 and second["c.e.n"].count == 2
+
+
+def test_delta_readers_get_what_was_added_since_their_last_collection(
+    registry: vsrtel.Registry,
+) -> None:
+    from opentelemetry.sdk.metrics import Counter, Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    delta = InMemoryMetricReader(preferred_temporality={
+        Counter: AggregationTemporality.DELTA, Histogram: AggregationTemporality.DELTA,
+    })
+    sink = Sink(readers=(delta,))  # its own reader stays cumulative
+    report(sink, registry, m.counter("d.e.count"), m.distribution("d.e.n"))
+
+    def points() -> dict[str, Any]:
+        data = delta.get_metrics_data()
+        if data is None:  # nothing to report
+            return {}
+        return {
+            metric.name: (metric.data.aggregation_temporality, metric.data.data_points)
+            for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+        }
+
+    for _ in range(3):
+        registry.execute("d.e", {"n": 1})
+    first = points()
+    assert first["d.e.count"][0] is AggregationTemporality.DELTA
+    assert first["d.e.count"][1][0].value == 3 and first["d.e.n"][1][0].count == 3
+    registry.execute("d.e", {"n": 1})
+    second = points()
+    (counted,), (histogram,) = second["d.e.count"][1], second["d.e.n"][1]
+    assert counted.value == 1 and histogram.count == 1 and histogram.sum == 1
+    assert counted.start_time_unix_nano == first["d.e.count"][1][0].time_unix_nano
+    assert points() == {}  # nothing new: no points, as the SDK does
+    assert sink.value("d.e.count") == 4  # the cumulative reader is unaffected
+    sink.provider.shutdown()
+
+
+def test_readers_added_later_see_the_series(sink: Sink, registry: vsrtel.Registry) -> None:
+    report(sink, registry, m.counter("r.e.count"))
+    registry.execute("r.e", {})
+    later = InMemoryMetricReader()
+    sink.provider.add_metric_reader(later)
+    data = later.get_metrics_data()
+    assert data is not None
+    [metric] = [x for rm in data.resource_metrics for sm in rm.scope_metrics for x in sm.metrics]
+    assert metric.name == "r.e.count" and metric.data.data_points[0].value == 1
+
+
+def test_a_newer_reporter_of_a_metric_restarts_its_series(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    old = report(sink, registry, m.counter("n.e.count"))
+    registry.execute("n.e", {})
+    registry.execute("n.e", {})
+    old.detach()
+    assert sink.value("n.e.count") == 2  # a detached reporter's series are still exported
+    report(sink, registry, m.counter("n.e.count"))
+    registry.execute("n.e", {})
+    (point,) = sink.collect()["n.e.count"].data.data_points  # one metric, not two
+    assert point.value == 1

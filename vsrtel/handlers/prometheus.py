@@ -362,9 +362,7 @@ def exposition(metrics: Iterable[Metric]) -> list[Exposition]:
     found = []
     for metric in metrics:
         # The probe always records: filters and measurement callables could reject the stand-ins.
-        probe = dataclasses.replace(
-            metric, _filter=None, _measure=_one, measurement=_one, tag_values=None
-        )
+        probe = dataclasses.replace(metric, measurement=_one, keep=None, drop=None, tag_values=None)
         reader, registry = prometheus_reader()
         provider = MeterProvider(metric_readers=[reader])
         events = vsrtel.Registry(on_error="raise")

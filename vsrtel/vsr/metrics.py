@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vsrtel.handlers import metrics as m
+from vsrtel import metrics as m
 
 _NODE = ["node_id"]
 

@@ -1,0 +1,413 @@
+"""Series aggregated in vsrtel, handed to OpenTelemetry's readers when they collect.
+
+Each metric keeps its series in *cells*: plain lists a handler updates in place
+(`cell[0] += 1`), found by one dict lookup, without a lock. Why no count is lost:
+
+- On CPython with a GIL (3.10 and later), a thread switch happens only where the interpreter
+  checks for one: at a function's start, a backward jump, or after a call returns. A cell update
+  is subscripts and arithmetic on ints and floats in a list, none of those, and runs no Python
+  code (no `__eq__`, `__hash__` or `__del__` of ours; ints and floats never start the garbage
+  collector). So all threads share one dict of cells and each update is whole. Cells are only
+  *created* under the metric's lock, so two threads never make two cells for one series.
+- Anywhere else (a free-threaded build, another interpreter) that reasoning does not hold: each
+  thread gets its own dict of cells (`threading.local`), so every cell has one writer. When a
+  thread ends, its cells are folded into the metric's `retired` ones.
+
+A collection copies each cell (one C call) and adds up a series' cells.
+
+OpenTelemetry's Python SDK has no public way to hand it data aggregated elsewhere (no
+MetricProducer). The route taken here: the SDK's collect callback of each reader of the
+MeterProvider is wrapped, so that after the SDK's own collection the reporter's series are added
+as ordinary `Sum`, `Gauge` and `Histogram` metrics of the reporter's instrumentation scope.
+Every reader and exporter (Prometheus, OTLP, console, in-memory) then sees them exactly as it
+would see the SDK's own, in the temporality it prefers. That wrapping uses the SDK's private
+`_measurement_consumer` (its `collect` and `_reader_storages`), `_sdk_config.resource`, and the
+readers' `_set_collect_callback` and `_instrument_class_temporality`; `install` returns None
+when any is missing, and the reporter then falls back to OpenTelemetry instruments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import platform
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from time import time_ns
+from typing import Any, Final
+
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricReader,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+_log = logging.getLogger("vsrtel")
+
+# What a cell holds, by kind: counter and sum [total]; last value [value, stamp];
+# histogram [bucket counts..., sum, min, max].
+COUNTER: Final = 0
+SUM: Final = 1
+LAST_VALUE: Final = 2
+HISTOGRAM: Final = 3
+
+PER_THREAD: Final = platform.python_implementation() != "CPython" or not getattr(
+    sys, "_is_gil_enabled", lambda: True
+)()
+"""Whether cells are kept per thread (see above): not on CPython with its GIL."""
+
+_CUMULATIVE: Final = AggregationTemporality.CUMULATIVE
+_DELTA: Final = AggregationTemporality.DELTA
+
+
+class Series:
+    """One tag set of one metric: its exported attributes and when it was first recorded."""
+
+    __slots__ = ("attrs", "start_ns")
+
+    def __init__(self, attrs: Mapping[str, str]) -> None:
+        self.attrs = attrs
+        self.start_ns = time_ns()
+
+
+class Cells:
+    """The cells of one metric: a dict from tag key (or `Series`) to its cell, one per thread
+    when `per_thread`.
+
+    `local.cells` is the calling thread's dict (a thread-local attribute is the cheapest way to
+    reach it; without `per_thread`, `local` is a plain object all threads share); `threads`
+    holds every live thread's dict.
+    """
+
+    __slots__ = (
+        "__weakref__", "bounds", "kind", "local", "lock", "per_thread", "retired", "stamp",
+        "threads",
+    )
+
+    def __init__(
+        self, kind: int, bounds: tuple[float, ...] = (), *, per_thread: bool = PER_THREAD
+    ) -> None:
+        self.kind = kind
+        self.bounds = bounds
+        self.per_thread = per_thread
+        self.local: Any = threading.local() if per_thread else _Shared()
+        self.threads: dict[int, dict[Any, list[Any]]] = {}  # by id() of the dict
+        self.retired: dict[Series, list[Any]] = {}
+        self.lock = threading.Lock()  # guards creating cells, threads, retired; not per event
+        # next() of itertools.count runs in C: no two writes get one stamp.
+        self.stamp: Callable[[], int] = itertools.count().__next__
+
+    def mine(self) -> dict[Any, list[Any]]:
+        """The calling thread's dict of cells (created on its first event)."""
+        try:
+            cells: dict[Any, list[Any]] = self.local.cells
+            return cells
+        except AttributeError:
+            pass
+        with self.lock:
+            if not self.per_thread and hasattr(self.local, "cells"):  # another thread's
+                found: dict[Any, list[Any]] = self.local.cells
+                return found
+            cells = self.local.cells = {}
+            self.threads[id(cells)] = cells
+        if self.per_thread:
+            # The thread's local storage is cleared when the thread ends, this marker with it.
+            marker = self.local.marker = _Marker()
+            weakref.finalize(marker, _retire, weakref.ref(self), cells).atexit = False
+        return cells
+
+    def retire(self, cells: dict[Any, list[Any]]) -> None:
+        """Fold the cells of a thread that ended into `retired`."""
+        with self.lock:
+            self.threads.pop(id(cells), None)
+            for cell in _unique(cells):
+                total = self.retired.get(cell[-1])
+                if total is None:
+                    self.retired[cell[-1]] = cell
+                else:
+                    self._add(total, cell)
+
+    def cell(self, series: Series) -> list[Any]:
+        """The calling thread's cell of `series`, created empty if needed."""
+        cells = self.mine()
+        cell = cells.get(series)
+        if cell is None:
+            with self.lock:
+                cell = cells.get(series)
+                if cell is None:
+                    if self.kind == HISTOGRAM:
+                        cell = [0] * (len(self.bounds) + 1) + [0, float("inf"), float("-inf")]
+                    elif self.kind == LAST_VALUE:
+                        cell = [0, -1]
+                    else:
+                        cell = [0]
+                    cell.append(series)  # the last item: whose cell it is
+                    cells[series] = cell
+        return cell
+
+    def totals(self) -> dict[Series, list[Any]]:
+        """Every series with its cells added up (last value: the latest write wins)."""
+        merged: dict[Series, list[Any]] = {}
+        with self.lock:
+            for cells in [*self.threads.values(), self.retired]:
+                for cell in _unique(cells):
+                    # One copy: a consistent enough view of a cell being updated.
+                    total = merged.get(cell[-1])
+                    if total is None:
+                        merged[cell[-1]] = cell[:]
+                    else:
+                        self._add(total, cell)
+        return {series: total[:-1] for series, total in merged.items()}
+
+    def _add(self, total: list[Any], cell: list[Any]) -> None:
+        """Add `cell` to `total`, a cell of the same series."""
+        if self.kind == HISTOGRAM:
+            n = len(self.bounds) + 1
+            for i in range(n + 1):
+                total[i] += cell[i]
+            total[n + 1] = min(total[n + 1], cell[n + 1])
+            total[n + 2] = max(total[n + 2], cell[n + 2])
+        elif self.kind == LAST_VALUE:
+            if cell[1] > total[1]:
+                total[:2] = cell[:2]
+        else:
+            total[0] += cell[0]
+
+
+def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
+    # By weak reference: the finalizer must not keep the metric's cells alive.
+    found = owner()
+    if found is not None:
+        found.retire(cells)
+
+
+class _Shared:
+    """Stands in for a `threading.local` when all threads share one dict of cells."""
+
+    __slots__ = ("cells",)
+
+
+class _Marker:
+    """An object only a thread's local storage refers to: its end tells that the thread ended."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _unique(cells: dict[Any, list[Any]]) -> list[list[Any]]:
+    """The cells of a thread's dict, each once (a cell is found under several keys)."""
+    # list() of a dict's values is one C call: safe while its thread adds keys.
+    return list({id(cell): cell for cell in list(cells.values())}.values())
+
+
+class Export:
+    """What a reader gets for one metric: name, description, unit, kind and its cells."""
+
+    __slots__ = ("cells", "description", "monotonic", "name", "unit")
+
+    def __init__(
+        self, name: str, description: str, unit: str, cells: Cells, monotonic: bool
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.unit = unit
+        self.cells = cells
+        self.monotonic = monotonic
+
+
+class Hook:
+    """The wrapped collection of one MeterProvider: adds the series of its reporters' metrics."""
+
+    def __init__(self, provider: MeterProvider, scope: InstrumentationScope) -> None:
+        self._provider = provider
+        self._scope = scope
+        self._lock = threading.Lock()
+        self._exports: dict[str, Export] = {}  # by metric name: a newer reporter's replaces
+        # Per reader, for delta temporality: each series' totals at the last collection.
+        self._previous: weakref.WeakKeyDictionary[
+            MetricReader, dict[tuple[str, Series], tuple[list[Any], int]]
+        ] = weakref.WeakKeyDictionary()
+
+    def add(self, exports: Iterable[Export]) -> None:
+        """Export these metrics from now on (replacing metrics of the same name: a reset)."""
+        with self._lock:
+            for export in exports:
+                self._exports[export.name] = export
+
+    def wrap(self, collect: Callable[..., MetricsData | None]) -> Callable[..., Any]:
+        """A collect callback calling `collect` (the SDK's) and adding our metrics."""
+
+        def collect_with_vsrtel(
+            reader: MetricReader, timeout_millis: float = 10_000
+        ) -> MetricsData | None:
+            return self._merge(reader, collect(reader, timeout_millis=timeout_millis))
+
+        return collect_with_vsrtel
+
+    def _merge(self, reader: MetricReader, data: MetricsData | None) -> MetricsData | None:
+        # One collection at a time (concurrent scrapes of one reader would race on `previous`),
+        # as the SDK does its own.
+        with self._lock:
+            now = time_ns()
+            previous = self._previous.setdefault(reader, {})
+            metrics = [
+                metric for export in self._exports.values()
+                if (metric := self._metric(export, reader, now, previous)) is not None
+            ]
+        if not metrics:
+            return data
+        resource = self._provider._sdk_config.resource
+        if data is None or not data.resource_metrics:
+            data = MetricsData(resource_metrics=[
+                ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
+            ])
+        first, *rest = data.resource_metrics
+        scopes = list(first.scope_metrics)
+        for i, scope_metrics in enumerate(scopes):
+            if scope_metrics.scope == self._scope:
+                scopes[i] = ScopeMetrics(
+                    scope=scope_metrics.scope,
+                    metrics=[*scope_metrics.metrics, *metrics],
+                    schema_url=scope_metrics.schema_url,
+                )
+                break
+        else:
+            scopes.append(ScopeMetrics(scope=self._scope, metrics=metrics, schema_url=""))
+        merged = ResourceMetrics(
+            resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url
+        )
+        return MetricsData(resource_metrics=[merged, *rest])
+
+    def _metric(
+        self,
+        export: Export,
+        reader: MetricReader,
+        now: int,
+        previous: dict[tuple[str, Series], tuple[list[Any], int]],
+    ) -> Metric | None:
+        cells = export.cells
+        totals = cells.totals()
+        if not totals:
+            return None
+        data: Sum | Gauge | Histogram
+        if cells.kind == LAST_VALUE:
+            points = [
+                NumberDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=s.start_ns, time_unix_nano=now,
+                    value=total[0],
+                )
+                for s, total in totals.items()
+            ]
+            data = Gauge(data_points=points)
+        elif cells.kind == HISTOGRAM:
+            temporality = _temporality(reader, SdkHistogram)
+            hpoints = []
+            n = len(cells.bounds) + 1
+            for s, total in totals.items():
+                start, value = self._since(export, s, total, temporality, previous, now)
+                counts = value[:n]
+                count = sum(counts)
+                if temporality is _DELTA and not count:
+                    continue
+                hpoints.append(HistogramDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
+                    count=count, sum=value[n], bucket_counts=counts,
+                    explicit_bounds=cells.bounds, min=total[n + 1], max=total[n + 2],
+                ))
+            if not hpoints:
+                return None
+            data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
+        else:
+            kind = SdkCounter if export.monotonic else SdkUpDownCounter
+            temporality = _temporality(reader, kind)
+            spoints = []
+            for s, total in totals.items():
+                start, value = self._since(export, s, total, temporality, previous, now)
+                if temporality is _DELTA and not value[0]:
+                    continue
+                spoints.append(NumberDataPoint(
+                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
+                    value=value[0],
+                ))
+            if not spoints:
+                return None
+            data = Sum(
+                data_points=spoints, aggregation_temporality=temporality,
+                is_monotonic=export.monotonic,
+            )
+        return Metric(name=export.name, description=export.description, unit=export.unit, data=data)
+
+    @staticmethod
+    def _since(
+        export: Export,
+        series: Series,
+        total: list[Any],
+        temporality: AggregationTemporality,
+        previous: dict[tuple[str, Series], tuple[list[Any], int]],
+        now: int,
+    ) -> tuple[int, list[Any]]:
+        """Start time and value of a point: the totals (cumulative), or what was added since the
+        reader's last collection (delta)."""
+        if temporality is _CUMULATIVE:
+            return series.start_ns, total
+        key = (export.name, series)
+        before, start = previous.get(key, (None, series.start_ns))
+        previous[key] = (total, now)
+        if before is None:
+            return start, total
+        return start, [a - b for a, b in zip(total, before, strict=True)]
+
+
+def _temporality(reader: MetricReader, kind: type) -> AggregationTemporality:
+    for cls, temporality in reader._instrument_class_temporality.items():
+        if issubclass(cls, kind):
+            return temporality
+    return _CUMULATIVE
+
+
+_HOOKS: weakref.WeakKeyDictionary[MeterProvider, Hook] = weakref.WeakKeyDictionary()
+_HOOKS_LOCK: Final = threading.Lock()
+
+
+def install(provider: object, scope: InstrumentationScope) -> Hook | None:
+    """The collection hook of `provider`, installed on first use; None if it cannot be.
+
+    None for anything but the SDK's MeterProvider, and for an SDK whose internals moved.
+    """
+    if not isinstance(provider, MeterProvider):
+        return None
+    with _HOOKS_LOCK:
+        hook = _HOOKS.get(provider)
+        if hook is not None:
+            return hook
+        try:
+            consumer = provider._measurement_consumer
+            readers = tuple(consumer._reader_storages)  # every reader, added ones too
+            original = consumer.collect
+            for reader in readers:
+                if not isinstance(reader._instrument_class_temporality, dict):
+                    return None
+        except AttributeError:
+            return None
+        hook = Hook(provider, scope)
+        wrapped = hook.wrap(original)
+        # Readers added later (provider.add_metric_reader) are given consumer.collect.
+        consumer.collect = wrapped  # type: ignore[method-assign]
+        for reader in readers:
+            reader._set_collect_callback(wrapped)
+        _HOOKS[provider] = hook
+        return hook
