@@ -23,8 +23,8 @@ from prometheus_client import Counter as PromCounter
 
 import vsrtel
 from benchmarks._harness import Case, Target, now
+from vsrtel.export.prometheus import prometheus_reader
 from vsrtel.handlers import metrics as m
-from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.vsr import simulate
 from vsrtel.vsr.metrics import METRICS as VSR_METRICS
 

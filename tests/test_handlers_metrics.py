@@ -32,9 +32,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
+from vsrtel.export.prometheus import prometheus_reader
 from vsrtel.handlers import _aggregation
 from vsrtel.handlers import metrics as m
-from vsrtel.handlers.prometheus import prometheus_reader
 from vsrtel.testing import capture
 
 # ----------------------------------------------------------------------------- helpers
@@ -835,7 +835,7 @@ def test_no_meter_provider_and_no_global_one_warns_loudly() -> None:
     # A fresh interpreter: the global MeterProvider is not set there.
     code = (
         "from vsrtel.handlers import metrics as m\n"
-        "from vsrtel.handlers.prometheus import serve_metrics\n"
+        "from vsrtel.export.prometheus import serve_metrics\n"
         "m.MetricsReporter([m.counter('app.req.count')]).attach()\n"
         "serve_metrics(port=0).close()\n"
     )

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import vsrtel
-from vsrtel import otel
+from vsrtel.export import otel
 from vsrtel.handlers import spans
 from vsrtel.testing import capture
 

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import vsrtel
-from vsrtel import otel
+from vsrtel.export import otel
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.handlers.spans import attach_tracer
 from vsrtel.vsr import demo, simulate

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
 import vsrtel.vsr
+from vsrtel.export.prometheus import exposition, prometheus_reader
 from vsrtel.handlers.metrics import MetricsReporter
-from vsrtel.handlers.prometheus import exposition, prometheus_reader
 from vsrtel.vsr import Simulation
 from vsrtel.vsr.metrics import METRICS
 

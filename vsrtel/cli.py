@@ -214,7 +214,7 @@ class _ClearingStream(io.TextIOBase):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vsrtel import otel
+    from vsrtel.export import otel
     from vsrtel.vsr import NO_PROPAGATION, Simulation, render_text
     from vsrtel.vsr import demo as wiring
 

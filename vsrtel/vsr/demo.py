@@ -21,9 +21,9 @@ from vsrtel.vsr.catalog import (
 from vsrtel.vsr.replica import Propagation
 
 if TYPE_CHECKING:
+    from vsrtel.export.otel import OTel
+    from vsrtel.export.prometheus import MetricsServer
     from vsrtel.handlers.metrics import MetricsReporter
-    from vsrtel.handlers.prometheus import MetricsServer
-    from vsrtel.otel import OTel
 
 __all__ = [
     "LOGGED_EVENTS",
@@ -91,9 +91,9 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
     Returns the server (``.url``, ``.close()``) and the attached reporter (``.detach()``).
     Raises ``OSError`` naming the port when it is taken.
     """
-    from vsrtel import otel
+    from vsrtel.export import otel
+    from vsrtel.export.prometheus import serve_metrics as serve
     from vsrtel.handlers.metrics import MetricsReporter
-    from vsrtel.handlers.prometheus import serve_metrics as serve
     from vsrtel.vsr.metrics import METRICS
 
     server = serve(port, resource=otel.resource(SERVICE_NAME))
@@ -118,10 +118,11 @@ def export_to_otlp(
 
     ``traces`` attaches the spans handler for :data:`TRACED_SPANS` (use
     :func:`trace_propagation` in the simulation so that each request is one trace); ``metrics``
-    a reporter of :data:`vsrtel.vsr.METRICS`. ``configure`` goes to :func:`vsrtel.otel.configure`.
+    a reporter of :data:`vsrtel.vsr.METRICS`. ``configure`` goes to
+    :func:`vsrtel.export.otel.configure`.
     Returns the OTel setup (call ``.shutdown()`` to flush) and a function that detaches both.
     """
-    from vsrtel import otel
+    from vsrtel.export import otel
     from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.spans import attach_tracer
     from vsrtel.vsr.metrics import METRICS

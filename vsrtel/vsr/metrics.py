@@ -106,7 +106,7 @@ METRICS: list[m.Metric] = [
 
 def render_markdown(metrics: list[m.Metric] | None = None) -> str:
     """Document ``metrics`` (default :data:`METRICS`) as they appear in a Prometheus scrape."""
-    from vsrtel.handlers.prometheus import exposition
+    from vsrtel.export.prometheus import exposition
 
     rows = [
         "| Prometheus series | Type | Unit | Labels | From event | Description |",

@@ -1,4 +1,4 @@
-"""Tests for vsrtel.otel: providers, resources and exporters chosen from OTEL_* variables."""
+"""Tests for vsrtel.export.otel: providers, resources and exporters chosen from OTEL_* variables."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from vsrtel import otel
+from vsrtel.export import otel
 
 _OTEL_VARS = (
     "OTEL_SERVICE_NAME",
@@ -306,7 +306,7 @@ def test_globals_untouched_by_default_and_set_on_request() -> None:
     # Global providers can be set once per process, so this runs in a fresh interpreter.
     code = (
         "from opentelemetry import metrics, trace\n"
-        "from vsrtel import otel\n"
+        "from vsrtel.export import otel\n"
         "a = otel.configure()\n"
         "assert trace.get_tracer_provider() is not a.tracer_provider\n"
         "assert metrics.get_meter_provider() is not a.meter_provider\n"

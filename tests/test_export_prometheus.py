@@ -23,14 +23,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
-from vsrtel.handlers import metrics as m
-from vsrtel.handlers.prometheus import (
+from vsrtel.export.prometheus import (
     MetricsServer,
     exposition,
     prometheus_reader,
     serve_metrics,
     serve_registry,
 )
+from vsrtel.handlers import metrics as m
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 T = TypeVar("T")

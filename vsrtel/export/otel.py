@@ -45,7 +45,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 if TYPE_CHECKING:
-    from vsrtel.handlers.prometheus import MetricsServer
+    from vsrtel.export.prometheus import MetricsServer
 
 __all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure", "exports_otlp", "resource"]
 
@@ -87,7 +87,7 @@ class OTel:
 
     def __repr__(self) -> str:
         name = self.tracer_provider.resource.attributes.get(SERVICE_NAME)
-        return f"<vsrtel.otel.OTel service_name={name!r} exporters={len(self._exporters)}>"
+        return f"<vsrtel.export.otel.OTel service_name={name!r} exporters={len(self._exporters)}>"
 
     def force_flush(self, timeout_millis: int = 5000) -> bool:
         """Export everything buffered so far; return False if it did not finish in time."""
@@ -122,14 +122,15 @@ class OTel:
                 try:
                     provider_shutdown()
                 except Exception:
-                    _log.exception("vsrtel.otel: %s shutdown failed", name)
+                    _log.exception("vsrtel.export.otel: %s shutdown failed", name)
                     ok = False
             return ok
 
         done = _run_bounded(stop, timeout_millis, wait_after_timeout=self._abort_exporters)
         if not done:
             _log.warning(
-                "vsrtel.otel: shutdown did not finish within %d ms; unexported telemetry dropped",
+                "vsrtel.export.otel: shutdown did not finish within %d ms; unexported telemetry "
+                "dropped",
                 timeout_millis,
             )
         return done
@@ -139,7 +140,7 @@ class OTel:
             try:
                 exporter.shutdown()
             except Exception:
-                _log.exception("vsrtel.otel: exporter %r failed to shut down", exporter)
+                _log.exception("vsrtel.export.otel: exporter %r failed to shut down", exporter)
 
 
 def _run_bounded(
@@ -155,7 +156,7 @@ def _run_bounded(
         try:
             result.append(bool(function()))
         except Exception:
-            _log.exception("vsrtel.otel: flush failed")
+            _log.exception("vsrtel.export.otel: flush failed")
             result.append(False)
 
     worker = threading.Thread(target=run, name="vsrtel-otel-flush", daemon=True)
@@ -215,7 +216,7 @@ def configure(
     readers = _metric_readers(metric_readers, out, exporters)
     scrape = None  # (port, prometheus_client registry) when Prometheus is asked for
     if prometheus_port is not None:
-        from vsrtel.handlers.prometheus import prometheus_reader
+        from vsrtel.export.prometheus import prometheus_reader
 
         reader, prometheus_registry = prometheus_reader()
         readers.append(reader)
@@ -226,7 +227,7 @@ def configure(
 
     server = None
     if scrape is not None:
-        from vsrtel.handlers.prometheus import serve_registry
+        from vsrtel.export.prometheus import serve_registry
 
         port, prometheus_registry = scrape
         try:
@@ -305,14 +306,14 @@ def _otlp_module(signal: str) -> Any:
     )
     if protocol != "http/protobuf":
         _log.warning(
-            "vsrtel.otel: OTLP protocol %r is not supported, using http/protobuf", protocol
+            "vsrtel.export.otel: OTLP protocol %r is not supported, using http/protobuf", protocol
         )
     module = "trace_exporter" if signal == "TRACES" else "metric_exporter"
     try:
         return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{module}")
     except ImportError:
         _log.error(
-            "vsrtel.otel: an OTLP endpoint is configured but the OTLP/HTTP exporter is not "
+            "vsrtel.export.otel: an OTLP endpoint is configured but the OTLP/HTTP exporter is not "
             "installed (pip install 'vsrtel[otlp]'); %s are not exported",
             signal.lower(),
         )

@@ -1,7 +1,7 @@
 """A Prometheus scrape endpoint for vsrtel metrics, built on OpenTelemetry's Prometheus exporter.
 
     from vsrtel.handlers import metrics as m
-    from vsrtel.handlers.prometheus import serve_metrics
+    from vsrtel.export.prometheus import serve_metrics
 
     server = serve_metrics(port=9464)
     m.MetricsReporter(defs, meter_provider=server.meter_provider).attach()
