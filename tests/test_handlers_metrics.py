@@ -1154,3 +1154,23 @@ def test_a_newer_reporter_of_a_metric_restarts_its_series(
     registry.execute("n.e", {})
     (point,) = sink.collect()["n.e.count"].data.data_points  # one metric, not two
     assert point.value == 1
+
+
+def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    m.MetricsReporter(
+        [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry
+    ).attach()
+    m.MetricsReporter(
+        [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry,
+        aggregation="otel",
+    ).attach()
+    registry.execute("x.e", {})
+    with caplog.at_level(logging.WARNING, logger="vsrtel"):
+        data = sink.reader.get_metrics_data()
+        sink.collect()
+    assert data is not None
+    names = [x.name for rm in data.resource_metrics for sm in rm.scope_metrics for x in sm.metrics]
+    assert names == ["x.e.count"]
+    assert sum("x.e.count" in r.getMessage() for r in caplog.records) == 1  # warned once

@@ -237,6 +237,7 @@ class Hook:
         self._scope = scope
         self._lock = threading.Lock()
         self._exports: dict[str, Export] = {}  # by metric name: a newer reporter's replaces
+        self._clashed: set[str] = set()  # names also reported by SDK instruments (warned once)
         # Per reader, for delta temporality: each series' totals at the last collection.
         self._previous: weakref.WeakKeyDictionary[
             MetricReader, dict[tuple[str, Series], tuple[list[Any], int]]
@@ -279,9 +280,20 @@ class Hook:
         scopes = list(first.scope_metrics)
         for i, scope_metrics in enumerate(scopes):
             if scope_metrics.scope == self._scope:
+                # A metric name the SDK reports too (an `aggregation="otel"` reporter of it on
+                # this provider) would be two families of one name: a broken scrape.
+                taken = {metric.name for metric in scope_metrics.metrics}
+                clash = sorted(taken.intersection(m.name for m in metrics) - self._clashed)
+                if clash:
+                    self._clashed.update(clash)
+                    _log.warning(
+                        "metrics %s are reported both by OpenTelemetry instruments and by "
+                        "vsrtel's aggregation on one MeterProvider; exporting the instruments' "
+                        "only", ", ".join(clash),
+                    )
                 scopes[i] = ScopeMetrics(
                     scope=scope_metrics.scope,
-                    metrics=[*scope_metrics.metrics, *metrics],
+                    metrics=[*scope_metrics.metrics, *(m for m in metrics if m.name not in taken)],
                     schema_url=scope_metrics.schema_url,
                 )
                 break
