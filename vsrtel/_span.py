@@ -24,6 +24,7 @@ _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=No
 _span_ids = itertools.count(1)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
 _MAX_PREFIXES = 10_000  # bound on the cache below
+_log = logging.getLogger("vsrtel")
 
 #: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names.
 _event_names: dict[Any, tuple[EventName, EventName, EventName]] = {}
@@ -36,7 +37,6 @@ def _names_of(prefix: Any) -> tuple[EventName, EventName, EventName]:
     if len(_event_names) < _MAX_PREFIXES and isinstance(prefix, (str, tuple)):
         _event_names[prefix] = names
     return names
-_log = logging.getLogger("vsrtel")
 
 
 def current_span() -> Span | None:

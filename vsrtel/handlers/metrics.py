@@ -26,7 +26,6 @@ import warnings
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
-from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
@@ -661,12 +660,7 @@ class MetricsReporter:
     def __enter__(self) -> MetricsReporter:
         return self.attach()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
 
