@@ -89,7 +89,10 @@ def test_demo_reports_a_taken_metrics_port_in_one_line() -> None:
         (["--clients", "0"], "argument --clients: must be >= 1, got 0"),
         (["--faults", "medium"], "argument --faults: unknown fault profile 'medium'"),
         (["--faults", "heavy,loss=x"], "argument --faults: bad value for fault knob loss: 'x'"),
-        (["--metrics-port", "70000"], "argument --metrics-port: must be a port number 0-65535"),
+        (
+            ["--metrics-port", "70000"],
+            "argument --metrics-port: port must be an integer in 0..65535, got 70000",
+        ),
         (["--seed", "1.5"], "argument --seed: not an integer: '1.5'"),
         (["--foo"], "unrecognized arguments: --foo"),
         (["--serve", "--no-metrics"], "--serve keeps the metrics endpoint up"),

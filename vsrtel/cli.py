@@ -130,10 +130,12 @@ def _odd(text: str) -> int:
 
 
 def _port(text: str) -> int:
-    value = _int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {value}")
-    return value
+    from vsrtel.export.prometheus import check_port
+
+    try:
+        return check_port(_int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _faults(text: str) -> str:

@@ -36,6 +36,7 @@ from vsrtel.handlers.metrics import Metric, MetricsReporter
 __all__ = [
     "Exposition",
     "MetricsServer",
+    "check_port",
     "exposition",
     "prometheus_reader",
     "serve_metrics",
@@ -223,7 +224,8 @@ class MetricsServer:
         return f"<MetricsServer {state} {self.url}>"
 
 
-def _check_port(port: object) -> int:
+def check_port(port: object) -> int:
+    """Return ``port`` if it is a TCP port number (0 for any free one), else raise ValueError."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
     return port
@@ -258,7 +260,7 @@ def serve_registry(
     `max_connections` and `read_timeout` as for `serve_metrics`.
     """
     limits = _check_limits(max_connections, read_timeout)
-    return _serve(registry, _check_port(port), host, meter_provider, False, *limits)
+    return _serve(registry, check_port(port), host, meter_provider, False, *limits)
 
 
 def _serve(
@@ -305,7 +307,7 @@ def serve_metrics(
     `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
     resource shown in `target_info`. Call `server.close()` (or use `with`) to stop it.
     """
-    port = _check_port(port)
+    port = check_port(port)
     limits = _check_limits(max_connections, read_timeout)
     reader, registry = prometheus_reader()
     provider = MeterProvider(metric_readers=[reader], resource=resource)
