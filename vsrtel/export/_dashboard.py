@@ -30,7 +30,7 @@ _COMMON = [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
 # The page may run its own script and talk to this server only.
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; "
-    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
 

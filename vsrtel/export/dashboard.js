@@ -31,7 +31,7 @@ function svgEl(tag, attrs) {
 
 function num(v) {
   if (typeof v === "number") return v;
-  return v === "+Inf" ? Infinity : v === "-Inf" ? -Infinity : NaN;
+  return v === "+Inf" ? Infinity : v === "-Inf" ? -Infinity : Number(v); // "NaN" too
 }
 
 function fmt(v) {
@@ -215,7 +215,8 @@ function draw(chart, now) {
     const item = el("li");
     const swatch = el("span", "swatch");
     swatch.style.background = s.colour;
-    item.append(swatch, el("span", "value", latest.map(fmt).join(" / ")), el("span", "", s.label));
+    item.append(swatch, el("span", "value", latest.map(fmt).join(" / ")),
+      el("span", "label", s.label));
     chart.legend.append(item);
   }
 }
