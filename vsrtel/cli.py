@@ -238,7 +238,8 @@ def _demo(args: argparse.Namespace) -> int:
                 return 2
             stack.callback(server.close)
             stack.callback(reporter.detach)
-            progress.show(f"metrics at {server.url}", final=True)
+            progress.show(f"metrics at {server.url}, dashboard at {server.dashboard_url}",
+                          final=True)
         propagation = NO_PROPAGATION
         signals = [signal for signal in ("traces", "metrics") if otel.exports_otlp(signal)]
         if signals and not wiring.otlp_exporter_installed():
@@ -272,7 +273,8 @@ def _demo(args: argparse.Namespace) -> int:
         if args.serve and server is not None and not interrupted:
             with contextlib.suppress(KeyboardInterrupt):
                 # Announced inside: a Ctrl-C answering the line must land in this block.
-                progress.show(f"serving metrics at {server.url} until Ctrl-C", final=True)
+                progress.show(f"serving metrics at {server.url} and the dashboard at "
+                              f"{server.dashboard_url} until Ctrl-C", final=True)
                 while True:
                     time.sleep(3600)
     if interrupted:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 import vsrtel
+from vsrtel.export import _dashboard
 from vsrtel.handlers.metrics import Metric, MetricsReporter
 
 __all__ = [
@@ -81,8 +82,11 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
+def _app(
+    registry: CollectorRegistry, dashboard: bool = False
+) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
     metrics_app = make_wsgi_app(registry)
+    pages = _dashboard.app(registry) if dashboard else None
 
     def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "HEAD":
@@ -99,6 +103,8 @@ def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], It
 
     def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if pages is not None and path in _dashboard.PATHS:
+            return pages(environ, start_response)
         if path == "/metrics":
             try:
                 return scrape(environ, start_response)
@@ -114,7 +120,7 @@ def _app(registry: CollectorRegistry) -> Callable[[_Environ, _StartResponse], It
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"OK"]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /health\n"]
+        return [b"not found: try /metrics or /health" + (b" or /" if pages else b"") + b"\n"]
 
     return app
 
@@ -175,8 +181,8 @@ class _ServerV6(_Server):
 
 class MetricsServer:
     """A running scrape endpoint: `url` (of /metrics), `host`, `port`, `registry`,
-    `meter_provider` (None if the server was given a registry only) and `close()`.
-    Also a context manager."""
+    `meter_provider` (None if the server was given a registry only), `dashboard_url` (of the
+    live dashboard page, None unless served) and `close()`. Also a context manager."""
 
     def __init__(
         self,
@@ -184,6 +190,7 @@ class MetricsServer:
         registry: CollectorRegistry,
         meter_provider: MeterProvider | None,
         owns_provider: bool,
+        dashboard: bool = False,
     ) -> None:
         self._httpd = httpd
         self.registry = registry
@@ -194,6 +201,7 @@ class MetricsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.base_url = f"http://{host}:{self.port}"
         self.url = f"{self.base_url}/metrics"
+        self.dashboard_url: str | None = f"{self.base_url}/" if dashboard else None
         self._closed = False
         self._thread = threading.Thread(
             target=httpd.serve_forever, name=f"vsrtel-metrics-{self.port}", daemon=True
@@ -251,16 +259,17 @@ def serve_registry(
     meter_provider: MeterProvider | None = None,
     max_connections: int = MAX_CONNECTIONS,
     read_timeout: float = READ_TIMEOUT,
+    dashboard: bool = False,
 ) -> MetricsServer:
     """Serve `registry` on `GET /metrics` and `GET /health` from a daemon thread.
 
     For wiring the reader of `prometheus_reader()` into a provider built elsewhere; the server
     does not shut down `meter_provider` (it only exposes it as `server.meter_provider`).
     `port=0` picks a free port; a port in use raises OSError naming host and port.
-    `max_connections` and `read_timeout` as for `serve_metrics`.
+    `max_connections`, `read_timeout` and `dashboard` as for `serve_metrics`.
     """
     limits = _check_limits(max_connections, read_timeout)
-    return _serve(registry, check_port(port), host, meter_provider, False, *limits)
+    return _serve(registry, check_port(port), host, meter_provider, False, *limits, dashboard)
 
 
 def _serve(
@@ -271,6 +280,7 @@ def _serve(
     owns_provider: bool,
     max_connections: int,
     read_timeout: float,
+    dashboard: bool = False,
 ) -> MetricsServer:
     server_class = _ServerV6 if ":" in host else _Server
     try:
@@ -278,14 +288,14 @@ def _serve(
             (host, port), _QuietHandler, max_connections=max_connections,
             read_timeout=read_timeout,
         )
-        httpd.set_app(_app(registry))
+        httpd.set_app(_app(registry, dashboard))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise OSError(
                 exc.errno, f"cannot serve metrics on {host}:{port}: port {port} is already in use"
             ) from exc
         raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc}") from exc
-    return MetricsServer(httpd, registry, meter_provider, owns_provider)
+    return MetricsServer(httpd, registry, meter_provider, owns_provider, dashboard)
 
 
 def serve_metrics(
@@ -295,6 +305,7 @@ def serve_metrics(
     resource: Resource | None = None,
     max_connections: int = MAX_CONNECTIONS,
     read_timeout: float = READ_TIMEOUT,
+    dashboard: bool = False,
 ) -> MetricsServer:
     """Start a Prometheus scrape endpoint with its own OpenTelemetry MeterProvider.
 
@@ -305,14 +316,16 @@ def serve_metrics(
     `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
     the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
     `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
-    resource shown in `target_info`. Call `server.close()` (or use `with`) to stop it.
+    resource shown in `target_info`. `dashboard=True` also serves a live dashboard on `GET /`
+    (a self-contained HTML page, at `server.dashboard_url`) and the JSON snapshot it polls on
+    `GET /api/metrics`. Call `server.close()` (or use `with`) to stop it.
     """
     port = check_port(port)
     limits = _check_limits(max_connections, read_timeout)
     reader, registry = prometheus_reader()
     provider = MeterProvider(metric_readers=[reader], resource=resource)
     try:
-        return _serve(registry, port, host, provider, True, *limits)
+        return _serve(registry, port, host, provider, True, *limits, dashboard)
     except BaseException:
         provider.shutdown()
         raise

@@ -86,9 +86,11 @@ def attach_logs(registry: Registry, stream: TextIO) -> list[Hashable]:
 
 
 def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, MetricsReporter]:
-    """Serve :data:`vsrtel.vsr.METRICS` for Prometheus on 127.0.0.1:``port`` (0: any port).
+    """Serve :data:`vsrtel.vsr.METRICS` for Prometheus on 127.0.0.1:``port`` (0: any port),
+    with the live dashboard.
 
-    Returns the server (``.url``, ``.close()``) and the attached reporter (``.detach()``).
+    Returns the server (``.url``, ``.dashboard_url``, ``.close()``) and the attached reporter
+    (``.detach()``).
     Raises ``OSError`` naming the port when it is taken.
     """
     from vsrtel.export import otel
@@ -96,7 +98,7 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
     from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.vsr.metrics import METRICS
 
-    server = serve(port, resource=otel.resource(SERVICE_NAME))
+    server = serve(port, resource=otel.resource(SERVICE_NAME), dashboard=True)
     reporter = MetricsReporter(METRICS, meter_provider=server.meter_provider, registry=registry)
     return server, reporter.attach()
 
