@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -178,15 +181,39 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.mark.integration
-def test_headless_chromium_draws_live_charts(
-    server: MetricsServer, registry: vsrtel.Registry, tmp_path: Path
-) -> None:
+def chromium(tmp_path: Path) -> Any:
+    """A headless Chromium driven by the system's chromedriver (Selenium downloads nothing)."""
     if not Path(CHROMEDRIVER).exists() or shutil.which("chromium") is None:
         pytest.skip(f"{CHROMEDRIVER} or chromium absent (apt-get install chromium "
                     "chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    return driver
+
+
+def check_screenshot(driver: Any, path: Path) -> None:
+    """No console errors, and a screenshot that is a real, non-blank PNG."""
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == []
+    assert driver.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+
+
+@pytest.mark.integration
+def test_headless_chromium_draws_live_charts(
+    server: MetricsServer, registry: vsrtel.Registry, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
     stop = threading.Event()
@@ -197,22 +224,13 @@ def test_headless_chromium_draws_live_charts(
             seq += 1
             order(registry, seq, region=("eu", "us")[seq % 2])
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     reporter = m.MetricsReporter(shop_metrics(), meter_provider=server.meter_provider,
                                  registry=registry).attach()
     emitter = threading.Thread(target=emit, daemon=True)
     emitter.start()
     driver = None
     try:
-        # The system's driver, named explicitly: Selenium Manager downloads nothing.
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-        driver.set_page_load_timeout(30)
-        driver.set_script_timeout(30)
+        driver = chromium(tmp_path)
         assert server.dashboard_url is not None
         driver.get(server.dashboard_url)
         names = ("shop_order_stop_count", "shop_order_stop_seq",
@@ -240,15 +258,60 @@ def test_headless_chromium_draws_live_charts(
         legend = driver.find_elements(By.CSS_SELECTOR,
                                       '[data-metric="shop_order_stop_count"] .label')
         assert sorted(label.text for label in legend) == ["region=eu", "region=us"]
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert severe == []
-        shot = tmp_path / "dashboard.png"
-        assert driver.save_screenshot(str(shot))
-        data = shot.read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+        check_screenshot(driver, tmp_path / "dashboard.png")
     finally:
         stop.set()
         emitter.join(timeout=10)
         reporter.detach()
         if driver is not None:
             driver.quit()
+
+
+@pytest.mark.integration
+def test_the_demo_is_live_in_the_browser(tmp_path: Path) -> None:
+    """``vsrtel demo --serve`` under heavy faults: every VSR metric gets a chart, and it moves."""
+    driver = chromium(tmp_path)
+    output = tmp_path / "demo.out"
+    with output.open("w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "vsrtel", "demo", "--faults", "heavy", "--seed", "7",
+             "--requests", "100000", "--metrics-port", "0", "--serve"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    try:
+        url = wait_for("the demo's dashboard address", lambda: re.findall(
+            r"dashboard at (http://127\.0\.0\.1:\d+/)", output.read_text()))[0]
+        expected = {f["name"] for f in wait_for("the VSR metrics", lambda: [
+            f for f in json.loads(fetch(url + "api/metrics")[2])["families"]
+            if f["name"].startswith("vsr_")
+        ])}
+        driver.get(url)
+
+        # Read the page in one script each time: charts are redrawn as new points arrive.
+        def drawn() -> set[str]:
+            names: list[str] = driver.execute_script(
+                "return [...document.querySelectorAll('[data-metric]')]"
+                ".filter(e => e.querySelector('svg polyline')).map(e => e.dataset.metric)")
+            return set(names)
+
+        wait_for("a chart of every VSR metric", lambda: expected <= drawn(), timeout=60)
+
+        def commit_numbers() -> str:
+            text: str = driver.execute_script(
+                "return [...document.querySelectorAll("
+                "'[data-metric=\"vsr_replica_commit_number\"] .value')]"
+                ".map(e => e.textContent).join(' ')")
+            return text
+
+        first = wait_for("commit-numbers on the page", commit_numbers)
+        wait_for("the commit-numbers to advance", lambda: commit_numbers() not in ("", first))
+        check_screenshot(driver, tmp_path / "demo-dashboard.png")
+    finally:
+        driver.quit()
+        demo.terminate()
+        try:
+            demo.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
