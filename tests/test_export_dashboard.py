@@ -214,8 +214,6 @@ def check_screenshot(driver: Any, path: Path) -> None:
 def test_headless_chromium_draws_live_charts(
     server: MetricsServer, registry: vsrtel.Registry, tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By
-
     stop = threading.Event()
 
     def emit() -> None:
@@ -236,28 +234,34 @@ def test_headless_chromium_draws_live_charts(
         names = ("shop_order_stop_count", "shop_order_stop_seq",
                  "shop_order_stop_duration_seconds")
 
+        # Read the page in one script each time: charts are redrawn every second, so element
+        # handles found in one call can be stale by the next.
+        def read(script: str) -> Any:
+            return driver.execute_script(script)
+
         def charts() -> bool:
-            return all(driver.find_elements(By.CSS_SELECTOR, f'[data-metric="{n}"] polyline')
+            return all(read(f"return !!document.querySelector('[data-metric=\"{n}\"] polyline')")
                        for n in names)
 
         wait_for("a drawn chart of every metric family", charts)
-        groups = driver.find_elements(By.CSS_SELECTOR, "section[data-group]")
-        assert [g.get_attribute("data-group") for g in groups] == ["shop_order"]
-        title = driver.find_element(By.CSS_SELECTOR, '[data-metric="shop_order_stop_seq"] h3')
-        assert title.text  # the HELP text
+        groups = read("return [...document.querySelectorAll('section[data-group]')]"
+                      ".map(e => e.dataset.group)")
+        assert groups == ["shop_order"]
+        title = read("return document.querySelector("
+                     "'[data-metric=\"shop_order_stop_seq\"] h3').textContent")
+        assert title  # the HELP text
 
         def shown() -> str:
-            cell = driver.find_element(By.CSS_SELECTOR,
-                                       '[data-metric="shop_order_stop_seq"] .value')
-            text: str = cell.text
+            text: str = read("return document.querySelector("
+                             "'[data-metric=\"shop_order_stop_seq\"] .value').textContent")
             return text
 
         no_value = "\u2013"  # an en dash
         first = wait_for("a value of the gauge", lambda: shown().strip(no_value))
         wait_for("the displayed gauge to move on", lambda: shown() not in ("", first))
-        legend = driver.find_elements(By.CSS_SELECTOR,
-                                      '[data-metric="shop_order_stop_count"] .label')
-        assert sorted(label.text for label in legend) == ["region=eu", "region=us"]
+        legend = read("return [...document.querySelectorAll("
+                      "'[data-metric=\"shop_order_stop_count\"] .label')].map(e => e.textContent)")
+        assert sorted(legend) == ["region=eu", "region=us"]
         check_screenshot(driver, tmp_path / "dashboard.png")
     finally:
         stop.set()

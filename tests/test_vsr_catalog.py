@@ -22,6 +22,7 @@ ISSUE_EVENTS = {
     "state_transfer": ["request_sent", "request_received", "snapshot_sent", "snapshot_received"],
     "replication": ["log_append", "log_conflict", "quorum_reached"],
     "timer": ["heartbeat_sent", "heartbeat_received", "primary_timeout"],
+    "network": ["message_lost"],
     "client": ["request"],
 }
 SPANS = {"vsr.protocol.client_request", "vsr.state_machine.operation", "vsr.client.request"}

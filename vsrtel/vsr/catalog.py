@@ -181,6 +181,16 @@ CATALOG = Catalog(
         _event("timer.heartbeat_received", "a backup processes a heartbeat COMMIT", {}, _FROM),
         _event("timer.primary_timeout", "a backup has not heard from its primary in time",
                {"elapsed": "time since it last heard from the primary (int ns)"}),
+        # the simulated network
+        EventSpec(
+            "vsr.network.message_lost",
+            "event",
+            "the simulation's network lost a message: dropped at random, cut by a partition, or "
+            "sent to a crashed replica. Emitted by the simulation, so without the replica metadata",
+            {"count": "messages lost (1)"},
+            {"reason": "loss, partition or crash (str)"},
+            common=False,
+        ),
         # clients
         EventSpec(
             dotted(CLIENT_REQUEST),

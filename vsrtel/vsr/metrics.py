@@ -92,6 +92,11 @@ METRICS: list[m.Metric] = [
         description="Uncommitted log entries discarded because a newer log replaced them",
     ),
     m.counter(
+        "vsr.network.message_lost.count",
+        tags=["reason"],
+        description="Messages the simulated network lost (loss, partition or crash)",
+    ),
+    m.counter(
         "vsr.state_machine.operation.exception.count",
         tags=["operation"],
         description="Operations the state machine rejected",

@@ -48,6 +48,7 @@ KEYS = tuple(f"k{i}" for i in range(8))
 _PROBABILITIES = ("loss", "duplicate", "spike", "one_way", "clock_skew")
 _RANGES = ("delay", "spike_delay", "downtime", "partition_length")
 _MEANS = ("crash_every", "partition_every")
+_MESSAGE_LOST = PREFIX + ("network", "message_lost")
 
 
 @dataclass(frozen=True)
@@ -494,17 +495,23 @@ class Simulation:
             return 1
         profile = self.profile
         if profile.loss and self.rng.random() < profile.loss:
-            self._stats["dropped"] += 1
+            self._lose("loss")
             return 0
         if profile.duplicate and self.rng.random() < profile.duplicate:
             self._stats["duplicated"] += 1
             return 2
         return 1
 
+    def _lose(self, reason: str) -> None:
+        self._stats["dropped"] += 1
+        registry = self.scope.registry
+        if registry.enabled(_MESSAGE_LOST):
+            registry.execute(_MESSAGE_LOST, {"count": 1}, {"reason": reason})
+
     def _transmit(self, source: int, destination: int, message: ReplicaMessage) -> None:
         if (source, destination) in self.cut:
             self._stats["sent"] += 1
-            self._stats["dropped"] += 1
+            self._lose("partition")
             return
         for _ in range(self._copies()):
             self._push(self.now + self._delay(), _DELIVER, destination, message)
@@ -515,7 +522,7 @@ class Simulation:
 
     def _on_deliver(self, destination: int, message: ReplicaMessage) -> None:
         if destination in self.crashed:
-            self._stats["dropped"] += 1
+            self._lose("crash")
             return
         self._stats["delivered"] += 1
         replica = self.replicas[destination]
