@@ -532,6 +532,33 @@ def test_failing_user_callable_is_contained(
     assert "bad measurement fn" in caplog.text
 
 
+def test_metrics_read_the_callers_dicts_unless_user_code_sees_them(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    # Without user callables a metric is attached trusted: a trusted probe on the same event
+    # then gets the caller's dicts, as the metric does. A `keep` callable gets read-only views.
+    seen: list[Any] = []
+
+    def probe(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        seen.append(metadata)
+
+    def keep(metadata: Any) -> bool:
+        metadata["who"] = "mallory"  # raises: a read-only view
+        return True
+
+    report(sink, registry, m.counter("t.e.count", tags=["who"]))
+    registry.attach("probe", "t.e", probe, trusted=True)
+    metadata = {"who": "a"}
+    registry.execute("t.e", {}, metadata)
+    assert seen[-1] is metadata
+    reporter = report(sink, registry, m.counter("k.e.count", keep=keep))
+    registry.attach("probe-k", "k.e", probe, trusted=True)
+    registry.execute("k.e", {}, metadata)
+    assert seen[-1] is not metadata and seen[-1] == {"who": "a"}
+    assert metadata == {"who": "a"} and reporter.skipped == {"k.e.count": 1}
+    assert sink.value("t.e.count", who="a") == 1
+
+
 def test_monotonic_sum_skips_negative_values(sink: Sink, registry: vsrtel.Registry) -> None:
     reporter = report(sink, registry, m.sum("n.e.v"))
     registry.execute("n.e", {"v": -1})

@@ -419,6 +419,26 @@ def test_a_handler_cannot_change_the_callers_payload_or_what_later_handlers_see(
     assert seen[0][2] == {"count": 1} and seen[0][3] == {"user": "alice"}
 
 
+def test_trusted_handlers_alone_get_the_callers_dicts() -> None:
+    registry = vsrtel.Registry()
+    seen: list[Call] = []
+    registry.attach("t1", "a.b", recorder(seen), trusted=True)
+    registry.attach_many("t2", ["a.b"], recorder(seen), trusted=True)
+    measurements, metadata = {"count": 1}, {"user": "alice"}
+    registry.execute("a.b", measurements, metadata)
+    assert all(call[2] is measurements and call[3] is metadata for call in seen)
+    seen.clear()
+    registry.attach_prefix("untrusted", "a", recorder(seen))  # one untrusted: views for all
+    registry.execute("a.b", measurements, metadata)
+    assert len(seen) == 3
+    assert all(call[2] is not measurements and call[2] == measurements for call in seen)
+    assert all(call[3] is not metadata and call[3] == metadata for call in seen)
+    registry.detach("untrusted")
+    seen.clear()
+    registry.execute("a.b", lambda: measurements, lambda: metadata)  # lazy: views still
+    assert len(seen) == 2 and all(call[2] is not measurements for call in seen)
+
+
 def test_span_handlers_cannot_change_the_span_metadata_either() -> None:
     registry = vsrtel.Registry()
     registry.attach("mutate", "a.start", lambda n, m, d, c: d.update(user="mallory"))

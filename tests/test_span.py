@@ -212,6 +212,39 @@ def test_the_registry_clock_times_spans() -> None:
     assert stop.measurements == {"duration": 10, "monotonic_time": 1_020}
 
 
+def test_a_span_clock_overrides_the_registry_clock() -> None:
+    registry = vsrtel.Registry()
+    with capture(registry=registry) as events, registry.span("op", {}, FakeClock()):
+        pass
+    assert events[1].measurements == {"duration": 10, "monotonic_time": 1_020}
+
+
+def test_a_span_nobody_heard_start_emits_nothing_when_it_ends() -> None:
+    # A span nobody listened to at its start is not timed: a handler attached meanwhile gets
+    # neither its stop nor its exception, while spans started after the attach are reported.
+    registry = vsrtel.Registry()
+    unheard = registry.span("op").start()
+    with capture(registry=registry) as events:
+        unheard.stop()
+        with pytest.raises(ValueError), registry.span("op"):
+            raise ValueError
+    assert [e.name[-1] for e in events] == ["start", "exception"]
+    late: list[Any] = []
+    with pytest.raises(KeyError), registry.span("quiet") as span:
+        assert vsrtel.current_span() is span
+        registry.attach("late", "quiet.exception", lambda *event: late.append(event))
+        raise KeyError
+    assert late == [] and vsrtel.current_span() is None
+
+
+def test_a_span_heard_only_at_its_end_is_still_timed() -> None:
+    registry = vsrtel.Registry(clock=FakeClock())
+    with capture("op.stop", registry=registry) as events, registry.span("op"):
+        pass
+    assert [e.name for e in events] == [("op", "stop")]
+    assert events[0].measurements == {"duration": 10, "monotonic_time": 1_020}
+
+
 def test_a_failing_handler_does_not_break_the_span_body() -> None:
     def boom(*_: Any) -> None:
         raise RuntimeError("handler bug")
@@ -344,19 +377,18 @@ def test_stop_with_an_error_records_its_own_traceback() -> None:
     def fail() -> None:
         raise ValueError("boom")
 
-    span = vsrtel.span("a").start()
-    try:
-        fail()
-    except ValueError as exc:
-        error = exc
     with capture("a") as events:
+        span = vsrtel.span("a").start()
+        try:
+            fail()
+        except ValueError as exc:
+            error = exc
         span.stop(error=error)
-    frames = events[0].metadata["stacktrace"]
+    frames = events[1].metadata["stacktrace"]
     assert frames[-1].name == "fail"
-    never_raised = vsrtel.span("b").start()
     with capture("b") as events:
-        never_raised.stop(error=KeyError("k"))
-    frames = events[0].metadata["stacktrace"]
+        vsrtel.span("b").start().stop(error=KeyError("k"))
+    frames = events[1].metadata["stacktrace"]
     assert frames[-1].name == "test_stop_with_an_error_records_its_own_traceback"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,11 @@ def event_name(name: Name, *, what: str = "event name", allow_empty: bool = Fals
             raise ValueError(f"{what} {name!r}: segment {i} is empty")
         if "." in segment and not isinstance(name, str):
             raise ValueError(f"{what} {name!r}: segment {i} {segment!r} contains a dot")
-    return parts
+    # Interned, as the compiler interns the segments of a literal name: the registry then finds
+    # an equal tuple by comparing the segments' identities, not their characters.
+    if isinstance(name, tuple):
+        return parts
+    return tuple(sys.intern(s) if s.__class__ is str else s for s in parts)
 
 
 def starts_with(name: EventName, prefix: EventName) -> bool:

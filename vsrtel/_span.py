@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from vsrtel._names import EventName, Name, event_name
 
 if TYPE_CHECKING:
-    from vsrtel._registry import Clock, Metadata, Registry, _Route
+    from vsrtel._registry import Clock, Metadata, Registry, _SpanRoutes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,17 +26,46 @@ _TOP = Token.MISSING  # the old value of a token set where no span was current y
 _MAX_PREFIXES = 10_000  # bound on the cache below
 _log = logging.getLogger("vsrtel")
 
-#: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names.
-_event_names: dict[Any, tuple[EventName, EventName, EventName]] = {}
+#: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names,
+#: dotted (a str caches its hash: the cheapest key into the registry's routes), then the prefix.
+_event_names: dict[Any, tuple[str, str, str, EventName]] = {}
 
 
-def _names_of(prefix: Any) -> tuple[EventName, EventName, EventName]:
+def _names_of(prefix: Any) -> tuple[str, str, str, EventName]:
     """The event names of a span prefix: validated and computed on first sight, then cached."""
     base = event_name(prefix, what="span prefix")
-    names = (base + ("start",), base + ("stop",), base + ("exception",))
+    dotted = ".".join(base)
+    names = (f"{dotted}.start", f"{dotted}.stop", f"{dotted}.exception", base)
     if len(_event_names) < _MAX_PREFIXES and isinstance(prefix, (str, tuple)):
         _event_names[prefix] = names
     return names
+
+
+_new_span = object.__new__
+
+
+def new_span(
+    registry: Registry, prefix: Name, metadata: Metadata | None = None, clock: Clock | None = None
+) -> Span:
+    """Return a span emitting ``prefix + ("start" | "stop" | "exception")``.
+
+    Use it as ``with``/``async with`` (the target is the span), as a decorator of sync or async
+    functions (each call is one span), or call ``.start()`` and later ``.stop()``. ``clock``
+    times this span instead of the registry's clock.
+    """
+    # Built without __init__: a Python __init__ call is over 10% of a span nobody listens to.
+    span: Span = _new_span(Span)
+    span._registry = registry
+    span._clock = clock or registry.clock
+    try:
+        span._names = _event_names[prefix]
+    except (KeyError, TypeError):
+        span._names = _names_of(prefix)
+    span._template = metadata
+    # Set when the span starts; the metadata is copied on first use, so a span nobody listens
+    # to never pays for it.
+    span._started_at = span._metadata = span._extra = span._token = span._callbacks = None
+    return span
 
 
 def current_span() -> Span | None:
@@ -61,6 +90,7 @@ class Span:
 
     However a span ends (normally, by an exception, out of order with other spans, or because a
     start handler raised), the current span is put back to the innermost span still running.
+    A span nobody listened to when it started is not timed and emits nothing when it ends.
     """
 
     __slots__ = (
@@ -72,34 +102,25 @@ class Span:
         "_registry",
         "_started_at",
         "_template",
+        "_timed",
         "_token",
     )
 
-    def __init__(
-        self,
-        registry: Registry,
-        prefix: Name,
-        metadata: Metadata | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        self._registry = registry
-        self._clock = clock or registry.clock
-        try:
-            self._names = _event_names[prefix]
-        except (KeyError, TypeError):
-            self._names = _names_of(prefix)
-        self._template = metadata
-        self._started_at: int | None = None
-        # Copied on first use: a span nobody listens to never pays for its metadata.
-        self._metadata: dict[str, Any] | None = None
-        self._extra: dict[str, Any] | None = None
-        self._token: Token[Span | None] | None = None  # set when entered with `with`
-        self._callbacks: list[Callable[[], object]] | None = None
+    _registry: Registry
+    _clock: Clock
+    _names: tuple[str, str, str, EventName]
+    _template: Metadata | None
+    _started_at: int | None  # None: not running
+    _timed: bool  # whether anybody listened when it started: only then are its events emitted
+    _metadata: dict[str, Any] | None
+    _extra: dict[str, Any] | None
+    _token: Token[Span | None] | None  # set when entered with `with`
+    _callbacks: list[Callable[[], object]] | None
 
     @property
     def prefix(self) -> EventName:
         """The event name prefix of the span's events."""
-        return self._names[0][:-1]
+        return self._names[3]
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -143,18 +164,23 @@ class Span:
         if self._started_at is not None:
             raise RuntimeError(f"span {self._dotted} was already started")
         self._token = None
-        self._started_at = now = self._clock.monotonic_ns()
         try:
-            route = self._registry._routes[self._names[0]]
+            routes = self._registry._spans[self._names[0]]
         except KeyError:
-            route = self._registry._lookup_span(self._names[0])
-        if route is not None:
-            self._emit_start(route, now)
+            routes = self._registry._lookup_span(self._names)
+        if routes is None:
+            self._started_at, self._timed = 0, False
+        else:
+            self._start_timed(routes)
         return self
 
-    def _emit_start(self, route: _Route, now: int) -> None:
-        measurements = {"monotonic_time": now, "system_time": self._clock.time_ns()}
-        self._registry._dispatch(route, measurements, {**self.metadata})
+    def _start_timed(self, routes: _SpanRoutes) -> None:
+        self._timed = True
+        self._started_at = now = self._clock.monotonic_ns()
+        route = routes[0]
+        if route is not None:
+            measurements = {"monotonic_time": now, "system_time": self._clock.time_ns()}
+            self._registry._dispatch(route, measurements, {**self.metadata})
 
     def stop(self, error: BaseException | None = None) -> None:
         """Emit the stop event, or the exception event when ``error`` (an exception) is given.
@@ -174,17 +200,31 @@ class Span:
             )
         self._started_at = None
         try:
-            now = self._clock.monotonic_ns()
-            name = self._names[1] if error is None else self._names[2]
-            try:
-                route = self._registry._routes[name]
-            except KeyError:
-                route = self._registry._lookup(name)
-            if route is not None:
-                self._emit_stop(route, error, now - started_at, now)
+            if self._timed:
+                self._stop_timed(started_at, error)
         finally:
             if self._callbacks is not None:
                 self._run_callbacks()
+
+    def _stop_timed(self, started_at: int, error: BaseException | None) -> None:
+        now = self._clock.monotonic_ns()
+        name = self._names[1] if error is None else self._names[2]
+        try:
+            route = self._registry._routes[name]
+        except KeyError:
+            route = self._registry._lookup(name)
+        if route is None:
+            return
+        measurements = {"duration": now - started_at, "monotonic_time": now}
+        if error is None:
+            if self._extra:
+                measurements = {**self._extra, **measurements}
+            self._registry._dispatch(route, measurements, {**self.metadata})
+            return
+        # The exception's own frames; one never raised has none, so say where it was reported.
+        frames = traceback.extract_tb(error.__traceback__) or traceback.extract_stack()[:-2]
+        metadata = {**self.metadata, "kind": type(error), "reason": error, "stacktrace": frames}
+        self._registry._dispatch(route, measurements, metadata)
 
     def on_exit(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` when the span ends, after its stop or exception event.
@@ -208,46 +248,33 @@ class Span:
 
     @property
     def _dotted(self) -> str:
-        return ".".join(self._names[0][:-1])
-
-    def _emit_stop(
-        self, route: _Route, error: BaseException | None, duration: int, now: int
-    ) -> None:
-        if error is None:
-            measurements = {"duration": duration, "monotonic_time": now}
-            if self._extra:
-                measurements = {**self._extra, **measurements}
-            self._registry._dispatch(route, measurements, {**self.metadata})
-            return
-        # The exception's own frames; one never raised has none, so say where it was reported.
-        frames = traceback.extract_tb(error.__traceback__) or traceback.extract_stack()[:-2]
-        metadata = {**self.metadata, "kind": type(error), "reason": error, "stacktrace": frames}
-        measurements = {"duration": duration, "monotonic_time": now}
-        self._registry._dispatch(route, measurements, metadata)
+        return ".".join(self._names[3])
 
     # -- with / async with -----------------------------------------------------------------
 
-    # __enter__ and __exit__ repeat start() and stop() inline rather than call them: two Python
-    # calls are over 10% of a span nobody listens to (see "span, 0 handlers" in benchmarks).
+    # __enter__ and __exit__ repeat the first steps of start() and stop() inline, and a span
+    # nobody listens to is not timed: each Python call or clock read is several percent of the
+    # cost of such a span (see "span, 0 handlers" in benchmarks).
 
     def __enter__(self) -> Span:
         if self._started_at is not None:
             raise RuntimeError(f"span {self._dotted} was already started")
         self._token = _current.set(self)
-        self._started_at = now = self._clock.monotonic_ns()
         try:
-            route = self._registry._routes[self._names[0]]
+            routes = self._registry._spans[self._names[0]]
         except KeyError:
-            route = self._registry._lookup_span(self._names[0])
-        if route is not None:
-            try:
-                self._emit_start(route, now)
-            except BaseException:
-                # A start handler raised into us (on_error="raise", KeyboardInterrupt): the body
-                # will not run and __exit__ will not be called, so undo the enter here.
-                self._started_at = None
-                self._leave()
-                raise
+            routes = self._registry._lookup_span(self._names)
+        if routes is None:
+            self._started_at, self._timed = 0, False
+            return self
+        try:
+            self._start_timed(routes)
+        except BaseException:
+            # A start handler raised into us (on_error="raise", KeyboardInterrupt): the body
+            # will not run and __exit__ will not be called, so undo the enter here.
+            self._started_at = None
+            self._leave()
+            raise
         return self
 
     def __exit__(
@@ -258,14 +285,8 @@ class Span:
     ) -> None:
         try:
             started_at, self._started_at = self._started_at, None
-            now = self._clock.monotonic_ns()
-            name = self._names[1] if exc is None else self._names[2]
-            try:
-                route = self._registry._routes[name]
-            except KeyError:
-                route = self._registry._lookup(name)
-            if route is not None:
-                self._emit_stop(route, exc, now - started_at, now)  # type: ignore[operator]
+            if self._timed:
+                self._stop_timed(started_at, exc)  # type: ignore[arg-type]
         finally:
             # _leave, inlined for the common case: this span is current, its parent still runs.
             if _current.get() is self and self._callbacks is None:
@@ -330,14 +351,14 @@ class Span:
         function it covers the iteration, from the first ``next`` to exhaustion, an exception,
         or ``close()`` (a consumer that stops early ends the span normally).
         """
-        registry, prefix = self._registry, self._names[0][:-1]
+        registry, prefix = self._registry, self._names[3]
         metadata, clock = self._template, self._clock
 
         if inspect.isasyncgenfunction(function):
 
             @functools.wraps(function)
             async def async_gen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                span = Span(registry, prefix, metadata, clock)
+                span = new_span(registry, prefix, metadata, clock)
                 with _iteration(span):
                     iterator = function(*args, **kwargs)
                     try:
@@ -352,7 +373,7 @@ class Span:
 
             @functools.wraps(function)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-                with _iteration(Span(registry, prefix, metadata, clock)):
+                with _iteration(new_span(registry, prefix, metadata, clock)):
                     return (yield from function(*args, **kwargs))
 
             return cast(F, gen_wrapper)
@@ -361,14 +382,14 @@ class Span:
 
             @functools.wraps(function)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with Span(registry, prefix, metadata, clock):
+                async with new_span(registry, prefix, metadata, clock):
                     return await function(*args, **kwargs)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with Span(registry, prefix, metadata, clock):
+            with new_span(registry, prefix, metadata, clock):
                 return function(*args, **kwargs)
 
         return cast(F, wrapper)

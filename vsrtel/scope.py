@@ -57,7 +57,7 @@ class Scope(Generic[State]):
 
     def span(self, event: Name, state: State, metadata: Metadata | None = None) -> Span:
         """Return a span for ``prefix + event`` whose metadata starts from the state's."""
-        return Span(self.registry, self.name(event), self.metadata(state, metadata), self.clock)
+        return self.registry.span(self.name(event), self.metadata(state, metadata), self.clock)
 
     def metadata(self, state: State, extra: Metadata | None = None) -> dict[str, Any]:
         """Return the common metadata of ``state`` with ``extra`` merged over it."""

@@ -455,11 +455,14 @@ def _recorder(
                     state.skip("tag %s missing from metadata", exc)
                     return
                 # True == 1 == 1.0: only str and int values are their series' key (see _PLAIN).
+                # Spelled out for one and two tags: `is` tests are the cheapest.
                 if pair:
                     first, second = tag_key
-                    plain = first.__class__ in _PLAIN and second.__class__ in _PLAIN
+                    plain = (first.__class__ is str or first.__class__ is int) and (
+                        second.__class__ is str or second.__class__ is int
+                    )
                 elif single:
-                    plain = tag_key.__class__ in _PLAIN
+                    plain = tag_key.__class__ is str or tag_key.__class__ is int
                 else:
                     plain = _PLAIN.issuperset(map(type, tag_key))
                 if plain:
@@ -615,6 +618,12 @@ class MetricsReporter:
         if hook is not None:
             hook.add(exports)
         self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
+        # An event whose metrics call no user code with the payload is attached trusted (see
+        # `Registry.attach`): the records only read it.
+        self._trusted = {
+            event: all(_reads_only(m) for m in self.metrics if m.event_name == event)
+            for event in by_event
+        }
         self._id = f"vsrtel.handlers.metrics/{uuid.uuid4().hex[:12]}"
         self._attached: list[str] = []
 
@@ -642,10 +651,11 @@ class MetricsReporter:
         try:
             for event, records in self._handlers.items():
                 handler_id = f"{self._id}/{'.'.join(event)}"
+                trusted = self._trusted[event]
                 if len(records) == 1:  # the metric's own handler, without a dispatch loop
-                    self._registry.attach(handler_id, event, records[0])
+                    self._registry.attach(handler_id, event, records[0], trusted=trusted)
                 else:
-                    self._registry.attach(handler_id, event, _dispatch, records)
+                    self._registry.attach(handler_id, event, _dispatch, records, trusted=trusted)
                 self._attached.append(handler_id)
         except BaseException:
             self.detach()
@@ -662,6 +672,17 @@ class MetricsReporter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
+
+
+def _reads_only(metric: Metric) -> bool:
+    """Whether `metric`'s handler calls no user code with the event's payload."""
+    return (
+        isinstance(metric.measurement, str)
+        and isinstance(metric.tags, tuple)
+        and metric.tag_values is None
+        and metric.keep is None
+        and metric.drop is None
+    )
 
 
 def _cells(metric: Metric) -> Cells:

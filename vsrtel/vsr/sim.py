@@ -576,7 +576,7 @@ class Simulation:
         metadata = {"client_id": client_id, "request_number": number,
                     "operation": operation.kind,
                     "telemetry_span_context": f"s{self.seed}.c{client_id}.{number}"}
-        span = Span(self.scope.registry, PREFIX + CLIENT_REQUEST, metadata, self.clock).start()
+        span = self.scope.registry.span(PREFIX + CLIENT_REQUEST, metadata, self.clock).start()
         self._client_spans[client_id] = span
         carrier: dict[str, str] = {}
         self.propagation.inject(carrier, span)
