@@ -284,9 +284,11 @@ class Span:
         tb: TracebackType | None,
     ) -> None:
         try:
-            started_at, self._started_at = self._started_at, None
             if self._timed:
+                started_at, self._started_at = self._started_at, None
                 self._stop_timed(started_at, exc)  # type: ignore[arg-type]
+            else:
+                self._started_at = None
         finally:
             # _leave, inlined for the common case: this span is current, its parent still runs.
             if _current.get() is self and self._callbacks is None:
