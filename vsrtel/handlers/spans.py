@@ -66,16 +66,20 @@ _log = logging.getLogger("vsrtel")
 
 
 class _Frame:
-    """The OpenTelemetry context a traced ``with`` span made current, until the span ends."""
+    """The OpenTelemetry context a traced ``with`` span makes current (when the frame is built),
+    until the span ends."""
 
     __slots__ = ("context", "ended", "previous", "span", "token")
 
-    def __init__(self, span: trace.Span, context: Context, previous: Context) -> None:
+    def __init__(self, span: trace.Span, previous: Context, marker: object) -> None:
         self.span = span
-        self.context = context
         self.previous = previous
+        # The context made current: the span's, with this frame under the tracer's marker key.
+        self.context = otel_context.set_value(
+            marker, self, trace.set_span_in_context(span, previous)
+        )
         self.ended = False
-        self.token: Token[Context] | None = None
+        self.token: Token[Context] = otel_context.attach(self.context)
 
 
 # An open span: (OTel span, its frame when made current, the start metadata to set only what
@@ -289,11 +293,7 @@ class _Tracer:
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
-            previous = otel_context.get_current()
-            ctx = trace.set_span_in_context(span, previous)
-            frame = _Frame(span, otel_context.set_value(self.current_key, None, ctx), previous)
-            frame.context = otel_context.set_value(self.current_key, frame, ctx)
-            frame.token = otel_context.attach(frame.context)
+            frame = _Frame(span, otel_context.get_current(), self.current_key)
             current.on_exit(functools.partial(self.leave, key, frame))
         self.open[key] = (span, frame, metadata, start_time, shadowed)
 
@@ -308,8 +308,12 @@ class _Tracer:
         if entry[4] is not None:
             self.open[key] = entry[4]  # the span this one shadowed is open again
         span, _, start_metadata, start_time, _ = entry
-        before = start_metadata
-        changed = {k: v for k, v in metadata.items() if k not in before or before[k] is not v}
+        changed: dict[str, Any] | None = None  # a loop, not a comprehension: no function call
+        for k, v in metadata.items():
+            if k not in start_metadata or start_metadata[k] is not v:
+                if changed is None:
+                    changed = {}
+                changed[k] = v
         if changed:
             exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
             span.set_attributes(self.attributes(changed, exclude))
@@ -338,7 +342,6 @@ class _Tracer:
         frame.ended = True
         if otel_context.get_current() is not frame.context:
             return  # ended out of order: the context entered after it skips it when it ends
-        assert frame.token is not None
         otel_context.detach(frame.token)
         restored = otel_context.get_value(self.current_key)
         if isinstance(restored, _Frame) and restored.ended:
