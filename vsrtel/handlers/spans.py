@@ -71,7 +71,7 @@ class _Frame:
 
     __slots__ = ("context", "ended", "previous", "span", "token")
 
-    def __init__(self, span: trace.Span, previous: Context, marker: object) -> None:
+    def __init__(self, span: trace.Span, previous: Context, marker: str) -> None:
         self.span = span
         self.previous = previous
         # The context made current: the span's, with this frame under the tracer's marker key.
