@@ -169,8 +169,9 @@ CASES = [
 ]
 
 TARGETS = [
-    # 1.3x until every payload's types were checked, listened to or not: ~0.2 floor more.
-    Target("execute (0 handlers, payload checked) vs floor", "execute, 0 handlers", FLOOR, 1.5),
+    # 1.3x until every payload's types were checked, listened to or not: two class tests, about
+    # 0.25 of the floor (1.49 to 1.58x measured).
+    Target("execute (0 handlers, payload checked) vs floor", "execute, 0 handlers", FLOOR, 1.6),
     Target(
         "execute (1 handler) vs blinker send (1 receiver)",
         "execute, 1 no-op handler",
