@@ -41,9 +41,6 @@ def _names_of(prefix: Any) -> tuple[str, str, str, EventName]:
     return names
 
 
-_new_span = object.__new__
-
-
 def new_span(
     registry: Registry, prefix: Name, metadata: Metadata | None = None, clock: Clock | None = None
 ) -> Span:
@@ -53,8 +50,9 @@ def new_span(
     functions (each call is one span), or call ``.start()`` and later ``.stop()``. ``clock``
     times this span instead of the registry's clock.
     """
-    # Built without __init__: a Python __init__ call is over 10% of a span nobody listens to.
-    span: Span = _new_span(Span)
+    # Span has no __init__ (its call would be over 10% of a span nobody listens to): the fields
+    # are set here.
+    span = Span()
     span._registry = registry
     span._clock = clock or registry.clock
     try:
@@ -110,7 +108,7 @@ class Span:
     _clock: Clock
     _names: tuple[str, str, str, EventName]
     _template: Metadata | None
-    _started_at: int | None  # None: not running
+    _started_at: int | None  # None: not running; 0: running, not timed
     _timed: bool  # whether anybody listened when it started: only then are its events emitted
     _metadata: dict[str, Any] | None
     _extra: dict[str, Any] | None
