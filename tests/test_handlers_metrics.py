@@ -1046,10 +1046,12 @@ def test_a_provider_that_is_not_the_sdks_falls_back_to_instruments() -> None:
     "metric",
     [
         m.counter("h.e.count"),
-        m.sum("h.e.n"),
+        m.counter("h.e.count", tags=["who"]),  # the counter's fast path, one tag and two
+        m.counter("h.e.count", tags=["who", "node"]),
+        m.sum("h.e.n", tags=["who"]),
         m.distribution("h.e.n", reporter_options={"buckets": [1, 10]}),
     ],
-    ids=lambda metric: metric.type,
+    ids=lambda metric: f"{metric.type}-{len(metric.tags)}-tags",
 )
 @pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
 def test_four_threads_on_one_series_lose_nothing(
@@ -1076,7 +1078,7 @@ def check_four_threads(metric: m.Metric) -> None:
     def work() -> None:
         start.wait()
         for _ in range(per_thread):
-            registry.execute("h.e", {"n": 2}, {})
+            registry.execute("h.e", {"n": 2}, {"who": "a", "node": 1})
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for th in threads:
