@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=None)
+# Bound once for __enter__ and __exit__: a method lookup per call is measurable there.
+_get_current, _set_current, _reset_current = _current.get, _current.set, _current.reset
 _span_ids = itertools.count(1)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
 _MAX_PREFIXES = 10_000  # bound on the cache below
@@ -257,7 +259,7 @@ class Span:
     def __enter__(self) -> Span:
         if self._started_at is not None:
             raise RuntimeError(f"span {self._dotted} was already started")
-        self._token = _current.set(self)
+        self._token = _set_current(self)
         try:
             routes = self._registry._spans[self._names[0]]
         except KeyError:
@@ -289,10 +291,10 @@ class Span:
                 self._started_at = None
         finally:
             # _leave, inlined for the common case: this span is current, its parent still runs.
-            if _current.get() is self and self._callbacks is None:
+            if _get_current() is self and self._callbacks is None:
                 token = self._token
                 try:
-                    _current.reset(token)  # type: ignore[arg-type]
+                    _reset_current(token)  # type: ignore[arg-type]
                 except ValueError:
                     raise RuntimeError(self._wrong_context) from None
                 parent = token.old_value  # type: ignore[union-attr]
