@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -308,6 +309,92 @@ def test_prometheus_names_units_and_values(
     assert s[("shop_order_stop_duration_seconds_count", eu)] == 2
     assert s[("shop_order_stop_duration_seconds_bucket", eu | {("le", "0.0025")})] == 1
     assert s[("shop_order_stop_latency_seconds_count", frozenset())] == 3
+
+
+def promtool_findings(text: str) -> tuple[int, str, str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not on PATH; CI must install it (Debian package prometheus)")
+        pytest.skip("promtool not installed")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_tag_value_utf8_cannot_encode_fails_no_scrape(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    bad = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name: a lone surrogate in UTF-8 mode
+    with m.MetricsReporter([m.counter("files.read.count", tags=["name"])],
+                           meter_provider=server.meter_provider, registry=registry):
+        registry.execute("files.read", {}, {"name": "ok.txt"})
+        registry.execute("files.read", {}, {"name": bad})
+        for _ in range(2):  # the series stays: every later scrape must answer too
+            status, _, text = fetch(server.url)
+            assert status == 200
+            s = samples(text)
+            assert s[("files_read_count_total", frozenset({("name", "ok.txt")}))] == 1
+            assert s[("files_read_count_total", frozenset({("name", "caf\\udce9.txt")}))] == 1
+        assert fetch(server.url, accept="application/openmetrics-text;version=1.0.0")[0] == 200
+        assert fetch(server.base_url + "/health")[0] == 200
+    assert promtool_findings(text) == (0, "", "")
+
+
+def test_series_carry_only_their_tags_unless_scope_labels_are_asked_for(
+    registry: vsrtel.Registry,
+) -> None:
+    for scope_labels in (False, True):
+        with serve_metrics(port=0, scope_labels=scope_labels) as server, m.MetricsReporter(
+            one_of_each(), meter_provider=server.meter_provider, registry=registry
+        ):
+            emit_orders(registry)
+            text = fetch(server.url)[2]
+        labels = {k for f in text_string_to_metric_families(text) for s in f.samples
+                  for k in s.labels}
+        assert ("otel_scope_name" in labels) is scope_labels
+        if not scope_labels:
+            assert 'shop_order_stop_count_total{region="eu"} 2.0' in text.splitlines()
+        assert promtool_findings(text) == (0, "", "")
+
+
+def run_python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env}, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+SHOW_TARGET_INFO = """
+import urllib.request
+from vsrtel.export import otel
+from vsrtel.export.prometheus import serve_metrics
+from vsrtel.handlers import metrics as m
+import vsrtel
+{setup}
+with serve_metrics(port=0) as server:
+    m.MetricsReporter([m.counter("a.b.n")], meter_provider=server.meter_provider).attach()
+    vsrtel.execute("a.b", {{}})
+    text = urllib.request.urlopen(server.url, timeout=10).read().decode()
+print([line for line in text.splitlines() if line.startswith("target_info")][0])
+"""
+
+
+def test_serve_metrics_names_the_service_configure_named() -> None:
+    # The README's tour: otel.configure (step 3), then serve_metrics (step 4).
+    configured = run_python(SHOW_TARGET_INFO.format(
+        setup='otel.configure("items-api", resource_attributes={"team": "a"}).shutdown()'
+    ))
+    assert 'service_name="items-api"' in configured and 'team="a"' in configured
+    assert 'service_name="from-env"' in run_python(
+        SHOW_TARGET_INFO.format(setup=""), OTEL_SERVICE_NAME="from-env"
+    )
+    assert 'service_name="vsrtel"' in run_python(
+        SHOW_TARGET_INFO.format(setup=""), OTEL_SERVICE_NAME=""
+    )
 
 
 def test_overflow_series_is_exposed(server: MetricsServer, registry: vsrtel.Registry) -> None:

@@ -13,8 +13,10 @@ produced by prometheus_client from a private CollectorRegistry; nothing here for
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
+import inspect
 import logging
 import socket
 import sys
@@ -29,6 +31,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric as PromMetric
 
 import vsrtel
 from vsrtel.export import _dashboard
@@ -57,16 +60,78 @@ READ_TIMEOUT = 5.0
 """Default seconds a connection may stay silent (or not read the answer) before it is dropped."""
 
 
-def prometheus_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
+def _scope_labels_supported() -> bool:
+    return "scope_info_enabled" in inspect.signature(PrometheusMetricReader).parameters
+
+
+def prometheus_reader(
+    *, scope_labels: bool = False
+) -> tuple[PrometheusMetricReader, CollectorRegistry]:
     """Build OpenTelemetry's Prometheus reader on a new private prometheus_client registry.
 
     Give the reader to a `MeterProvider(metric_readers=[reader, ...])` (readers cannot be added
     to an existing provider) and serve the registry with `serve_registry`. A private registry
     keeps prometheus_client's process-wide default registry (and its process/GC collectors) out
     of the scrape, and lets several providers coexist in one process.
+
+    Series carry only their own tags unless ``scope_labels=True``, which keeps the exporter's
+    ``otel_scope_name``, ``otel_scope_version`` and ``otel_scope_schema_url`` labels (the
+    OpenTelemetry default; they tell apart instruments of one name from different meters).
+    Older exporter versions, which add no scope labels, ignore ``scope_labels``.
     """
     registry = CollectorRegistry()
-    return PrometheusMetricReader(registry=registry), registry
+    if _scope_labels_supported():
+        reader = PrometheusMetricReader(registry=registry, scope_info_enabled=scope_labels)
+    else:  # an exporter that predates scope labels never adds them
+        reader = PrometheusMetricReader(registry=registry)
+    return reader, registry
+
+
+def _encodable(text: str) -> str:
+    """``text`` if UTF-8 can encode it, else with what it cannot (lone surrogates, as
+    ``os.fsdecode`` makes of undecodable bytes) written as backslash escapes."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+class _Encodable:
+    """A collector that serves another's families with every label value and help text UTF-8
+    can encode: one bad tag value must not fail the whole scrape (the exposition is encoded in
+    one piece, and the exporter keeps the series, so every later scrape would fail too)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[PromMetric]:
+        for family in self._registry.collect():
+            yield self._clean(family)
+
+    @staticmethod
+    def _clean(family: PromMetric) -> PromMetric:
+        documentation = _encodable(family.documentation)
+        samples = [
+            sample if all(_encodable(v) is v for v in sample.labels.values())
+            else sample._replace(labels={k: _encodable(v) for k, v in sample.labels.items()})
+            for sample in family.samples
+        ]
+        if documentation is family.documentation and all(
+            new is old for new, old in zip(samples, family.samples, strict=True)
+        ):
+            return family
+        clean = copy.copy(family)  # the collector's own family may be served again
+        clean.documentation, clean.samples = documentation, samples
+        return clean
+
+
+def _served(registry: CollectorRegistry) -> CollectorRegistry:
+    served = CollectorRegistry()
+    served.register(_Encodable(registry))
+    return served
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -85,8 +150,9 @@ class _QuietHandler(WSGIRequestHandler):
 def _app(
     registry: CollectorRegistry, dashboard: bool = False
 ) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
-    pages = _dashboard.app(registry) if dashboard else None
+    served = _served(registry)
+    metrics_app = make_wsgi_app(served)
+    pages = _dashboard.app(served) if dashboard else None
 
     def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "HEAD":
@@ -303,6 +369,7 @@ def serve_metrics(
     host: str = "127.0.0.1",
     *,
     resource: Resource | None = None,
+    scope_labels: bool = False,
     max_connections: int = MAX_CONNECTIONS,
     read_timeout: float = READ_TIMEOUT,
     dashboard: bool = False,
@@ -315,14 +382,24 @@ def serve_metrics(
     silent for `read_timeout` seconds is dropped. Pass `server.meter_provider` to
     `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
     the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
-    `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
-    resource shown in `target_info`. `dashboard=True` also serves a live dashboard on `GET /`
-    (a self-contained HTML page, at `server.dashboard_url`) and the JSON snapshot it polls on
-    `GET /api/metrics`. Call `server.close()` (or use `with`) to stop it.
+    `server.port`); a port already in use raises OSError naming it.
+
+    `resource` sets the OTel resource shown in `target_info`; by default it is the one of the
+    latest `vsrtel.export.otel.configure()` in this process, else `otel.resource()`
+    (``OTEL_SERVICE_NAME``, else ``"vsrtel"``). Series carry only their own tags;
+    `scope_labels=True` keeps OpenTelemetry's ``otel_scope_*`` labels. A tag value UTF-8
+    cannot encode (a lone surrogate) is served with that character as a backslash escape.
+    `dashboard=True` also serves a live dashboard on `GET /` (a self-contained HTML page, at
+    `server.dashboard_url`) and the JSON snapshot it polls on `GET /api/metrics`. Call
+    `server.close()` (or use `with`) to stop it.
     """
     port = check_port(port)
     limits = _check_limits(max_connections, read_timeout)
-    reader, registry = prometheus_reader()
+    if resource is None:
+        from vsrtel.export import otel
+
+        resource = otel.default_resource()
+    reader, registry = prometheus_reader(scope_labels=scope_labels)
     provider = MeterProvider(metric_readers=[reader], resource=resource)
     try:
         return _serve(registry, port, host, provider, True, *limits, dashboard)
