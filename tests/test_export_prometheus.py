@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -243,6 +244,35 @@ def test_close_returns_while_every_slot_is_taken() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_an_empty_host_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"host must be .* got ''.*'0\.0\.0\.0'"):
+        serve_metrics(port=0, host="")
+    _, prom_registry = prometheus_reader()
+    with pytest.raises(ValueError, match="host"):
+        serve_registry(prom_registry, port=0, host="")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_bind_beyond_loopback_warns_once_naming_the_address(host: str) -> None:
+    # Tests bind loopback only: the port is taken on 127.0.0.1, so this bind fails after warning.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.warns(RuntimeWarning) as warned, pytest.raises(OSError):
+            serve_metrics(port=port, host=host, dashboard=True)
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert repr(host) in message and str(port) in message and "dashboard" in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_loopback_bind_does_not_warn(host: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        serve_metrics(port=0, host=host).close()
 
 
 def test_port_in_use_names_the_port(server: MetricsServer) -> None:

@@ -17,10 +17,12 @@ import copy
 import dataclasses
 import errno
 import inspect
+import ipaddress
 import logging
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -305,6 +307,30 @@ def check_port(port: object) -> int:
     return port
 
 
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or not host:
+        raise ValueError(
+            f"host must be an address or host name, got {host!r}: to serve on every interface "
+            "say so with '0.0.0.0' (or '::'); the default is '127.0.0.1'"
+        )
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        addresses = {str(info[4][0]) for info in found}
+    except (OSError, UnicodeError):
+        return False  # binding will fail and say why
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_loopback:
+            return False
+    return bool(addresses)
+
+
 def _check_limits(max_connections: object, read_timeout: object) -> tuple[int, float]:
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
         max_connections < 1
@@ -332,10 +358,12 @@ def serve_registry(
     For wiring the reader of `prometheus_reader()` into a provider built elsewhere; the server
     does not shut down `meter_provider` (it only exposes it as `server.meter_provider`).
     `port=0` picks a free port; a port in use raises OSError naming host and port.
-    `max_connections`, `read_timeout` and `dashboard` as for `serve_metrics`.
+    `host`, `max_connections`, `read_timeout` and `dashboard` as for `serve_metrics`.
     """
+    port = check_port(port)
+    host = _check_host(host)
     limits = _check_limits(max_connections, read_timeout)
-    return _serve(registry, check_port(port), host, meter_provider, False, *limits, dashboard)
+    return _serve(registry, port, host, meter_provider, False, *limits, dashboard)
 
 
 def _serve(
@@ -348,6 +376,14 @@ def _serve(
     read_timeout: float,
     dashboard: bool = False,
 ) -> MetricsServer:
+    if not _is_loopback(host):
+        warnings.warn(
+            f"serving metrics{' and the dashboard' if dashboard else ''} on {host!r}, port "
+            f"{port}: reachable from other machines, not only this one (pass "
+            "host='127.0.0.1' unless that is intended)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     server_class = _ServerV6 if ":" in host else _Server
     try:
         httpd = server_class(
@@ -380,9 +416,10 @@ def serve_metrics(
     it) and `GET /health` (200 `OK`), and `HEAD` of both. At most `max_connections` connections
     are served at once; later ones wait in a listen backlog of `LISTEN_BACKLOG`. A connection
     silent for `read_timeout` seconds is dropped. Pass `server.meter_provider` to
-    `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
-    the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
-    `server.port`); a port already in use raises OSError naming it.
+    `MetricsReporter(..., meter_provider=...)`. `port=0` picks a free port (see `server.port`);
+    a port already in use raises OSError naming it. Binds loopback by default: exposing metrics
+    to the network is an explicit choice (`host="0.0.0.0"` or `"::"`), and any bind beyond
+    loopback warns (`RuntimeWarning`, naming the address); `host=""` is refused (ValueError).
 
     `resource` sets the OTel resource shown in `target_info`; by default it is the one of the
     latest `vsrtel.export.otel.configure()` in this process, else `otel.resource()`
@@ -394,6 +431,7 @@ def serve_metrics(
     `server.close()` (or use `with`) to stop it.
     """
     port = check_port(port)
+    host = _check_host(host)
     limits = _check_limits(max_connections, read_timeout)
     if resource is None:
         from vsrtel.export import otel
