@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
 from vsrtel.export.prometheus import (
+    MAX_WAITING,
     MetricsServer,
     exposition,
     prometheus_reader,
@@ -204,9 +205,9 @@ def test_200_concurrent_scrapes_are_all_answered(
     assert answers == [200] * clients
 
 
-def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
-    cap, idle = 4, 40
-    with serve_metrics(port=0, max_connections=cap, read_timeout=0.3) as server:
+def test_idle_connections_hold_no_thread_and_are_dropped() -> None:
+    idle = 40
+    with serve_metrics(port=0, max_connections=4, read_timeout=0.3) as server:
 
         def handler_threads() -> int:
             name = f"vsrtel-metrics-{server.port}-connection"
@@ -217,19 +218,103 @@ def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
                    for _ in range(idle)]
         try:
             most = 0
-            for sock in sockets:  # each is dropped once the server reads nothing from it
+            for sock in sockets:  # each is dropped once its time to send a request is up
                 most = max(most, handler_threads() - before)
                 with contextlib.suppress(ConnectionResetError):
                     assert sock.recv(1) == b""
         finally:
             for sock in sockets:
                 sock.close()
-        assert most <= cap
+        assert most == 0
         assert fetch(server.url)[0] == 200  # the endpoint still answers
         deadline = time.monotonic() + 30
         while handler_threads() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert handler_threads() == before
+
+
+def scrape_within(server: MetricsServer, seconds: float) -> int:
+    """The status of one scrape that must be answered within ``seconds`` (else OSError)."""
+    with urllib.request.urlopen(server.url, timeout=seconds) as resp:
+        resp.read()
+        status: int = resp.status
+        return status
+
+
+@pytest.mark.parametrize("idle", [100, MAX_WAITING + 40])  # beyond the cap, the oldest go
+def test_a_scrape_is_answered_within_5s_with_100_idle_sockets_open(idle: int) -> None:
+    with serve_metrics(port=0) as server:  # the default limits: 32 threads, 5 s per request
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(idle)]
+        try:
+            time.sleep(0.2)  # every idle socket is accepted before the scrape connects
+            assert scrape_within(server, 5) == 200
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_a_scrape_is_answered_within_10s_with_32_slowloris_clients() -> None:
+    # Each client sends a request line, then one more header line every second, never the
+    # blank line that ends the head: no read ever waits 5 s, yet no request completes.
+    with serve_metrics(port=0) as server:
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(32)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for sock in sockets:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            while not stop.wait(1.0):
+                for sock in sockets:
+                    with contextlib.suppress(OSError):  # dropped by the server: fine
+                        sock.sendall(b"X-Slow: 1\r\n")
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            time.sleep(1.5)  # every slow client has started its request before the scrape
+            assert scrape_within(server, 10) == 200
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+            for sock in sockets:
+                sock.close()
+
+
+def test_a_request_trickling_in_is_dropped_when_its_time_is_up() -> None:
+    with serve_metrics(port=0, read_timeout=1.0) as server, socket.create_connection(
+        ("127.0.0.1", server.port), timeout=0.2
+    ) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        for _ in range(90):  # a header line every 0.2 s, for up to 18 s
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                if sock.recv(1) == b"":  # closed by the server
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                break
+        else:
+            pytest.fail("a request still unfinished after 18 s was not dropped")
+
+
+def test_complete_requests_beyond_the_thread_cap_are_all_answered() -> None:
+    with serve_metrics(port=0, max_connections=1) as server:
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(20)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            answers = []
+            for sock in sockets:
+                with sock.makefile("rb") as answer:
+                    answers.append(answer.read())
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert all(a.startswith(b"HTTP/1.0 200") and a.endswith(b"OK") for a in answers)
 
 
 def test_close_returns_while_every_slot_is_taken() -> None:
