@@ -8,11 +8,13 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
 from vsrtel.export.prometheus import (
+    MAX_WAITING,
     MetricsServer,
     exposition,
     prometheus_reader,
@@ -202,9 +205,9 @@ def test_200_concurrent_scrapes_are_all_answered(
     assert answers == [200] * clients
 
 
-def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
-    cap, idle = 4, 40
-    with serve_metrics(port=0, max_connections=cap, read_timeout=0.3) as server:
+def test_idle_connections_hold_no_thread_and_are_dropped() -> None:
+    idle = 40
+    with serve_metrics(port=0, max_connections=4, read_timeout=0.3) as server:
 
         def handler_threads() -> int:
             name = f"vsrtel-metrics-{server.port}-connection"
@@ -215,19 +218,103 @@ def test_idle_connections_hold_at_most_the_cap_and_are_released() -> None:
                    for _ in range(idle)]
         try:
             most = 0
-            for sock in sockets:  # each is dropped once the server reads nothing from it
+            for sock in sockets:  # each is dropped once its time to send a request is up
                 most = max(most, handler_threads() - before)
                 with contextlib.suppress(ConnectionResetError):
                     assert sock.recv(1) == b""
         finally:
             for sock in sockets:
                 sock.close()
-        assert most <= cap
+        assert most == 0
         assert fetch(server.url)[0] == 200  # the endpoint still answers
         deadline = time.monotonic() + 30
         while handler_threads() > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert handler_threads() == before
+
+
+def scrape_within(server: MetricsServer, seconds: float) -> int:
+    """The status of one scrape that must be answered within ``seconds`` (else OSError)."""
+    with urllib.request.urlopen(server.url, timeout=seconds) as resp:
+        resp.read()
+        status: int = resp.status
+        return status
+
+
+@pytest.mark.parametrize("idle", [100, MAX_WAITING + 40])  # beyond the cap, the oldest go
+def test_a_scrape_is_answered_within_5s_with_100_idle_sockets_open(idle: int) -> None:
+    with serve_metrics(port=0) as server:  # the default limits: 32 threads, 5 s per request
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(idle)]
+        try:
+            time.sleep(0.2)  # every idle socket is accepted before the scrape connects
+            assert scrape_within(server, 5) == 200
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_a_scrape_is_answered_within_10s_with_32_slowloris_clients() -> None:
+    # Each client sends a request line, then one more header line every second, never the
+    # blank line that ends the head: no read ever waits 5 s, yet no request completes.
+    with serve_metrics(port=0) as server:
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(32)]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            for sock in sockets:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            while not stop.wait(1.0):
+                for sock in sockets:
+                    with contextlib.suppress(OSError):  # dropped by the server: fine
+                        sock.sendall(b"X-Slow: 1\r\n")
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            time.sleep(1.5)  # every slow client has started its request before the scrape
+            assert scrape_within(server, 10) == 200
+        finally:
+            stop.set()
+            sender.join(timeout=30)
+            for sock in sockets:
+                sock.close()
+
+
+def test_a_request_trickling_in_is_dropped_when_its_time_is_up() -> None:
+    with serve_metrics(port=0, read_timeout=1.0) as server, socket.create_connection(
+        ("127.0.0.1", server.port), timeout=0.2
+    ) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        for _ in range(90):  # a header line every 0.2 s, for up to 18 s
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                if sock.recv(1) == b"":  # closed by the server
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset by the server
+                break
+        else:
+            pytest.fail("a request still unfinished after 18 s was not dropped")
+
+
+def test_complete_requests_beyond_the_thread_cap_are_all_answered() -> None:
+    with serve_metrics(port=0, max_connections=1) as server:
+        sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=30)
+                   for _ in range(20)]
+        try:
+            for sock in sockets:
+                sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            answers = []
+            for sock in sockets:
+                with sock.makefile("rb") as answer:
+                    answers.append(answer.read())
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert all(a.startswith(b"HTTP/1.0 200") and a.endswith(b"OK") for a in answers)
 
 
 def test_close_returns_while_every_slot_is_taken() -> None:
@@ -242,6 +329,35 @@ def test_close_returns_while_every_slot_is_taken() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_an_empty_host_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"host must be .* got ''.*'0\.0\.0\.0'"):
+        serve_metrics(port=0, host="")
+    _, prom_registry = prometheus_reader()
+    with pytest.raises(ValueError, match="host"):
+        serve_registry(prom_registry, port=0, host="")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_a_bind_beyond_loopback_warns_once_naming_the_address(host: str) -> None:
+    # Tests bind loopback only: the port is taken on 127.0.0.1, so this bind fails after warning.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.warns(RuntimeWarning) as warned, pytest.raises(OSError):
+            serve_metrics(port=port, host=host, dashboard=True)
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert repr(host) in message and str(port) in message and "dashboard" in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_loopback_bind_does_not_warn(host: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        serve_metrics(port=0, host=host).close()
 
 
 def test_port_in_use_names_the_port(server: MetricsServer) -> None:
@@ -308,6 +424,92 @@ def test_prometheus_names_units_and_values(
     assert s[("shop_order_stop_duration_seconds_count", eu)] == 2
     assert s[("shop_order_stop_duration_seconds_bucket", eu | {("le", "0.0025")})] == 1
     assert s[("shop_order_stop_latency_seconds_count", frozenset())] == 3
+
+
+def promtool_findings(text: str) -> tuple[int, str, str]:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not on PATH; CI must install it (Debian package prometheus)")
+        pytest.skip("promtool not installed")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_a_tag_value_utf8_cannot_encode_fails_no_scrape(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    bad = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name: a lone surrogate in UTF-8 mode
+    with m.MetricsReporter([m.counter("files.read.count", tags=["name"])],
+                           meter_provider=server.meter_provider, registry=registry):
+        registry.execute("files.read", {}, {"name": "ok.txt"})
+        registry.execute("files.read", {}, {"name": bad})
+        for _ in range(2):  # the series stays: every later scrape must answer too
+            status, _, text = fetch(server.url)
+            assert status == 200
+            s = samples(text)
+            assert s[("files_read_count_total", frozenset({("name", "ok.txt")}))] == 1
+            assert s[("files_read_count_total", frozenset({("name", "caf\\udce9.txt")}))] == 1
+        assert fetch(server.url, accept="application/openmetrics-text;version=1.0.0")[0] == 200
+        assert fetch(server.base_url + "/health")[0] == 200
+    assert promtool_findings(text) == (0, "", "")
+
+
+def test_series_carry_only_their_tags_unless_scope_labels_are_asked_for(
+    registry: vsrtel.Registry,
+) -> None:
+    for scope_labels in (False, True):
+        with serve_metrics(port=0, scope_labels=scope_labels) as server, m.MetricsReporter(
+            one_of_each(), meter_provider=server.meter_provider, registry=registry
+        ):
+            emit_orders(registry)
+            text = fetch(server.url)[2]
+        labels = {k for f in text_string_to_metric_families(text) for s in f.samples
+                  for k in s.labels}
+        assert ("otel_scope_name" in labels) is scope_labels
+        if not scope_labels:
+            assert 'shop_order_stop_count_total{region="eu"} 2.0' in text.splitlines()
+        assert promtool_findings(text) == (0, "", "")
+
+
+def run_python(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env}, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+SHOW_TARGET_INFO = """
+import urllib.request
+from vsrtel.export import otel
+from vsrtel.export.prometheus import serve_metrics
+from vsrtel.handlers import metrics as m
+import vsrtel
+{setup}
+with serve_metrics(port=0) as server:
+    m.MetricsReporter([m.counter("a.b.n")], meter_provider=server.meter_provider).attach()
+    vsrtel.execute("a.b", {{}})
+    text = urllib.request.urlopen(server.url, timeout=10).read().decode()
+print([line for line in text.splitlines() if line.startswith("target_info")][0])
+"""
+
+
+def test_serve_metrics_names_the_service_configure_named() -> None:
+    # The README's tour: otel.configure (step 3), then serve_metrics (step 4).
+    configured = run_python(SHOW_TARGET_INFO.format(
+        setup='otel.configure("items-api", resource_attributes={"team": "a"}).shutdown()'
+    ))
+    assert 'service_name="items-api"' in configured and 'team="a"' in configured
+    assert 'service_name="from-env"' in run_python(
+        SHOW_TARGET_INFO.format(setup=""), OTEL_SERVICE_NAME="from-env"
+    )
+    assert 'service_name="vsrtel"' in run_python(
+        SHOW_TARGET_INFO.format(setup=""), OTEL_SERVICE_NAME=""
+    )
 
 
 def test_overflow_series_is_exposed(server: MetricsServer, registry: vsrtel.Registry) -> None:

@@ -47,7 +47,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 if TYPE_CHECKING:
     from vsrtel.export.prometheus import MetricsServer
 
-__all__ = ["DEFAULT_SERVICE_NAME", "OTel", "configure", "exports_otlp", "resource"]
+__all__ = [
+    "DEFAULT_SERVICE_NAME", "OTel", "configure", "default_resource", "exports_otlp", "resource"
+]
 
 DEFAULT_SERVICE_NAME = "vsrtel"
 
@@ -204,6 +206,8 @@ def configure(
         raise ValueError("service_name must not be empty")
     out = _console_stream(console)
     resource = _resource(service_name, resource_attributes)
+    global _configured_resource
+    _configured_resource = resource
     exporters: list[_Exporter] = []
 
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -261,6 +265,18 @@ def resource(
     """The OpenTelemetry resource `configure` gives its providers, for a provider built
     elsewhere (``serve_metrics(resource=...)``): same service name rules, same attributes."""
     return _resource(service_name, attributes)
+
+
+# The resource of the latest `configure`: providers built elsewhere (`serve_metrics`) name the
+# same service.
+_configured_resource: Resource | None = None
+
+
+def default_resource() -> Resource:
+    """The resource of the latest `configure` in this process, else `resource()`: what
+    ``serve_metrics()`` gives its provider when not passed one, so that ``configure("api")``
+    then ``serve_metrics()`` scrapes as service ``api``."""
+    return _configured_resource if _configured_resource is not None else _resource(None, None)
 
 
 def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) -> Resource:

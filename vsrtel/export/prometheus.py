@@ -13,22 +13,31 @@ produced by prometheus_client from a private CollectorRegistry; nothing here for
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import errno
+import inspect
+import io
+import ipaddress
 import logging
+import selectors
 import socket
 import sys
 import threading
+import time
+import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.metrics_core import Metric as PromMetric
 
 import vsrtel
 from vsrtel.export import _dashboard
@@ -50,33 +59,151 @@ _Environ = dict[str, Any]
 _log = logging.getLogger("vsrtel")
 
 LISTEN_BACKLOG = 256
-"""Connections the kernel queues for the endpoint while every handler thread is busy."""
+"""Connections the kernel queues for the endpoint before it accepts them."""
 MAX_CONNECTIONS = 32
-"""Default cap on connections served at once (one thread each); later ones wait in the backlog."""
+"""Default cap on requests answered at once (one thread each); later complete ones wait."""
 READ_TIMEOUT = 5.0
-"""Default seconds a connection may stay silent (or not read the answer) before it is dropped."""
+"""Default seconds a connection gets to send its whole request, and again to take the answer."""
+MAX_WAITING = 256
+"""Connections held while their request arrives (the oldest is dropped for a new one past it),
+and complete requests held while every thread answers (accepting pauses past it)."""
+MAX_HEAD = 65536
+"""Bytes a request line and headers may take; a longer head is dropped."""
 
 
-def prometheus_reader() -> tuple[PrometheusMetricReader, CollectorRegistry]:
+def _scope_labels_supported() -> bool:
+    return "scope_info_enabled" in inspect.signature(PrometheusMetricReader).parameters
+
+
+def prometheus_reader(
+    *, scope_labels: bool = False
+) -> tuple[PrometheusMetricReader, CollectorRegistry]:
     """Build OpenTelemetry's Prometheus reader on a new private prometheus_client registry.
 
     Give the reader to a `MeterProvider(metric_readers=[reader, ...])` (readers cannot be added
     to an existing provider) and serve the registry with `serve_registry`. A private registry
     keeps prometheus_client's process-wide default registry (and its process/GC collectors) out
     of the scrape, and lets several providers coexist in one process.
+
+    Series carry only their own tags unless ``scope_labels=True``, which keeps the exporter's
+    ``otel_scope_name``, ``otel_scope_version`` and ``otel_scope_schema_url`` labels (the
+    OpenTelemetry default; they tell apart instruments of one name from different meters).
+    Older exporter versions, which add no scope labels, ignore ``scope_labels``.
     """
     registry = CollectorRegistry()
-    return PrometheusMetricReader(registry=registry), registry
+    if _scope_labels_supported():
+        reader = PrometheusMetricReader(registry=registry, scope_info_enabled=scope_labels)
+    else:  # an exporter that predates scope labels never adds them
+        reader = PrometheusMetricReader(registry=registry)
+    return reader, registry
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Request handler that keeps scrapes out of stderr and gives up on a silent client."""
+def _encodable(text: str) -> str:
+    """``text`` if UTF-8 can encode it, else with what it cannot (lone surrogates, as
+    ``os.fsdecode`` makes of undecodable bytes) written as backslash escapes."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+class _Encodable:
+    """A collector that serves another's families with every label value and help text UTF-8
+    can encode: one bad tag value must not fail the whole scrape (the exposition is encoded in
+    one piece, and the exporter keeps the series, so every later scrape would fail too)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[PromMetric]:
+        for family in self._registry.collect():
+            yield self._clean(family)
+
+    @staticmethod
+    def _clean(family: PromMetric) -> PromMetric:
+        documentation = _encodable(family.documentation)
+        samples = [
+            sample if all(_encodable(v) is v for v in sample.labels.values())
+            else sample._replace(labels={k: _encodable(v) for k, v in sample.labels.items()})
+            for sample in family.samples
+        ]
+        if documentation is family.documentation and all(
+            new is old for new, old in zip(samples, family.samples, strict=True)
+        ):
+            return family
+        clean = copy.copy(family)  # the collector's own family may be served again
+        clean.documentation, clean.samples = documentation, samples
+        return clean
+
+
+def _served(registry: CollectorRegistry) -> CollectorRegistry:
+    served = CollectorRegistry()
+    served.register(_Encodable(registry))
+    return served
+
+
+class _LogStream:
+    """Where wsgiref reports an answer it could not finish (a client that went away or ran out
+    of time): the debug log, not stderr."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            _log.debug("metrics endpoint: %s", text.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Pending:
+    """An accepted connection and the bytes of its request head read so far."""
+
+    __slots__ = ("address", "deadline", "head", "sock")
+
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.head = bytearray()
+        self.deadline = deadline
+
+
+class _DeadlineWriter(io.BufferedIOBase):
+    """Writes the answer to the socket, all of it before ``deadline`` (a client that reads
+    slowly cannot hold a thread longer)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client did not take the answer in time")
+        self._sock.settimeout(left)
+        self._sock.sendall(data)  # its timeout bounds the whole call
+        with memoryview(data) as view:
+            return view.nbytes
+
+
+class _Handler(WSGIRequestHandler):
+    """Answers one complete request whose head the server has already read."""
 
     server: _Server
 
     def setup(self) -> None:
-        self.request.settimeout(self.server.read_timeout)  # reads and writes alike
-        super().setup()
+        pending = cast(_Pending, self.request)
+        self.connection = pending.sock
+        self.rfile = io.BytesIO(bytes(pending.head))
+        self.wfile = _DeadlineWriter(pending.sock, time.monotonic() + self.server.read_timeout)
+
+    def get_stderr(self) -> Any:
+        return _LogStream()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -85,8 +212,9 @@ class _QuietHandler(WSGIRequestHandler):
 def _app(
     registry: CollectorRegistry, dashboard: bool = False
 ) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
-    metrics_app = make_wsgi_app(registry)
-    pages = _dashboard.app(registry) if dashboard else None
+    served = _served(registry)
+    metrics_app = make_wsgi_app(served)
+    pages = _dashboard.app(served) if dashboard else None
 
     def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "HEAD":
@@ -125,53 +253,171 @@ def _app(
     return app
 
 
-class _Server(ThreadingWSGIServer):
-    """A thread per connection, at most `max_connections` at once; faults are logged, not shown.
+def _head_complete(head: bytearray, start: int) -> bool:
+    return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
 
-    Past the cap the accept loop waits, so further connections queue in the listen backlog
-    instead of each holding a thread.
+
+class _Server(WSGIServer):
+    """One thread reads every request head; a complete request gets an answering thread.
+
+    Reading the heads off the answering threads means idle or slow clients hold no thread:
+    each has `read_timeout` seconds in all to send its request, and a complete request never
+    waits behind unfinished ones. At most `max_connections` answers run at once; further
+    complete requests wait (in arrival order) for a free thread. Faults are logged, not shown.
     """
 
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[_QuietHandler],
-        *,
-        max_connections: int,
-        read_timeout: float,
+        self, address: tuple[str, int], *, max_connections: int, read_timeout: float
     ) -> None:
         self.read_timeout = read_timeout
-        self.closing = threading.Event()
-        self._slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._ready: deque[_Pending] = deque()  # complete requests waiting for a thread
+        self._answering = 0
+        super().__init__(address, _Handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        while not self._slots.acquire(timeout=0.2):
-            if self.closing.is_set():
-                self.shutdown_request(request)
+    def serve(self) -> None:
+        """Accept connections and read their request heads until `stop` is called."""
+        waiting: dict[socket.socket, _Pending] = {}  # in accept order: oldest deadline first
+        self.socket.setblocking(False)
+        with selectors.DefaultSelector() as selector:
+            accepting = False
+            try:
+                while not self._stopping.is_set():
+                    with self._lock:
+                        want = len(self._ready) < MAX_WAITING
+                    if want != accepting:
+                        if want:
+                            selector.register(self.socket, selectors.EVENT_READ)
+                        else:
+                            selector.unregister(self.socket)
+                        accepting = want
+                    timeout = 0.2
+                    if waiting:
+                        oldest = next(iter(waiting.values()))
+                        timeout = min(timeout, max(0.0, oldest.deadline - time.monotonic()))
+                    for key, _ in selector.select(timeout):
+                        if key.fileobj is self.socket:
+                            self._accept(selector, waiting)
+                        else:
+                            self._read(selector, waiting, key.data)
+                    now = time.monotonic()
+                    while waiting and next(iter(waiting.values())).deadline <= now:
+                        self._drop(selector, waiting, next(iter(waiting.values())))
+            except Exception:
+                _log.exception("metrics endpoint: stopped serving after an error")
+            finally:
+                for pending in list(waiting.values()):
+                    self._drop(selector, waiting, pending)
+                with self._lock:
+                    ready, self._ready = list(self._ready), deque()
+                for pending in ready:
+                    self._close(pending.sock)
+
+    def stop(self) -> None:
+        """Make `serve` return within a fraction of a second; answers under way finish."""
+        self._stopping.set()
+
+    def _accept(
+        self, selector: selectors.BaseSelector, waiting: dict[socket.socket, _Pending]
+    ) -> None:
+        try:
+            sock, address = self.socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # out of file descriptors, say: the connection stays in the backlog
+            _log.warning("metrics endpoint: accepting a connection failed", exc_info=True)
+            time.sleep(0.05)
+            return
+        if len(waiting) >= MAX_WAITING:  # make room: the oldest has had the longest
+            self._drop(selector, waiting, next(iter(waiting.values())))
+        sock.setblocking(False)
+        pending = _Pending(sock, address, time.monotonic() + self.read_timeout)
+        waiting[sock] = pending
+        selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _read(
+        self,
+        selector: selectors.BaseSelector,
+        waiting: dict[socket.socket, _Pending],
+        pending: _Pending,
+    ) -> None:
+        try:
+            data = pending.sock.recv(8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data or len(pending.head) + len(data) > MAX_HEAD:
+            self._drop(selector, waiting, pending)
+            return
+        start = max(0, len(pending.head) - 2)
+        pending.head += data
+        if _head_complete(pending.head, start):
+            selector.unregister(pending.sock)
+            del waiting[pending.sock]
+            self._dispatch(pending)
+
+    def _drop(
+        self,
+        selector: selectors.BaseSelector,
+        waiting: dict[socket.socket, _Pending],
+        pending: _Pending,
+    ) -> None:
+        selector.unregister(pending.sock)
+        del waiting[pending.sock]
+        self._close(pending.sock)
+
+    def _dispatch(self, pending: _Pending) -> None:
+        with self._lock:
+            if self._answering >= self.max_connections:
+                self._ready.append(pending)
                 return
+            self._answering += 1
         try:
             threading.Thread(
-                target=self.process_request_thread,
-                args=(request, client_address),
+                target=self._answer_all,
+                args=(pending,),
                 name=f"vsrtel-metrics-{self.server_address[1]}-connection",
                 daemon=True,
             ).start()
-        except BaseException:
-            self._slots.release()
-            self.shutdown_request(request)
-            raise
+        except RuntimeError:  # no thread to be had: this request is lost, not the server
+            _log.warning("metrics endpoint: cannot start a thread", exc_info=True)
+            with self._lock:
+                self._answering -= 1
+            self._close(pending.sock)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _answer_all(self, first: _Pending) -> None:
+        pending: _Pending | None = first
+        while pending is not None:
+            self._answer(pending)
+            with self._lock:
+                if self._ready and not self._stopping.is_set():
+                    pending = self._ready.popleft()
+                else:
+                    self._answering -= 1
+                    pending = None
+
+    def _answer(self, pending: _Pending) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            pending.sock.setblocking(True)
+            self.finish_request(cast(Any, pending), pending.address)
+        except Exception:
+            self.handle_error(pending.sock, pending.address)
         finally:
-            self._slots.release()
+            self._close(pending.sock)
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went silent (read timeout) or away is routine, not a traceback on stderr.
+        # A client that ran out of time or went away is routine, not a traceback on stderr.
         _log.debug("metrics endpoint: connection from %s failed", client_address, exc_info=True)
 
 
@@ -186,7 +432,7 @@ class MetricsServer:
 
     def __init__(
         self,
-        httpd: WSGIServer,
+        httpd: _Server,
         registry: CollectorRegistry,
         meter_provider: MeterProvider | None,
         owns_provider: bool,
@@ -204,7 +450,7 @@ class MetricsServer:
         self.dashboard_url: str | None = f"{self.base_url}/" if dashboard else None
         self._closed = False
         self._thread = threading.Thread(
-            target=httpd.serve_forever, name=f"vsrtel-metrics-{self.port}", daemon=True
+            target=httpd.serve, name=f"vsrtel-metrics-{self.port}", daemon=True
         )
         self._thread.start()
 
@@ -213,11 +459,9 @@ class MetricsServer:
         if self._closed:
             return
         self._closed = True
-        if isinstance(self._httpd, _Server):
-            self._httpd.closing.set()  # a full accept loop stops waiting for a free slot
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.stop()
         self._thread.join()
+        self._httpd.server_close()
         if self._owns_provider and self.meter_provider is not None:
             self.meter_provider.shutdown()
 
@@ -237,6 +481,30 @@ def check_port(port: object) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
     return port
+
+
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or not host:
+        raise ValueError(
+            f"host must be an address or host name, got {host!r}: to serve on every interface "
+            "say so with '0.0.0.0' (or '::'); the default is '127.0.0.1'"
+        )
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        addresses = {str(info[4][0]) for info in found}
+    except (OSError, UnicodeError):
+        return False  # binding will fail and say why
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_loopback:
+            return False
+    return bool(addresses)
 
 
 def _check_limits(max_connections: object, read_timeout: object) -> tuple[int, float]:
@@ -266,10 +534,12 @@ def serve_registry(
     For wiring the reader of `prometheus_reader()` into a provider built elsewhere; the server
     does not shut down `meter_provider` (it only exposes it as `server.meter_provider`).
     `port=0` picks a free port; a port in use raises OSError naming host and port.
-    `max_connections`, `read_timeout` and `dashboard` as for `serve_metrics`.
+    `host`, `max_connections`, `read_timeout` and `dashboard` as for `serve_metrics`.
     """
+    port = check_port(port)
+    host = _check_host(host)
     limits = _check_limits(max_connections, read_timeout)
-    return _serve(registry, check_port(port), host, meter_provider, False, *limits, dashboard)
+    return _serve(registry, port, host, meter_provider, False, *limits, dashboard)
 
 
 def _serve(
@@ -282,11 +552,18 @@ def _serve(
     read_timeout: float,
     dashboard: bool = False,
 ) -> MetricsServer:
+    if not _is_loopback(host):
+        warnings.warn(
+            f"serving metrics{' and the dashboard' if dashboard else ''} on {host!r}, port "
+            f"{port}: reachable from other machines, not only this one (pass "
+            "host='127.0.0.1' unless that is intended)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     server_class = _ServerV6 if ":" in host else _Server
     try:
         httpd = server_class(
-            (host, port), _QuietHandler, max_connections=max_connections,
-            read_timeout=read_timeout,
+            (host, port), max_connections=max_connections, read_timeout=read_timeout
         )
         httpd.set_app(_app(registry, dashboard))
     except OSError as exc:
@@ -303,6 +580,7 @@ def serve_metrics(
     host: str = "127.0.0.1",
     *,
     resource: Resource | None = None,
+    scope_labels: bool = False,
     max_connections: int = MAX_CONNECTIONS,
     read_timeout: float = READ_TIMEOUT,
     dashboard: bool = False,
@@ -310,19 +588,35 @@ def serve_metrics(
     """Start a Prometheus scrape endpoint with its own OpenTelemetry MeterProvider.
 
     Serves `GET /metrics` (Prometheus text 0.0.4, or OpenMetrics when the Accept header asks for
-    it) and `GET /health` (200 `OK`), and `HEAD` of both. At most `max_connections` connections
-    are served at once; later ones wait in a listen backlog of `LISTEN_BACKLOG`. A connection
-    silent for `read_timeout` seconds is dropped. Pass `server.meter_provider` to
-    `MetricsReporter(..., meter_provider=...)`. Binds loopback by default: exposing metrics to
-    the network is an explicit choice (`host="0.0.0.0"`). `port=0` picks a free port (see
-    `server.port`); a port already in use raises OSError naming it. `resource` sets the OTel
-    resource shown in `target_info`. `dashboard=True` also serves a live dashboard on `GET /`
-    (a self-contained HTML page, at `server.dashboard_url`) and the JSON snapshot it polls on
-    `GET /api/metrics`. Call `server.close()` (or use `with`) to stop it.
+    it) and `GET /health` (200 `OK`), and `HEAD` of both. Pass `server.meter_provider` to
+    `MetricsReporter(..., meter_provider=...)`. `port=0` picks a free port (see `server.port`);
+    a port already in use raises OSError naming it.
+
+    Binds loopback by default: exposing metrics to the network is an explicit choice
+    (`host="0.0.0.0"` or `"::"`), and any bind beyond loopback warns (`RuntimeWarning`, naming
+    the address); `host=""` is refused (ValueError). Each connection has `read_timeout` seconds
+    in all to send its request, and again to take the answer; connections whose request is
+    still arriving hold no thread (at most `MAX_WAITING` of them are kept, the oldest dropped
+    first). At most `max_connections` requests are answered at once, and further complete
+    requests wait for a free thread.
+
+    `resource` sets the OTel resource shown in `target_info`; by default it is the one of the
+    latest `vsrtel.export.otel.configure()` in this process, else `otel.resource()`
+    (``OTEL_SERVICE_NAME``, else ``"vsrtel"``). Series carry only their own tags;
+    `scope_labels=True` keeps OpenTelemetry's ``otel_scope_*`` labels. A tag value UTF-8
+    cannot encode (a lone surrogate) is served with that character as a backslash escape.
+    `dashboard=True` also serves a live dashboard on `GET /` (a self-contained HTML page, at
+    `server.dashboard_url`) and the JSON snapshot it polls on `GET /api/metrics`. Call
+    `server.close()` (or use `with`) to stop it.
     """
     port = check_port(port)
+    host = _check_host(host)
     limits = _check_limits(max_connections, read_timeout)
-    reader, registry = prometheus_reader()
+    if resource is None:
+        from vsrtel.export import otel
+
+        resource = otel.default_resource()
+    reader, registry = prometheus_reader(scope_labels=scope_labels)
     provider = MeterProvider(metric_readers=[reader], resource=resource)
     try:
         return _serve(registry, port, host, provider, True, *limits, dashboard)
