@@ -269,7 +269,8 @@ def _demo(args: argparse.Namespace) -> int:
             stack.callback(reporter.detach)
             progress.show(f"metrics at {server.url}, dashboard at {server.dashboard_url}",
                           final=True)
-        flush, propagation = _export(stack, registry, progress, warnings=level <= logging.WARNING)
+        before_report, propagation = _export(stack, registry, progress,
+                                             show_warnings=level <= logging.WARNING)
         sim = stack.enter_context(Simulation(
             seed=seed, requests=args.requests, replicas=args.replicas, clients=args.clients,
             faults=args.faults, registry=registry, propagation=propagation,
@@ -284,7 +285,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"vsrtel demo: interrupted at {sim.now / 1e9:.3f} s simulated; the report so "
                   "far:", file=sys.stderr)
         report = sim.report()
-        flush()  # exported spans printed on the console come before the report, not after it
+        before_report()
         try:
             print(json.dumps(report) if args.json else render_text(report), flush=True)
         except BrokenPipeError:
@@ -306,24 +307,25 @@ _EXPORTED_TO = {"otlp": "OTLP", "console": "the console (stderr)"}
 
 def _export(
     stack: contextlib.ExitStack, registry: vsrtel.Registry, progress: _Progress, *,
-    warnings: bool,
+    show_warnings: bool,
 ) -> tuple[Callable[[], object], Any]:
     """Export traces and metrics as the ``OTEL_*`` variables say (OTLP, console, none).
 
-    Returns a function that flushes what is buffered and the simulation's trace propagation.
+    Returns what to call before the report (it flushes what the console exporters still hold,
+    so that the report comes last) and the simulation's trace propagation.
     """
     from vsrtel.export import otel
     from vsrtel.vsr import NO_PROPAGATION
     from vsrtel.vsr import demo as wiring
 
     chosen = {signal: set(otel.env_exporters(signal)) for signal in ("traces", "metrics")}
-    lacking = [signal for signal, names in chosen.items() if "otlp" in names]
-    if lacking and not wiring.otlp_exporter_installed():
-        if warnings:
+    otlp_signals = [signal for signal, names in chosen.items() if "otlp" in names]
+    if otlp_signals and not wiring.otlp_exporter_installed():
+        if show_warnings:
             print("vsrtel demo: OTLP export is configured but its exporter is not installed "
-                  f"(pip install 'vsrtel[otlp]'): {' and '.join(lacking)} are not exported "
+                  f"(pip install 'vsrtel[otlp]'): {' and '.join(otlp_signals)} are not exported "
                   "over OTLP", file=sys.stderr)
-        for signal in lacking:
+        for signal in otlp_signals:
             chosen[signal].discard("otlp")
     signals = [signal for signal, names in chosen.items() if names]
     if not signals:
@@ -341,7 +343,9 @@ def _export(
     progress.show("exporting " + ", ".join(f"{signal} to {where[signal]}" for signal in signals),
                   final=True)
     propagation = wiring.trace_propagation() if "traces" in signals else NO_PROPAGATION
-    return setup.shutdown, propagation
+    if any("console" in chosen[signal] for signal in signals):
+        return setup.shutdown, propagation
+    return lambda: None, propagation  # OTLP alone: flushed after the report, on the way out
 
 
 def _run(sim: Any, progress: _Progress, *, paced: bool) -> None:
