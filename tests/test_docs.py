@@ -55,7 +55,8 @@ def test_the_sample_sessions_are_found() -> None:
     assert any(command.startswith("vsrtel sweep ") for command in commands)
 
 
-@pytest.mark.parametrize(("command", "documented"), _sessions())
+@pytest.mark.parametrize(("command", "documented"),
+                         [pytest.param(*session, id=session[0]) for session in _sessions()])
 def test_sample_output_is_what_the_command_prints(
     command: str, documented: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
