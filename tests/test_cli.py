@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,7 +68,9 @@ def test_demo_serves_metrics_on_the_given_port() -> None:
         port = probe.getsockname()[1]
     result = run("demo", "--requests", "10", "--seed", "2", "--metrics-port", str(port))
     assert result.returncode == 0, result.stderr
-    assert f"metrics at http://127.0.0.1:{port}/metrics" in result.stderr
+    # Every run serves the dashboard too, while it runs (--serve only keeps it up after).
+    assert (f"metrics at http://127.0.0.1:{port}/metrics, dashboard at http://127.0.0.1:{port}/"
+            in result.stderr)
 
 
 def test_demo_reports_a_taken_metrics_port_in_one_line() -> None:
@@ -97,6 +101,16 @@ def test_demo_reports_a_taken_metrics_port_in_one_line() -> None:
         (["--foo"], "unrecognized arguments: --foo"),
         (["--serve", "--no-metrics"], "--serve keeps the metrics endpoint up"),
         (["--no-metrics", "--metrics-port", "9"], "argument --metrics-port: not allowed with"),
+        (["--log-level", "loud"], "argument --log-level: unknown log level 'loud' (choose from "
+                                  "debug, info, warning, error, critical)"),
+        (["--quiet", "--log-level", "info"], "--quiet is --log-level warning"),
+        (["--faults", "heavy,delay=5-1"], "argument --faults: fault knob delay must be a range "
+                                          "LOW-HIGH of milliseconds with 0 <= LOW < HIGH, got "
+                                          "'5-1'"),
+        (["--faults", "light,crash_every=-5"], "fault knob crash_every must be milliseconds > "
+                                               "0, or off, got '-5'"),
+        (["--faults", "light,timer_jitter=-2"], "fault knob timer_jitter must be milliseconds "
+                                                ">= 0, got '-2'"),
     ],
 )
 def test_demo_bad_values_are_one_line_and_exit_status_2(args: list[str], message: str) -> None:
@@ -182,7 +196,69 @@ def test_a_closed_pipe_is_not_a_traceback() -> None:
     finally:
         os.close(write_end)
     assert result.stderr == ""
-    assert result.returncode == 1
+    assert result.returncode == 0  # the reader read what it wanted: not a failure
+
+
+def test_demo_log_level_and_quiet_choose_what_stderr_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = ["demo", "--requests", "200", "--seed", "5", "--faults", "heavy", "--no-metrics",
+           "--no-pace"]
+    assert main(run) == 0
+    default = capsys.readouterr()
+    assert "[info" in default.err and "[debug" not in default.err
+    assert main([*run, "--log-level", "DEBUG"]) == 0
+    debug = capsys.readouterr()
+    assert "[info" in debug.err and "] vsr.view_change.vote_received" in debug.err
+    assert debug.out == default.out  # the same run, the same report
+    for quiet in (["--quiet"], ["-q"], ["--log-level", "warning"], ["--log-level", "error"]):
+        assert main([*run, *quiet]) == 0
+        result = capsys.readouterr()
+        assert result.err == "", quiet  # no log line, no progress line
+        assert result.out == default.out
+
+
+def _clean_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+
+
+def test_demo_prints_spans_and_metrics_on_stderr_when_the_environment_says_console(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clean_otel_environment(monkeypatch)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    result = run("demo", "--requests", "3", "--seed", "1", "--no-metrics", "--no-pace", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["requests_committed"] == 3  # stdout is only the report
+    decoder = json.JSONDecoder()
+    spans: list[dict[str, Any]] = []
+    metrics: list[dict[str, Any]] = []
+    text = result.stderr
+    while (start := text.find("{\n")) != -1:  # the console exporters' indented JSON objects
+        item, end = decoder.raw_decode(text, start)
+        (metrics if "resource_metrics" in item else spans).append(item)
+        text = text[end:]
+    roots = [span for span in spans if span["name"] == "vsr.client.request"]
+    assert len(roots) == 3  # one trace per request
+    assert {span["context"]["trace_id"] for span in spans} == {
+        root["context"]["trace_id"] for root in roots
+    }
+    assert [span["name"] for span in spans].count("vsr.state_machine.operation") == 9
+    assert metrics and "vsr.protocol.client_request.stop.duration" in json.dumps(metrics)
+
+
+def test_demo_exports_nothing_when_the_environment_says_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    _clean_otel_environment(monkeypatch)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console,none")
+    assert main(["demo", "--requests", "3", "--seed", "1", "--no-metrics", "--no-pace"]) == 0
+    assert "exporting" not in capsys.readouterr().err
 
 
 def test_demo_without_the_otlp_extra_says_so_once(
@@ -252,6 +328,21 @@ def test_demo_serve_keeps_metrics_up_until_ctrl_c() -> None:
             process.wait()
     assert process.returncode == 0, err
     assert "invariants          OK" in out
+
+
+def test_help_points_at_sections_that_exist() -> None:
+    root = Path(__file__).resolve().parent.parent
+    texts = [run("--help").stdout] + [run(command, "--help").stdout
+                                      for command in ("demo", "sweep", "catalog", "metrics")]
+    text = " ".join(" ".join(texts).split())  # argparse wraps lines anywhere
+    assert "docs/vsr.md" in text
+    references = re.findall(r'"([^"]+)" in (docs/[\w-]+\.md)', text)
+    assert ("Fault profiles", "docs/vsr.md") in references
+    for section, doc in references:
+        assert f"## {section}\n" in (root / doc).read_text(), (section, doc)
+    for section in re.findall(r"README's (.+?) section", text):
+        headings = re.findall(r"^#+ (.+)$", (root / "README.md").read_text(), re.MULTILINE)
+        assert section in headings, f"--help names a README section that is not there: {section}"
 
 
 # -- vsrtel sweep ---------------------------------------------------------------------------------
@@ -337,3 +428,53 @@ def test_sweep_bad_values_are_one_line_and_exit_status_2(args: list[str], messag
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("vsrtel sweep: error: ") and message in line
+
+
+def test_sweep_into_a_closed_pipe_exits_0() -> None:
+    # `vsrtel sweep --seeds 4 | head -1`: the reader takes the first line and goes away.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vsrtel", "sweep", "--seeds", "4", "--requests", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert first.startswith("sweep: seeds 0-3 on 3 replicas")
+    assert "Traceback" not in err and "Broken pipe" not in err
+    assert process.returncode == 0
+
+
+class _ClosedAfter(io.StringIO):
+    """Standard output whose reader goes away after ``lines`` lines."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        if self.getvalue().count("\n") >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_sweep_stopped_by_a_closed_pipe_still_reports_a_failure_it_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = Replica._execute
+
+    def diverge(self: Replica, op_number: int, entry: object) -> None:
+        original(self, op_number, entry)  # type: ignore[arg-type]
+        if self.node_id == 2 and op_number == 7:
+            self.machine.data["k0"] = self.machine.data.get("k0", 0) + 1
+
+    monkeypatch.setattr(Replica, "_execute", diverge)
+    out = _ClosedAfter(lines=2)  # the header and the first FAIL line, as `| head -2` reads
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["sweep", "--seeds", "3", "--requests", "20", "--faults", "none"]) == 1
+    assert out.getvalue().splitlines()[1].startswith("FAIL seed 0, 3 replicas: safety:")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from vsrtel.cli import main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 MARKER = "-->\n"
@@ -33,3 +37,69 @@ def test_alerting_doc_explains_every_shipped_rule() -> None:
     for line in rules.splitlines():
         if "- alert: " in line:
             assert f"`{line.split('- alert: ')[1].strip()}`" in doc
+
+
+# A documented session: "$ vsrtel ..." then exactly what the command prints on stdout.
+SESSION = re.compile(r"^```console\n\$ (vsrtel [^\n]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+# What differs from one run to the next: the sweep's wall-clock time and rate.
+TIMING = re.compile(r" in [\d.]+ s, [\d,]+ seeds/min$", re.MULTILINE)
+
+
+def _sessions() -> list[tuple[str, str]]:
+    return SESSION.findall((DOCS / "vsr.md").read_text())
+
+
+def test_the_sample_sessions_are_found() -> None:
+    commands = [command for command, _ in _sessions()]
+    assert "vsrtel demo --seed 7" in commands
+    assert any(command.startswith("vsrtel sweep ") for command in commands)
+
+
+@pytest.mark.parametrize(("command", "documented"),
+                         [pytest.param(*session, id=session[0]) for session in _sessions()])
+def test_sample_output_is_what_the_command_prints(
+    command: str, documented: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = shlex.split(command)[1:]
+    if args[0] == "demo":  # the same run, without waiting or taking a port (stdout unchanged)
+        args += ["--no-pace", "--no-metrics"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    masked = TIMING.sub(" in T s, R seeds/min", printed)
+    assert TIMING.sub(" in T s, R seeds/min", documented) == masked, (
+        f"docs/vsr.md's sample of `{command}` is stale: replace it with what the command prints"
+    )
+
+
+# `vsrtel <command> ...` in inline code, or on a line of a shell or console block.
+MENTION = re.compile(r"`(vsrtel (?:demo|sweep|catalog|metrics)\b[^`]*)`"
+                     r"|^(?:\$ )?(vsrtel (?:demo|sweep|catalog|metrics)\b.*)$", re.MULTILINE)
+
+
+def _mentions() -> list[tuple[str, str]]:
+    found = []
+    for path in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for inline, line in MENTION.findall(path.read_text()):
+            command = (inline or line).split("#")[0].split("|")[0].strip()
+            found.append((path.name, command))
+    return found
+
+
+def _options(command: str, capsys: pytest.CaptureFixture[str]) -> set[str]:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", capsys.readouterr().out))
+
+
+def test_every_documented_command_line_uses_options_the_tool_has(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mentions = _mentions()
+    assert ("vsr.md", "vsrtel demo --seed 7") in mentions
+    options = {command: _options(command, capsys)
+               for command in ("demo", "sweep", "catalog", "metrics")}
+    unknown = [
+        (doc, command, word) for doc, command in mentions for word in shlex.split(command)[2:]
+        if word.startswith("-") and word not in options[command.split()[1]]
+    ]
+    assert unknown == []

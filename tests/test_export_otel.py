@@ -345,3 +345,62 @@ def test_prometheus_port_in_use_fails_clearly_and_leaks_nothing() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"port {port} is already in use"):
             otel.configure(prometheus_port=port)
+
+
+def test_console_exporters_asked_for_by_the_environment_print_to_console_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console")
+    out = io.StringIO()
+    setup = otel.configure("printed", console_out=out)
+    _emit(setup, "printed.work")
+    assert setup.shutdown() is True
+    assert json.JSONDecoder().raw_decode(out.getvalue())[0]["name"] == "printed.work"
+    assert '"jobs"' in out.getvalue()
+    assert capsys.readouterr().out == ""
+    with pytest.raises(TypeError, match="console_out must be a text stream or None, got 42"):
+        otel.configure(console_out=42)  # type: ignore[arg-type]
+
+
+def test_console_out_without_a_console_asked_for_prints_nothing() -> None:
+    out = io.StringIO()
+    setup = otel.configure("quiet", console_out=out)
+    _emit(setup)
+    assert setup.shutdown() is True
+    assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("environ", "traces", "metrics"),
+    [
+        ({}, set(), set()),
+        ({"OTEL_TRACES_EXPORTER": "console"}, {"console"}, set()),
+        ({"OTEL_TRACES_EXPORTER": " OTLP , Console", "OTEL_METRICS_EXPORTER": "console"},
+         {"otlp", "console"}, {"console"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_METRICS_EXPORTER": "console"},
+         {"otlp"}, {"otlp", "console"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_TRACES_EXPORTER": "console,none"},
+         set(), {"otlp"}),
+    ],
+)
+def test_env_exporters_reads_the_exporter_and_endpoint_variables(
+    environ: dict[str, str], traces: set[str], metrics: set[str]
+) -> None:
+    assert otel.env_exporters("traces", environ) == traces
+    assert otel.env_exporters("metrics", environ) == metrics
+    assert otel.exports_otlp("traces", environ) == ("otlp" in traces)
+
+
+def test_an_unsupported_exporter_name_is_reported_once_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {"OTEL_TRACES_EXPORTER": "console,zipkin-for-this-test"}
+    with caplog.at_level(logging.WARNING, logger="vsrtel"):
+        assert otel.env_exporters("traces", environ) == {"console"}
+        assert otel.env_exporters("traces", environ) == {"console"}
+    [record] = [r for r in caplog.records if "zipkin-for-this-test" in r.getMessage()]
+    assert "OTEL_TRACES_EXPORTER" in record.getMessage()
+    assert "supported: otlp, console, none" in record.getMessage()
+    with pytest.raises(ValueError, match="signal must be 'traces' or 'metrics', got 'logs'"):
+        otel.env_exporters("logs")  # type: ignore[arg-type]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import urllib.request
 from collections import defaultdict
 
+import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -134,3 +136,28 @@ def test_export_to_otlp_attaches_the_spans_handler_and_a_reporter() -> None:
     metric_names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
                     for m in sm.metrics}
     assert "vsr.protocol.client_request.stop.duration" in metric_names
+
+
+def test_logs_take_a_minimum_level() -> None:
+    def logged(level: str | int) -> list[str]:
+        registry = vsrtel.Registry()
+        stream = io.StringIO()
+        handler_ids = demo.attach_logs(registry, stream, level)
+        simulate(seed=3, requests=60, faults="heavy", registry=registry)
+        for handler_id in handler_ids:
+            registry.detach(handler_id)
+        return stream.getvalue().splitlines()
+
+    info = logged("info")
+    assert info and all(line.startswith("[info") for line in info)
+    debug = logged("DEBUG")
+    assert {line.split()[2] for line in debug} <= set(demo.LOGGED_EVENTS + demo.DEBUG_EVENTS)
+    assert [line for line in debug if line.startswith("[info")] == info
+    assert any(line.startswith("[debug") for line in debug)
+    assert logged("warning") == [] and logged(logging.ERROR) == []
+
+
+@pytest.mark.parametrize("level", ["loud", "", 1.5, None, True])
+def test_an_unknown_log_level_is_refused_by_name(level: object) -> None:
+    with pytest.raises(ValueError, match=f"unknown log level {level!r}"):
+        demo.attach_logs(vsrtel.Registry(), io.StringIO(), level)  # type: ignore[arg-type]

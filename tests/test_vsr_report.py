@@ -79,3 +79,16 @@ def test_a_request_whose_operation_was_rejected_is_not_ok() -> None:
     assert {op["status"] for op in request["children"]} == {"error: division by zero: div k6 0"}
     assert tree["status"] == "error: division by zero: div k6 0"
     assert tree["duration_ms"] is not None  # it did complete: with the rejection as its reply
+
+
+def test_render_text_says_what_each_count_counts() -> None:
+    report = simulate(seed=1, requests=300, faults="heavy", registry=vsrtel.Registry())
+    events = report["events"]
+    starts, completions = events["vsr.view_change.start"], events["vsr.view_change.complete"]
+    assert report["view_changes"] < completions < starts  # views, and each replica's part in them
+    text = render_text(report)
+    assert (f"  view changes        {report['view_changes']} new views established; replicas "
+            f"started {starts} view changes, completed {completions}") in text
+    assert (f"  state transfers     {report['state_transfers']} snapshots received (requested "
+            f"{events['vsr.state_transfer.request_sent']})") in text
+    assert "events per type, summed over replicas, clients and the network:" in text

@@ -177,7 +177,7 @@ def test_a_fault_profile_spec_names_a_profile_and_overrides_knobs() -> None:
         ("heavy,los=0.1", "bad fault knob 'los=0.1' (knobs: loss, duplicate,"),
         ("heavy,loss", "bad fault knob 'loss'"),
         ("light,delay=3", "bad value for fault knob delay: '3'"),
-        ("light,delay=3-1", "fault knob delay must be a range (low, high) of ns"),
+        ("light,delay=3-1", "fault knob delay must be a range LOW-HIGH of milliseconds"),
         ("light,partition_size=0", "fault knob partition_size must be an int >= 1, got 0"),
         ("light,crash_every=nan", "bad value for fault knob crash_every: 'nan'"),
         ("light,clock_skew=1", "fault knob clock_skew must be below 1, got 1.0"),

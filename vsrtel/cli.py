@@ -6,9 +6,11 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO, cast
@@ -35,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run an instrumented VSR cluster in simulation and report on it",
         description="Run a Viewstamped Replication cluster in deterministic simulation for a few "
-        "seconds, with logs (view changes, state transfers), Prometheus metrics and traces "
-        "(OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set), then print a report. Ctrl-C stops it "
-        "and prints the report so far.",
+        "seconds, with logs (view changes, state transfers), Prometheus metrics and the live "
+        "dashboard while it runs, and traces and metrics exported as the OTEL_* variables say "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER: otlp, "
+        "console (printed to stderr) or none), then print a report on stdout. Ctrl-C stops it "
+        "and prints the report so far. See docs/vsr.md.",
     )
     demo.add_argument("--replicas", type=_odd, default=3, help="cluster size, 2f+1 (default 3)")
     _cluster_arguments(demo, replicas=False, clients=4, requests=2000, faults="light")
@@ -53,8 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--no-metrics", dest="metrics", action="store_false",
                           help="do not serve Prometheus metrics")
     demo.add_argument("--serve", action="store_true",
-                      help="keep serving metrics after the run, until Ctrl-C")
+                      help="keep serving metrics and the dashboard after the run, until Ctrl-C")
     demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    demo.add_argument("--log-level", type=_level, default=None, metavar="LEVEL",
+                      help="show what is logged at LEVEL or above on stderr: debug (each step "
+                      "of a view change or state transfer), info (their start and end, the "
+                      "progress line; the default), warning, error or critical")
+    demo.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings and errors only, the same as --log-level warning")
     demo.set_defaults(run=_demo, parser=demo)
 
     sweep = commands.add_parser(
@@ -62,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulate many seeds under a fault profile; print each failure with its seed",
         description="Run the VSR simulation for seeds FIRST..FIRST+N-1 on each cluster size and "
         "print every invariant violation (safety), liveness failure and crash, each with the "
-        "command that replays it. Exit status 1 if any run failed.",
+        "command that replays it. Exit status 1 if any run failed; when the reader of stdout "
+        "goes away (| head), the sweep stops with the status of the runs done so far. See "
+        "docs/vsr.md.",
     )
     _cluster_arguments(sweep, replicas=True, clients=3, requests=200, faults="heavy")
     sweep.add_argument("--seeds", type=_at_least(1), default=100,
@@ -100,8 +112,8 @@ def _cluster_arguments(
                         help=f"requests to commit (default {requests})")
     parser.add_argument("--faults", type=_faults, default=faults, metavar="PROFILE",
                         help="fault profile: none, light, heavy or extreme, optionally followed "
-                        "by knobs to override, e.g. heavy,loss=0.2,partition_size=2 (see the "
-                        f"README's VSR section; default {faults})")
+                        "by knobs to override, e.g. heavy,loss=0.2,partition_size=2 (see "
+                        f"\"Fault profiles\" in docs/vsr.md; default {faults})")
 
 
 def _int(text: str) -> int:
@@ -134,6 +146,15 @@ def _port(text: str) -> int:
 
     try:
         return check_port(_int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _level(text: str) -> int:
+    from vsrtel.vsr.demo import log_level
+
+    try:
+        return log_level(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -176,6 +197,8 @@ class _Progress:
         self.tty = self.stream.isatty()
         self.last = 0.0
         self.drawn = False  # a status line is on the screen, not ended by a newline
+        # Console exporters write from their own threads, between two updates of the line.
+        self.lock = threading.RLock()
 
     def show(self, text: str, *, final: bool = False) -> None:
         if not self.enabled:
@@ -183,20 +206,22 @@ class _Progress:
         now = time.monotonic()
         if not final and now - self.last < (0.1 if self.tty else 1.0):
             return
-        if self.tty:
-            self.stream.write(f"\r\033[K{text}" + ("\n" if final else ""))
-            self.drawn = not final
-        else:
-            self.stream.write(text + "\n")
-        self.last = now
-        self.stream.flush()
+        with self.lock:
+            if self.tty:
+                self.stream.write(f"\r\033[K{text}" + ("\n" if final else ""))
+                self.drawn = not final
+            else:
+                self.stream.write(text + "\n")
+            self.last = now
+            self.stream.flush()
 
     def clear(self) -> None:
         """Erase the status line, so that the next output starts on an empty line."""
-        if self.drawn:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self.drawn = False
+        with self.lock:
+            if self.drawn:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+                self.drawn = False
 
     def log_stream(self) -> TextIO:
         """A stream writing to the same place, clearing the status line first."""
@@ -208,25 +233,29 @@ class _ClearingStream(io.TextIOBase):
         self.progress = progress
 
     def write(self, text: str) -> int:
-        self.progress.clear()
-        return self.progress.stream.write(text)
+        with self.progress.lock:
+            self.progress.clear()
+            return self.progress.stream.write(text)
 
     def flush(self) -> None:
         self.progress.stream.flush()
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vsrtel.export import otel
-    from vsrtel.vsr import NO_PROPAGATION, Simulation, render_text
+    from vsrtel.vsr import Simulation, render_text
     from vsrtel.vsr import demo as wiring
 
     if args.serve and not args.metrics:
         args.parser.error("--serve keeps the metrics endpoint up: it cannot go with --no-metrics")
+    if args.quiet and args.log_level is not None:
+        args.parser.error("--quiet is --log-level warning: it cannot go with --log-level")
+    level = logging.WARNING if args.quiet else args.log_level or logging.INFO
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     registry = vsrtel.default_registry
-    progress = _Progress(not args.json)
+    # The progress line and the announcements are info: --quiet (or a higher level) drops them.
+    progress = _Progress(not args.json and level <= logging.INFO)
     with contextlib.ExitStack() as stack:
-        for handler_id in wiring.attach_logs(registry, progress.log_stream()):
+        for handler_id in wiring.attach_logs(registry, progress.log_stream(), level):
             stack.callback(registry.detach, handler_id)
         server = None
         if args.metrics:
@@ -240,21 +269,8 @@ def _demo(args: argparse.Namespace) -> int:
             stack.callback(reporter.detach)
             progress.show(f"metrics at {server.url}, dashboard at {server.dashboard_url}",
                           final=True)
-        propagation = NO_PROPAGATION
-        signals = [signal for signal in ("traces", "metrics") if otel.exports_otlp(signal)]
-        if signals and not wiring.otlp_exporter_installed():
-            print("vsrtel demo: OTLP export is configured but its exporter is not installed "
-                  f"(pip install 'vsrtel[otlp]'): {' and '.join(signals)} are not exported",
-                  file=sys.stderr)
-        elif signals:
-            setup, detach = wiring.export_to_otlp(
-                registry, traces="traces" in signals, metrics="metrics" in signals
-            )
-            stack.callback(setup.shutdown)
-            stack.callback(detach)
-            if "traces" in signals:
-                propagation = wiring.trace_propagation()
-            progress.show(f"exporting {' and '.join(signals)} to OTLP", final=True)
+        before_report, propagation = _export(stack, registry, progress,
+                                             show_warnings=level <= logging.WARNING)
         sim = stack.enter_context(Simulation(
             seed=seed, requests=args.requests, replicas=args.replicas, clients=args.clients,
             faults=args.faults, registry=registry, propagation=propagation,
@@ -269,7 +285,11 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"vsrtel demo: interrupted at {sim.now / 1e9:.3f} s simulated; the report so "
                   "far:", file=sys.stderr)
         report = sim.report()
-        print(json.dumps(report) if args.json else render_text(report), flush=True)
+        before_report()
+        try:
+            print(json.dumps(report) if args.json else render_text(report), flush=True)
+        except BrokenPipeError:
+            _stdout_gone()  # the reader went away: the run's status still stands
         if args.serve and server is not None and not interrupted:
             with contextlib.suppress(KeyboardInterrupt):
                 # Announced inside: a Ctrl-C answering the line must land in this block.
@@ -280,6 +300,52 @@ def _demo(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 0 if report["invariants"] == "ok" else 1
+
+
+_EXPORTED_TO = {"otlp": "OTLP", "console": "the console (stderr)"}
+
+
+def _export(
+    stack: contextlib.ExitStack, registry: vsrtel.Registry, progress: _Progress, *,
+    show_warnings: bool,
+) -> tuple[Callable[[], object], Any]:
+    """Export traces and metrics as the ``OTEL_*`` variables say (OTLP, console, none).
+
+    Returns what to call before the report (it flushes what the console exporters still hold,
+    so that the report comes last) and the simulation's trace propagation.
+    """
+    from vsrtel.export import otel
+    from vsrtel.vsr import NO_PROPAGATION
+    from vsrtel.vsr import demo as wiring
+
+    chosen = {signal: set(otel.env_exporters(signal)) for signal in ("traces", "metrics")}
+    otlp_signals = [signal for signal, names in chosen.items() if "otlp" in names]
+    if otlp_signals and not wiring.otlp_exporter_installed():
+        if show_warnings:
+            print("vsrtel demo: OTLP export is configured but its exporter is not installed "
+                  f"(pip install 'vsrtel[otlp]'): {' and '.join(otlp_signals)} are not exported "
+                  "over OTLP", file=sys.stderr)
+        for signal in otlp_signals:
+            chosen[signal].discard("otlp")
+    signals = [signal for signal, names in chosen.items() if names]
+    if not signals:
+        return lambda: None, NO_PROPAGATION
+    # Console output goes to stderr: stdout is the report (one JSON object with --json).
+    setup, detach = wiring.export_to_otlp(
+        registry, traces="traces" in signals, metrics="metrics" in signals,
+        console_out=progress.log_stream(),
+    )
+    stack.callback(setup.shutdown)
+    stack.callback(detach)
+    where = {signal: " and ".join(_EXPORTED_TO[name] for name in sorted(chosen[signal],
+                                                                     reverse=True))
+             for signal in signals}  # otlp before console
+    progress.show("exporting " + ", ".join(f"{signal} to {where[signal]}" for signal in signals),
+                  final=True)
+    propagation = wiring.trace_propagation() if "traces" in signals else NO_PROPAGATION
+    if any("console" in chosen[signal] for signal in signals):
+        return setup.shutdown, propagation
+    return lambda: None, propagation  # OTLP alone: flushed after the report, on the way out
 
 
 def _run(sim: Any, progress: _Progress, *, paced: bool) -> None:
@@ -344,13 +410,21 @@ def _sweep(args: argparse.Namespace) -> int:
         interrupted = True
         progress.clear()
         print("vsrtel sweep: interrupted", file=sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): stop, with the status of the runs done so far.
+        _stdout_gone()
+        return 1 if failures else 0
     elapsed = time.monotonic() - start
     kinds = {kind: sum(f.kind == kind for f in failures) for kind in ("safety", "liveness",
                                                                        "error")}
     seeds_done = done / len(args.replicas)
     rate = f", {seeds_done / elapsed * 60:,.0f} seeds/min" if elapsed > 0 else ""
-    print(f"{done} of {len(planned)} runs, {len(failures)} failed (safety {kinds['safety']}, "
-          f"liveness {kinds['liveness']}, error {kinds['error']}) in {elapsed:.1f} s{rate}")
+    try:
+        print(f"{done} of {len(planned)} runs, {len(failures)} failed (safety {kinds['safety']}, "
+              f"liveness {kinds['liveness']}, error {kinds['error']}) in {elapsed:.1f} s{rate}",
+              flush=True)
+    except BrokenPipeError:
+        _stdout_gone()
     if failures:
         return 1
     return 130 if interrupted else 0
@@ -372,11 +446,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader went away (``vsrtel catalog | head -1``): not an error worth a traceback.
-        # Point stdout at devnull so that the interpreter's final flush does not raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        # The reader went away (``vsrtel catalog | head -1``): it read what it wanted, which is
+        # not a failure of the command.
+        _stdout_gone()
+        return 0
+
+
+def _stdout_gone() -> None:
+    """After a ``BrokenPipeError``: point stdout at devnull, so that what is still buffered and
+    the interpreter's final flush go nowhere instead of raising again."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing will be flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 def _main(argv: Sequence[str] | None) -> int:

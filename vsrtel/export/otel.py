@@ -10,9 +10,10 @@ and ships telemetry in production:
   ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``: add the OTLP/HTTP exporters (extra ``vsrtel[otlp]``);
   headers, timeout, compression and certificates come from the matching ``OTEL_EXPORTER_OTLP_*``
   variables, read by the exporter itself.
-- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: ``none`` turns a signal's exporters off,
-  ``otlp`` turns OTLP on without an endpoint variable (default ``http://localhost:4318``),
-  ``console`` prints to stdout.
+- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: a comma-separated list of the names the
+  SDK defines; ``none`` turns a signal's exporters off, ``otlp`` turns OTLP on without an
+  endpoint variable (default ``http://localhost:4318``), ``console`` prints to stdout (or to
+  ``configure(console_out=...)``). Any other name is ignored, with a warning (once per process).
 - ``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED``
   and ``OTEL_PROPAGATORS`` are honoured by the SDK components themselves.
 
@@ -48,10 +49,20 @@ if TYPE_CHECKING:
     from vsrtel.export.prometheus import MetricsServer
 
 __all__ = [
-    "DEFAULT_SERVICE_NAME", "OTel", "configure", "default_resource", "exports_otlp", "resource"
+    "DEFAULT_SERVICE_NAME",
+    "EXPORTER_NAMES",
+    "OTel",
+    "configure",
+    "default_resource",
+    "env_exporters",
+    "exports_otlp",
+    "resource",
 ]
 
 DEFAULT_SERVICE_NAME = "vsrtel"
+#: The values of ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` that vsrtel honours.
+EXPORTER_NAMES = ("otlp", "console", "none")
+_reported: set[tuple[str, str]] = set()  # (variable, unsupported name) already warned about
 
 _log = logging.getLogger("vsrtel")
 
@@ -176,6 +187,7 @@ def configure(
     service_name: str | None = None,
     *,
     console: bool | TextIO = False,
+    console_out: TextIO | None = None,
     set_global: bool = False,
     resource_attributes: Mapping[str, Any] | None = None,
     span_processors: Iterable[SpanProcessor] = (),
@@ -188,7 +200,9 @@ def configure(
     ``service_name`` wins over ``OTEL_SERVICE_NAME``, which wins over ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``; the default is ``"vsrtel"``. ``resource_attributes`` are added
     to the resource (over the environment's). ``console=True`` (or a text stream) also prints
-    spans and metrics there. ``span_processors`` and ``metric_readers`` are added as given
+    spans and metrics there. ``console_out`` is where a console exporter that
+    ``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER=console`` or ``console=True`` asks for
+    prints (default stdout). ``span_processors`` and ``metric_readers`` are added as given
     (tests pass an in-memory exporter or reader here). With nothing configured there is no
     exporter, no thread and no network traffic.
 
@@ -204,7 +218,11 @@ def configure(
         raise TypeError(f"service_name must be a str or None, got {service_name!r}")
     if service_name == "":
         raise ValueError("service_name must not be empty")
-    out = _console_stream(console)
+    stream = _console_stream(console)
+    if console_out is not None and not callable(getattr(console_out, "write", None)):
+        raise TypeError(f"console_out must be a text stream or None, got {console_out!r}")
+    always = console is not False  # else a console exporter only if the environment asks
+    out = stream if stream is not None else console_out or sys.stdout
     resource = _resource(service_name, resource_attributes)
     global _configured_resource
     _configured_resource = resource
@@ -213,11 +231,11 @@ def configure(
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
-    for span_exporter in _span_exporters(out):
+    for span_exporter in _span_exporters(always, out):
         exporters.append(span_exporter)
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
-    readers = _metric_readers(metric_readers, out, exporters)
+    readers = _metric_readers(metric_readers, always, out, exporters)
     scrape = None  # (port, prometheus_client registry) when Prometheus is asked for
     if prometheus_port is not None:
         from vsrtel.export.prometheus import prometheus_reader
@@ -250,9 +268,8 @@ def configure(
 
 
 def _console_stream(console: bool | TextIO) -> TextIO | None:
-    if console is True:
-        return sys.stdout
-    if console is False:
+    """The stream given as ``console``, None for a bool; raises `TypeError` for anything else."""
+    if isinstance(console, bool):
         return None
     if callable(getattr(console, "write", None)):
         return console
@@ -298,22 +315,40 @@ def exports_otlp(
     The same decision `configure` makes, for callers that wire things around it; ``environ``
     defaults to ``os.environ``.
     """
-    return _wanted(signal.upper(), os.environ if environ is None else environ)[0]
+    return "otlp" in env_exporters(signal, environ)
 
 
-def _wanted(signal: str, environ: Mapping[str, str] = os.environ) -> tuple[bool, bool]:
-    """(otlp, console) for "TRACES" or "METRICS", from the endpoint and exporter variables."""
-    names = {
-        name.strip().lower()
-        for name in environ.get(f"OTEL_{signal}_EXPORTER", "").split(",")
-        if name.strip()
-    }
+def env_exporters(
+    signal: Literal["traces", "metrics"], environ: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """Return the exporters the ``OTEL_*`` variables ask for, for ``signal``: a subset of
+    ``{"otlp", "console"}``, as `configure` decides it; ``environ`` defaults to ``os.environ``.
+
+    ``otlp`` when ``OTEL_{SIGNAL}_EXPORTER`` names it or an OTLP endpoint variable is set,
+    ``console`` when the exporter variable names it; nothing when it names ``none``. A name
+    outside :data:`EXPORTER_NAMES` is ignored and reported once per process (a warning to the
+    ``"vsrtel"`` logger, naming the variable and the name).
+    """
+    if signal not in ("traces", "metrics"):
+        raise ValueError(f"signal must be 'traces' or 'metrics', got {signal!r}")
+    environ = os.environ if environ is None else environ
+    variable = f"OTEL_{signal.upper()}_EXPORTER"
+    names = {name.strip().lower() for name in environ.get(variable, "").split(",")}
+    names.discard("")
+    for name in sorted(names.difference(EXPORTER_NAMES)):
+        if (variable, name) not in _reported:
+            _reported.add((variable, name))
+            _log.warning(
+                "vsrtel.export.otel: %s=%s: exporter %r is not supported (supported: %s); "
+                "ignored", variable, environ[variable], name, ", ".join(EXPORTER_NAMES),
+            )
     if "none" in names:
-        return False, False
-    endpoint = environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or environ.get(
+        return frozenset()
+    endpoint = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    return bool(endpoint) or "otlp" in names, "console" in names
+    wanted = names & {"otlp", "console"}
+    return frozenset((wanted | {"otlp"}) if endpoint else wanted)
 
 
 def _otlp_module(signal: str) -> Any:
@@ -336,27 +371,28 @@ def _otlp_module(signal: str) -> Any:
         return None
 
 
-def _span_exporters(console: TextIO | None) -> list[SpanExporter]:
-    otlp, console_env = _wanted("TRACES")
+def _span_exporters(console: bool, out: TextIO) -> list[SpanExporter]:
+    """The span exporters: those the environment asks for, and the console if ``console``."""
+    wanted = env_exporters("traces")
     exporters: list[SpanExporter] = []
-    if otlp and (module := _otlp_module("TRACES")) is not None:
+    if "otlp" in wanted and (module := _otlp_module("TRACES")) is not None:
         exporters.append(module.OTLPSpanExporter())
-    if console is not None or console_env:
-        exporters.append(ConsoleSpanExporter(out=console or sys.stdout))
+    if console or "console" in wanted:
+        exporters.append(ConsoleSpanExporter(out=out))
     return exporters
 
 
 def _metric_readers(
-    given: Iterable[MetricReader], console: TextIO | None, exporters: list[_Exporter]
+    given: Iterable[MetricReader], console: bool, out: TextIO, exporters: list[_Exporter]
 ) -> list[MetricReader]:
     """Every reader of the MeterProvider is chosen here; push exporters go into ``exporters``."""
     readers = list(given)
     pushed: list[MetricExporter] = []
-    otlp, console_env = _wanted("METRICS")
-    if otlp and (module := _otlp_module("METRICS")) is not None:
+    wanted = env_exporters("metrics")
+    if "otlp" in wanted and (module := _otlp_module("METRICS")) is not None:
         pushed.append(module.OTLPMetricExporter())
-    if console is not None or console_env:
-        pushed.append(ConsoleMetricExporter(out=console or sys.stdout))
+    if console or "console" in wanted:
+        pushed.append(ConsoleMetricExporter(out=out))
     exporters.extend(pushed)
     readers.extend(PeriodicExportingMetricReader(exporter) for exporter in pushed)
     return readers

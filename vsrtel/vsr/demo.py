@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from vsrtel.handlers.metrics import MetricsReporter
 
 __all__ = [
+    "DEBUG_EVENTS",
+    "LEVEL_NAMES",
     "LOGGED_EVENTS",
     "SERVICE_NAME",
     "TRACED_SPANS",
     "attach_logs",
     "export_to_otlp",
+    "log_level",
     "otlp_exporter_installed",
     "serve_metrics",
     "trace_propagation",
@@ -42,6 +45,18 @@ LOGGED_EVENTS = (
     "vsr.view_change.complete",
     "vsr.state_transfer.request_sent",
     "vsr.state_transfer.snapshot_received",
+)
+#: The events the demo logs at debug: the steps of view changes and state transfers, and each
+#: replica's changes of status, view and role.
+DEBUG_EVENTS = (
+    "vsr.view_change.vote_received",
+    "vsr.view_change.do_view_change.sent",
+    "vsr.view_change.do_view_change.received",
+    "vsr.state_transfer.request_received",
+    "vsr.state_transfer.snapshot_sent",
+    "vsr.state.status_change",
+    "vsr.state.view_change",
+    "vsr.state.role_change",
 )
 #: The service name of the demo's traces and metrics (``target_info`` on Prometheus).
 SERVICE_NAME = "vsrtel-demo"
@@ -64,25 +79,51 @@ def trace_propagation() -> Propagation:
     return Propagation(inject, extract)
 
 
-def attach_logs(registry: Registry, stream: TextIO) -> list[Hashable]:
-    """Log :data:`LOGGED_EVENTS` at info to ``stream``; return the handler ids."""
+def attach_logs(registry: Registry, stream: TextIO, level: int | str = "info") -> list[Hashable]:
+    """Log :data:`LOGGED_EVENTS` at info and :data:`DEBUG_EVENTS` at debug to ``stream``, the
+    lines at ``level`` or above only; return the handler ids.
+
+    ``level`` is a `logging` level number or name (``"debug"``, ``"info"``, ``"warning"``...;
+    any case): ``"warning"`` and above log none of these events. Raises ``ValueError`` naming
+    an unknown level.
+    """
     import structlog
 
     from vsrtel.handlers.logs import attach_logger
 
+    threshold = log_level(level)
     logger = structlog.wrap_logger(
         structlog.PrintLogger(stream),
         processors=[
             structlog.processors.add_log_level,
             structlog.dev.ConsoleRenderer(colors=False),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         context_class=dict,
     )
+    events = [(name, "info") for name in LOGGED_EVENTS]
+    if threshold <= logging.DEBUG:
+        events += [(name, "debug") for name in DEBUG_EVENTS]
+    elif threshold > logging.INFO:
+        events = []  # nothing would pass the filter: attach nothing
     return [
-        attach_logger(name, level="info", logger=logger, registry=registry)
-        for name in LOGGED_EVENTS
+        attach_logger(name, level=event_level, logger=logger, registry=registry)
+        for name, event_level in events
     ]
+
+
+#: The standard level names :func:`log_level` accepts, lowest first.
+LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(level: int | str) -> int:
+    """The `logging` level number of ``level``: a number, or a name of :data:`LEVEL_NAMES` in
+    any case. Raises ``ValueError`` naming anything else."""
+    if isinstance(level, int) and not isinstance(level, bool):
+        return level
+    if isinstance(level, str) and level.lower() in LEVEL_NAMES:
+        return int(getattr(logging, level.upper()))
+    raise ValueError(f"unknown log level {level!r} (choose from {', '.join(LEVEL_NAMES)})")
 
 
 def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, MetricsReporter]:
@@ -116,7 +157,8 @@ def otlp_exporter_installed() -> bool:
 def export_to_otlp(
     registry: Registry, *, traces: bool = True, metrics: bool = True, **configure: Any
 ) -> tuple[OTel, Callable[[], None]]:
-    """Export the demo's spans and metrics over OTLP (configured by the ``OTEL_*`` variables).
+    """Export the demo's spans and metrics with the exporters the ``OTEL_*`` variables choose
+    (OTLP, the console: see :func:`vsrtel.export.otel.configure`).
 
     ``traces`` attaches the spans handler for :data:`TRACED_SPANS` (use
     :func:`trace_propagation` in the simulation so that each request is one trace); ``metrics``

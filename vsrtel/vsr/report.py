@@ -128,6 +128,7 @@ def render_text(report: dict[str, Any]) -> str:
     """Render a report (as :func:`build_report` returns it) for a terminal."""
     latency = {k: "n/a" if v is None else f"{v:.3f} ms" for k, v in report["latency_ms"].items()}
     messages = report["messages"]
+    events = report["events"]
     lines = [
         f"VSR cluster: {_plural(report['replicas'], 'replica')}, "
         f"{_plural(report['clients'], 'client')}, "
@@ -135,19 +136,23 @@ def render_text(report: dict[str, Any]) -> str:
         f"  requests committed  {report['requests_committed']} of {report['requests']}",
         f"  client latency      p50 {latency['p50']}   p99 {latency['p99']}   "
         f"max {latency['max']}  (simulated)",
-        f"  view changes        {report['view_changes']}",
-        f"  state transfers     {report['state_transfers']}",
+        # Views, not the events of the table below: those count each replica's part.
+        f"  view changes        {_plural(report['view_changes'], 'new view')} established; "
+        f"replicas started {_plural(events.get('vsr.view_change.start', 0), 'view change')}, "
+        f"completed {events.get('vsr.view_change.complete', 0)}",
+        f"  state transfers     {report['state_transfers']} snapshots received "
+        f"(requested {events.get('vsr.state_transfer.request_sent', 0)})",
         f"  faults injected     crashes {report['crashes']}, partitions {report['partitions']}, "
         f"messages lost {messages['dropped']} of {messages['sent']}, "
         f"duplicated {messages['duplicated']}",
         f"  simulated time      {report['simulated_ms'] / 1000:.3f} s",
         f"  invariants          {'OK' if report['invariants'] == 'ok' else report['invariants']}",
         "",
-        "events per type:",
+        "events per type, summed over replicas, clients and the network:",
     ]
-    width = max((len(name) for name in report["events"]), default=0)
-    lines += [f"  {name:<{width}}  {count:>8}" for name, count in report["events"].items()]
-    if not report["events"]:
+    width = max((len(name) for name in events), default=0)
+    lines += [f"  {name:<{width}}  {count:>8}" for name, count in events.items()]
+    if not events:
         lines.append("  (none)")
     if report["sample_trace"] is not None:
         lines += ["", "sample trace (the request at the p99 latency):"]

@@ -118,6 +118,12 @@ class FaultProfile:
                 changes[key] = _parse_knob(key, text)
             except ValueError:
                 raise ValueError(f"bad value for fault knob {key}: {text!r}") from None
+            try:
+                replace(FAULTS["none"], **{key: changes[key]})
+            except ValueError as exc:  # it speaks of ns: say it in the spec's milliseconds
+                rule = _SPEC_RULES.get(_kind(key))
+                raise ValueError(f"fault knob {key} must be {rule}, got {text!r}" if rule
+                                 else str(exc)) from None
         return replace(FAULTS[name], **changes)
 
     def spec(self) -> str:
@@ -140,6 +146,18 @@ def _ms(text: str) -> int:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(text)
     return round(value * MS)
+
+
+# What a time knob takes in a spec, for errors; other knobs' errors carry no unit.
+_SPEC_RULES = {
+    "range": "a range LOW-HIGH of milliseconds with 0 <= LOW < HIGH",
+    "mean": "milliseconds > 0, or off",
+    "timer_jitter": "milliseconds >= 0",
+}
+
+
+def _kind(key: str) -> str:
+    return "range" if key in _RANGES else "mean" if key in _MEANS else key
 
 
 def _parse_knob(key: str, text: str) -> Any:
