@@ -318,9 +318,10 @@ class Span:
         """Make the innermost span still running current again, then run the exit callbacks.
 
         Resetting the span's token tells its own context from another: that fails in another
-        thread or task, and once its own context has left it. A span ended in another context
-        (by mistake, or a generator closed elsewhere) stays current in its own until that
-        context exits it again, which then only puts the current span back.
+        thread or task, and once its own context has left it. A span that ended in another
+        context (by mistake, or a generator closed elsewhere) stays in its own context's chain
+        of spans, skipped by ``current_span()``, until that context exits it again: that exit
+        reports nothing, puts the current span back and runs the callbacks once more.
         """
         here = True
         try:

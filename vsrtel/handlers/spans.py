@@ -68,11 +68,12 @@ class _Frame:
     """The OpenTelemetry context a traced ``with`` span makes current (when the frame is built),
     until the span ends.
 
-    A context whose innermost frame has ended is stale: the span ended where it could not
-    restore that context (in another thread or task, or out of order). The tracer replaces it
-    with the context below its ended frames whenever it meets it (see ``_Tracer.live``), as
-    ``vsrtel.current_span()`` skips ended spans. So restoring is setting a context, never
-    resetting a token, which would fail outside the context that attached it.
+    A context whose innermost frame has ended is stale: the span ended without restoring it
+    (out of order, in another thread or task, or the context is a copy that a task created
+    inside the span took). Whenever the tracer meets such a context it makes the context below
+    the ended frames current instead (``_Tracer.live``), as ``vsrtel.current_span()`` skips
+    ended spans. So restoring sets a context and never resets a token, which fails (and
+    OpenTelemetry logs an error) outside the context that made it.
     """
 
     __slots__ = ("context", "ended", "previous", "span")
@@ -289,7 +290,7 @@ class _Tracer:
             start_time = None
         context = otel_context.get_current()
         top: _Frame | None = context.get(self.current_key)  # type: ignore[assignment]
-        if top is not None and top.ended:
+        if top is not None and top.ended:  # checked here: the common case calls nothing
             context = self.live(context)
         parent = metadata.get("trace_parent")
         span = self.tracer.start_span(
@@ -350,9 +351,9 @@ class _Tracer:
             frame.span.set_attribute("vsrtel.stop_missed", True)
             frame.span.end()
         frame.ended = True
-        # Usually this span's context is current; after spans ended out of order, the innermost
-        # one still running is, and stays; in another thread or task, this restores nothing
-        # (its own context is set right when the tracer next meets it: see start).
+        # Usually this frame is the innermost of the current context, which is restored. After
+        # spans ended out of order, one still running is innermost and stays. In another thread
+        # or task, the span's own context is restored when the tracer next meets it there.
         self.live(otel_context.get_current())
 
     def live(self, context: Context) -> Context:
@@ -372,7 +373,10 @@ class _Tracer:
     ) -> None:
         if current_span() is None:
             return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
-        frame = self.live(otel_context.get_current()).get(self.current_key)
+        context = otel_context.get_current()
+        frame = context.get(self.current_key)
+        if isinstance(frame, _Frame) and frame.ended:
+            frame = self.live(context).get(self.current_key)
         if isinstance(frame, _Frame):
             attributes = self.attributes(metadata, _SPAN_KEYS)
             attributes.update(self.attributes(measurements))
