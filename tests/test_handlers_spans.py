@@ -647,10 +647,13 @@ def test_a_span_exited_in_another_thread_leaves_no_stale_context(
         job = vsrtel.span("app.job")
         job.__enter__()
         error = exit_in_another_thread(job)
+        vsrtel.execute("app.note", {"count": 1})  # a span event, on the span still running
         with vsrtel.span("app.next"):
             pass
     assert "exited in another thread" in str(error)
     outer = only(exporter, "app.outer")
+    assert [e.name for e in outer.events] == ["app.note"]
+    assert only(exporter, "app.job").events == ()
     assert parent_id(only(exporter, "app.job")) == span_id(outer)
     assert parent_id(only(exporter, "app.next")) == span_id(outer)  # not the ended app.job
     with vsrtel.span("app.later"):
