@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -582,3 +584,128 @@ def test_an_escaping_exception_is_recorded_as_escaped(
         raise ValueError("boom")
     [event] = only(exporter, "app.request").events
     assert (event.attributes or {})["exception.escaped"] == "True"
+
+
+def test_an_async_generator_left_with_break_leaves_no_stale_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    loop_errors: list[dict[str, Any]] = []
+
+    @vsrtel.span("app.items")
+    async def items() -> Any:
+        for i in range(3):
+            yield i
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, error: loop_errors.append(error))
+        async with vsrtel.span("app.request"):
+            async for _ in items():
+                break
+            # The event loop closes the generator later, in a task of its own: wait (bounded).
+            for _ in range(100):
+                if finished(exporter, "app.items"):
+                    break
+                await asyncio.sleep(0)
+            async with vsrtel.span("app.next"):
+                pass
+        async with vsrtel.span("app.later"):
+            pass
+
+    asyncio.run(main())
+    gc.collect()  # reports an exception nobody retrieved from the closing task, if any
+    request = only(exporter, "app.request")
+    assert parent_id(only(exporter, "app.items")) == span_id(request)
+    assert only(exporter, "app.items").status.status_code is StatusCode.UNSET  # a normal end
+    assert parent_id(only(exporter, "app.next")) == span_id(request)
+    assert parent_id(only(exporter, "app.later")) is None
+    assert loop_errors == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def exit_in_another_thread(span: vsrtel.Span) -> BaseException:
+    errors: list[BaseException] = []
+
+    def exit_span() -> None:
+        try:
+            span.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=exit_span)
+    thread.start()
+    thread.join()
+    [error] = errors
+    return error
+
+
+def test_a_span_exited_in_another_thread_leaves_no_stale_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.outer"):
+        job = vsrtel.span("app.job")
+        job.__enter__()
+        error = exit_in_another_thread(job)
+        vsrtel.execute("app.note", {"count": 1})  # a span event, on the span still running
+        with vsrtel.span("app.next"):
+            pass
+    assert "exited in another thread" in str(error)
+    outer = only(exporter, "app.outer")
+    assert [e.name for e in outer.events] == ["app.note"]
+    assert only(exporter, "app.job").events == ()
+    assert parent_id(only(exporter, "app.job")) == span_id(outer)
+    assert parent_id(only(exporter, "app.next")) == span_id(outer)  # not the ended app.job
+    with vsrtel.span("app.later"):
+        pass
+    assert parent_id(only(exporter, "app.later")) is None
+
+
+def test_exiting_again_in_its_own_thread_restores_the_context(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with capture("app.job") as events, vsrtel.span("app.outer") as outer:
+        job = vsrtel.span("app.job")
+        job.__enter__()
+        exit_in_another_thread(job)
+        job.__exit__(None, None, None)  # in its own thread: cleans up, reports nothing more
+        assert vsrtel.current_span() is outer
+        current = trace.get_current_span().get_span_context().span_id
+        with vsrtel.span("app.next"):
+            pass
+    assert no_current_otel_span()
+    assert current == span_id(only(exporter, "app.outer"))
+    assert parent_id(only(exporter, "app.next")) == span_id(only(exporter, "app.outer"))
+    assert [".".join(e.name) for e in events] == ["app.job.start", "app.job.stop"]
+    [job_span] = finished(exporter, "app.job")  # ended once, by its stop event
+    assert "vsrtel.stop_missed" not in (job_span.attributes or {})
+
+
+def test_a_task_that_outlives_its_span_joins_what_still_runs(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    async def background(released: asyncio.Event) -> None:
+        await released.wait()
+        assert vsrtel.current_span() is outer  # the request has ended
+        for _ in range(2):
+            async with vsrtel.span("app.email"):
+                pass
+
+    async def main() -> None:
+        nonlocal outer
+        async with vsrtel.span("app.outer") as outer:
+            released = asyncio.Event()
+            async with vsrtel.span("app.request"):
+                task = asyncio.create_task(background(released))
+            released.set()
+            await task
+
+    outer: vsrtel.Span | None = None
+    asyncio.run(main())
+    # As vsrtel.current_span() in the task: both spans join the innermost span still running.
+    assert [parent_id(s) for s in finished(exporter, "app.email")] == 2 * [
+        span_id(only(exporter, "app.outer"))
+    ]

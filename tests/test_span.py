@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from typing import Any
 
@@ -362,6 +363,53 @@ def test_exiting_a_with_span_in_another_thread_is_an_error() -> None:
     assert vsrtel.current_span() is None  # the span has ended: never current here either
 
 
+def exit_in_another_thread(span: vsrtel.Span) -> BaseException:
+    errors: list[BaseException] = []
+
+    def exit_span() -> None:
+        try:
+            span.__exit__(None, None, None)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=exit_span)
+    thread.start()
+    thread.join()
+    [error] = errors
+    return error
+
+
+def test_exiting_again_in_its_own_thread_cleans_up_and_reports_nothing_more() -> None:
+    in_main_thread: list[bool] = []
+    with capture("a") as events, vsrtel.span("outer") as outer:
+        main = threading.current_thread()
+        span = vsrtel.span("a")
+        span.__enter__()
+        span.on_exit(lambda: in_main_thread.append(threading.current_thread() is main))
+        assert "another thread" in str(exit_in_another_thread(span))
+        span.__exit__(None, None, None)  # in its own thread: no error
+        assert vsrtel.current_span() is outer
+        with vsrtel.span("next") as after:
+            assert vsrtel.current_span() is after
+        assert vsrtel.current_span() is outer
+    assert names(events) == ["a.start", "a.stop"]
+    # The callbacks ran where the span ended, then again where they can restore its context.
+    assert in_main_thread == [False, True]
+    with pytest.raises(RuntimeError, match="span a was already exited"):
+        span.__exit__(None, None, None)
+
+
+def test_exiting_a_span_twice_is_an_error_that_reports_nothing_more() -> None:
+    with capture("a") as events:
+        span = vsrtel.span("a")
+        with span:
+            pass
+        with pytest.raises(RuntimeError, match="span a was already exited"):
+            span.__exit__(None, None, None)
+    assert names(events) == ["a.start", "a.stop"]
+    assert vsrtel.current_span() is None
+
+
 def test_exiting_a_with_span_in_another_task_is_an_error() -> None:
     async def main() -> None:
         span = vsrtel.span("a")
@@ -464,3 +512,48 @@ def test_a_decorated_async_generator_times_its_iteration() -> None:
         assert asyncio.run(main()) == [0, 1]
         del generator
     assert names(events) == ["agen.start", "agen.exception"]
+
+
+def test_a_generator_finished_in_another_thread_ends_normally() -> None:
+    @vsrtel.span("gen")
+    def numbers() -> Any:
+        yield 1
+        yield 2
+
+    rest: list[list[int]] = []
+    with capture("gen") as events:
+        iterator = numbers()
+        assert next(iterator) == 1
+        thread = threading.Thread(target=lambda: rest.append(list(iterator)))
+        thread.start()
+        thread.join()
+    assert rest == [[2]]  # no error raised into the thread that finished it
+    assert names(events) == ["gen.start", "gen.stop"]
+    assert vsrtel.current_span() is None
+
+
+def test_an_async_generator_left_with_break_ends_normally_and_leaves_no_stale_span() -> None:
+    loop_errors: list[dict[str, Any]] = []
+
+    @vsrtel.span("agen")
+    async def numbers() -> Any:
+        for i in range(3):
+            yield i
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, error: loop_errors.append(error))
+        async with vsrtel.span("outer") as outer:
+            async for _ in numbers():
+                break
+            # The event loop closes the generator later, in a task of its own: wait (bounded).
+            for _ in range(100):
+                if len(events) == 2:
+                    break
+                await asyncio.sleep(0)
+            assert vsrtel.current_span() is outer
+
+    with capture("agen") as events:
+        asyncio.run(main())
+        gc.collect()  # reports an exception nobody retrieved from the closing task, if any
+    assert names(events) == ["agen.start", "agen.stop"]
+    assert loop_errors == []

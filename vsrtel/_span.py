@@ -232,14 +232,24 @@ class Span:
         It runs however the span ends, even when no handler receives the stop, in the thread or
         task that ends it: for a handler that sets context-local state at ``start`` (an
         OpenTelemetry context, bound log variables) and must restore it. Callbacks run last
-        registered first; one that raises is logged and the others still run.
+        registered first; one that raises is logged and the others still run. A ``with`` span
+        exited by mistake in another thread or task ends there, and its callbacks run there; if
+        its own thread or task exits it later, they run once more, there, where the state they
+        restore was set.
         """
         if self._callbacks is None:
             self._callbacks = []
         self._callbacks.append(callback)
 
-    def _run_callbacks(self) -> None:
+    def _run_callbacks(self, here: bool = True) -> None:
+        """Run the exit callbacks. ``here`` is False in another context than the span's own:
+        they are then kept, to run once more when its own context exits it."""
         callbacks, self._callbacks = self._callbacks or [], None
+        if not here:
+            if isinstance(callbacks, _Kept):  # they ran where the span ended
+                self._callbacks = callbacks
+                return
+            self._callbacks = _Kept(callbacks)
         for callback in reversed(callbacks):
             try:
                 callback()
@@ -286,7 +296,8 @@ class Span:
         try:
             if self._timed:
                 started_at, self._started_at = self._started_at, None
-                self._stop_timed(started_at, exc)  # type: ignore[arg-type]
+                if started_at is not None:  # else exited before (see _leave): nothing to report
+                    self._stop_timed(started_at, exc)
             else:
                 self._started_at = None
         finally:
@@ -296,7 +307,7 @@ class Span:
                 try:
                     _reset_current(token)  # type: ignore[arg-type]
                 except ValueError:
-                    raise RuntimeError(self._wrong_context) from None
+                    raise _ExitedElsewhere(self._wrong_context) from None
                 parent = token.old_value  # type: ignore[union-attr]
                 if parent is not _TOP and parent is not None and parent._started_at is None:
                     _current.set(_live_ancestor(parent))
@@ -304,27 +315,40 @@ class Span:
                 self._leave()
 
     def _leave(self) -> None:
-        """Make the innermost span still running current again, then run the exit callbacks."""
+        """Make the innermost span still running current again, then run the exit callbacks.
+
+        Resetting the span's token tells its own context from another: that fails in another
+        thread or task, and once its own context has left it. A span that ended in another
+        context (by mistake, or a generator closed elsewhere) stays in its own context's chain
+        of spans, skipped by ``current_span()``, until that context exits it again: that exit
+        reports nothing, puts the current span back and runs the callbacks once more.
+        """
+        here = True
         try:
             current = _current.get()
-            if current is self:
-                token = self._token
-                assert token is not None
-                try:
-                    _current.reset(token)
-                except ValueError:
-                    raise RuntimeError(self._wrong_context) from None
+            if current is not self and current is not None and _is_below(current, self):
+                # A span entered after this one is still running (spans exited out of order,
+                # e.g. two instrumented generators consumed alternately): it stays current, and
+                # skips this one when it ends.
+                return
+            token = self._token
+            assert token is not None
+            try:
+                _current.reset(token)
+            except ValueError:
+                here = False
+                raise _ExitedElsewhere(self._wrong_context) from None
+            except RuntimeError:  # the token was used: this context has left the span already
+                raise RuntimeError(f"span {self._dotted} was already exited") from None
+            if current is not self and current is not None and current._started_at is not None:
+                _current.set(current)  # exited again while an unrelated span runs: it stays
+            else:
                 parent = _parent_of(self)
                 if parent is not None and parent._started_at is None:
                     _current.set(_live_ancestor(parent))
-            elif not _is_below(current, self):
-                raise RuntimeError(self._wrong_context)
-            # Else a span entered after this one is still running (spans exited out of order,
-            # e.g. two instrumented generators consumed alternately): it stays current, and
-            # skips this one when it ends.
         finally:
             if self._callbacks is not None:
-                self._run_callbacks()
+                self._run_callbacks(here)
 
     @property
     def _wrong_context(self) -> str:
@@ -351,7 +375,10 @@ class Span:
 
         For a coroutine function the span covers the await; for a generator or async generator
         function it covers the iteration, from the first ``next`` to exhaustion, an exception,
-        or ``close()`` (a consumer that stops early ends the span normally).
+        or ``close()`` (a consumer that stops early ends the span normally). The iteration may
+        end in another thread or task than the one it started in (an async generator left with
+        ``break`` is closed later by the event loop, in a task of its own): that ends the span
+        normally too, and the thread or task that started it goes on with the span around it.
         """
         registry, prefix = self._registry, self._names[3]
         metadata, clock = self._template, self._clock
@@ -404,13 +431,35 @@ def _iteration(span: Span) -> Iterator[Span]:
     try:
         yield span
     except GeneratorExit:
-        span.__exit__(None, None, None)
+        _end_iteration(span, None)
         raise
     except BaseException as exc:
-        span.__exit__(type(exc), exc, exc.__traceback__)
+        _end_iteration(span, exc)
         raise
     else:
-        span.__exit__(None, None, None)
+        _end_iteration(span, None)
+
+
+def _end_iteration(span: Span, error: BaseException | None) -> None:
+    """Exit a generator's span. A generator is not tied to a thread or task, so ending in
+    another than the one it started in is no mistake: the span ends all the same, and the
+    context it started in skips it from then on."""
+    try:
+        if error is None:
+            span.__exit__(None, None, None)
+        else:
+            span.__exit__(type(error), error, error.__traceback__)
+    except _ExitedElsewhere:
+        pass
+
+
+class _ExitedElsewhere(RuntimeError):
+    """A ``with`` span exited in another thread or asyncio task than the one it entered."""
+
+
+class _Kept(list[Callable[[], object]]):
+    """Exit callbacks that ran where a span ended, in another context than its own: they run
+    once more when its own context exits it."""
 
 
 def _parent_of(span: Span) -> Span | None:

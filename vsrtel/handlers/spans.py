@@ -34,7 +34,6 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -67,9 +66,17 @@ _log = logging.getLogger("vsrtel")
 
 class _Frame:
     """The OpenTelemetry context a traced ``with`` span makes current (when the frame is built),
-    until the span ends."""
+    until the span ends.
 
-    __slots__ = ("context", "ended", "previous", "span", "token")
+    A context whose innermost frame has ended is stale: the span ended without restoring it
+    (out of order, in another thread or task, or the context is a copy that a task created
+    inside the span took). Whenever the tracer meets such a context it makes the context below
+    the ended frames current instead (``_Tracer.live``), as ``vsrtel.current_span()`` skips
+    ended spans. So restoring sets a context and never resets a token, which fails (and
+    OpenTelemetry logs an error) outside the context that made it.
+    """
+
+    __slots__ = ("context", "ended", "previous", "span")
 
     def __init__(self, span: trace.Span, previous: Context, marker: str) -> None:
         self.span = span
@@ -79,7 +86,7 @@ class _Frame:
             marker, self, trace.set_span_in_context(span, previous)
         )
         self.ended = False
-        self.token: Token[Context] = otel_context.attach(self.context)
+        otel_context.attach(self.context)
 
 
 # An open span: (OTel span, its frame when made current, the start metadata to set only what
@@ -281,10 +288,14 @@ class _Tracer:
         start_time = measurements.get("system_time")
         if start_time.__class__ is not int:
             start_time = None
+        context = otel_context.get_current()
+        top: _Frame | None = context.get(self.current_key)  # type: ignore[assignment]
+        if top is not None and top.ended:  # checked here: the common case calls nothing
+            context = self.live(context)
         parent = metadata.get("trace_parent")
         span = self.tracer.start_span(
             name,
-            context=None if parent is None else _parent(parent),
+            context=context if parent is None else _parent(parent),
             attributes=self.attributes(metadata, _SPAN_KEYS),
             start_time=start_time,
         )
@@ -293,7 +304,7 @@ class _Tracer:
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
-            frame = _Frame(span, otel_context.get_current(), self.current_key)
+            frame = _Frame(span, context, self.current_key)
             current.on_exit(functools.partial(self.leave, key, frame))
         self.open[key] = (span, frame, metadata, start_time, shadowed)
 
@@ -340,22 +351,32 @@ class _Tracer:
             frame.span.set_attribute("vsrtel.stop_missed", True)
             frame.span.end()
         frame.ended = True
-        if otel_context.get_current() is not frame.context:
-            return  # ended out of order: the context entered after it skips it when it ends
-        otel_context.detach(frame.token)
-        restored = otel_context.get_value(self.current_key)
-        if isinstance(restored, _Frame) and restored.ended:
-            while isinstance(restored, _Frame) and restored.ended:
-                previous = restored.previous
-                restored = otel_context.get_value(self.current_key, previous)
-            otel_context.attach(previous)
+        # Usually this frame is the innermost of the current context, which is restored. After
+        # spans ended out of order, one still running is innermost and stays. In another thread
+        # or task, the span's own context is restored when the tracer next meets it there.
+        self.live(otel_context.get_current())
+
+    def live(self, context: Context) -> Context:
+        """``context``, or when its innermost traced span has ended, the context below the
+        ended ones, made current."""
+        top: _Frame | None = context.get(self.current_key)  # type: ignore[assignment]
+        if top is None or not top.ended:
+            return context
+        while top is not None and top.ended:
+            context = top.previous
+            top = context.get(self.current_key)  # type: ignore[assignment]
+        otel_context.attach(context)
+        return context
 
     def add_event(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
         if current_span() is None:
             return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
-        frame = otel_context.get_value(self.current_key)
+        context = otel_context.get_current()
+        frame = context.get(self.current_key)
+        if isinstance(frame, _Frame) and frame.ended:
+            frame = self.live(context).get(self.current_key)
         if isinstance(frame, _Frame):
             attributes = self.attributes(metadata, _SPAN_KEYS)
             attributes.update(self.attributes(measurements))
