@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import blinker
@@ -266,6 +269,45 @@ def test_a_failing_failure_handler_does_not_loop() -> None:
     registry.attach("bad-reporter", vsrtel.FAILURE_EVENT, boom)
     registry.execute("a", 1)
     assert {r.id for r in registry.list_handlers()} == {"bad", "bad-reporter"}
+
+
+# -- detaching at the recursion limit ---------------------------------------------------------
+
+
+def frames_on_stack() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def with_headroom(frames: int, call: Callable[[], Any]) -> Any:
+    """Call ``call`` with about ``frames`` frames left before the recursion limit."""
+
+    def descend(levels: int) -> Any:
+        return descend(levels - 1) if levels > 0 else call()
+
+    return descend(sys.getrecursionlimit() - frames_on_stack() - frames)
+
+
+def test_detach_is_all_or_nothing_however_deep_in_the_stack() -> None:
+    outcomes = set()
+    for headroom in range(1, 80):
+        registry = vsrtel.Registry()
+        calls: list[Call] = []
+        registry.attach_many("h", ["a", "b"], recorder(calls))
+        try:
+            detached = with_headroom(headroom, functools.partial(registry.detach, "h"))
+        except RecursionError:
+            detached = False
+        outcomes.add(detached)
+        registry.execute("a", 1)
+        registry.execute("b", 1)
+        left = 0 if detached else 1  # on both events, or on neither
+        assert len(registry.list_handlers()) == len(calls) == 2 * left, headroom
+        assert len(registry.signal("a").receivers) == len(registry.signal("b").receivers) == left
+        assert registry.detach("h") is not detached  # a refused detach can be done later
+    assert outcomes == {True, False}
 
 
 def test_concurrent_attach_detach_never_loses_events_for_stable_handlers() -> None:

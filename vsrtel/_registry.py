@@ -41,6 +41,7 @@ OnError = Literal["detach", "keep", "raise"]
 
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _MAX_ROUTES = 10_000  # bound on cached name resolutions; past it the cache starts over
+_STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
 
 log = logging.getLogger("vsrtel")
 
@@ -209,6 +210,16 @@ def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
         ) from None
 
 
+def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
+    """Raise ``RecursionError`` now unless ``frames`` more nested calls fit on the stack.
+
+    Called before detach changes anything: a ``RecursionError`` striking halfway through would
+    leave a handler unlisted, yet still connected and routed.
+    """
+    if frames:
+        _reserve_stack(frames - 1)
+
+
 def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
     dotted = ".".join(prefix)
     warnings.warn(
@@ -346,7 +357,12 @@ class Registry:
             self._rebuild()
 
     def detach(self, handler_id: Hashable) -> bool:
-        """Detach a handler (by id or :class:`Handle`) from every event; False if none was."""
+        """Detach a handler (by id or :class:`Handle`) from every event; False if none was.
+
+        All or nothing, even deep in the stack: too deep to finish, it raises ``RecursionError``
+        before changing anything.
+        """
+        _reserve_stack()
         with self._lock:
             handlers = self._handlers.pop(handler_id, None)
             if handlers is None:
