@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
@@ -529,18 +530,36 @@ def test_a_lazy_payload_that_raises_is_reported_not_raised(
     assert "lazy measurements or metadata of event a.b raised" in caplog.text
 
 
-def test_failures_are_handled_the_same_through_execute_and_span() -> None:
-    # execute and span dispatch through two copies of the same loop (execute's is inlined for
-    # speed): drive both the same way so that they cannot drift apart.
-    def enter_a_span(registry: vsrtel.Registry) -> None:
-        with registry.span("a", {"k": "v"}):
-            pass
+def enter_a_span(registry: vsrtel.Registry) -> None:
+    with registry.span("a", {"k": "v"}):
+        pass
 
+
+def emit_a_start(registry: vsrtel.Registry) -> None:
+    registry.execute("a.start", {"n": 1}, {"k": "v"})
+
+
+def raising(error: BaseException) -> Any:
+    def handler(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        raise error
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ZeroDivisionError("x"), SystemExit(3), asyncio.CancelledError(), GeneratorExit()],
+    ids=lambda e: type(e).__name__,
+)
+def test_failures_are_handled_the_same_through_execute_and_span(error: BaseException) -> None:
+    # execute and span dispatch through two copies of the same loop (execute's is inlined for
+    # speed): drive both the same way so that they cannot drift apart. A handler runs inside
+    # the caller: its SystemExit or CancelledError is its own bug, contained like any other.
     outcomes = []
-    for emit in (lambda r: r.execute("a.start", {"n": 1}, {"k": "v"}), enter_a_span):
+    for emit in (emit_a_start, enter_a_span):
         registry = vsrtel.Registry()
         calls: list[Call] = []
-        registry.attach("bad", "a.start", lambda n, m, d, c: 1 / 0, config={"c": 1})
+        registry.attach("bad", "a.start", raising(error), config={"c": 1})
         registry.attach("good", "a.start", recorder(calls))
         with capture("vsrtel.handler.failure", registry=registry) as failures:
             emit(registry)
@@ -557,8 +576,23 @@ def test_failures_are_handled_the_same_through_execute_and_span() -> None:
             )
         )
     assert outcomes[0] == outcomes[1] == (
-        ["good"], 1, "bad", {"c": 1}, ZeroDivisionError, "mappingproxy", "mappingproxy"
+        ["good"], 1, "bad", {"c": 1}, type(error), "mappingproxy", "mappingproxy"
     )
+
+
+@pytest.mark.parametrize("on_error", ["detach", "keep"])
+def test_keyboard_interrupt_in_a_handler_is_the_users_and_propagates(on_error: Any) -> None:
+    for emit in (emit_a_start, enter_a_span):
+        registry = vsrtel.Registry(on_error=on_error)
+        registry.attach("interrupted", "a.start", raising(KeyboardInterrupt()))
+        with (
+            capture("vsrtel.handler.failure", registry=registry) as failures,
+            pytest.raises(KeyboardInterrupt),
+        ):
+            emit(registry)
+        assert failures == []
+        assert [r.id for r in registry.list_handlers()] == ["interrupted"]
+        assert vsrtel.current_span() is None
 
 
 # -- attaching mistakes -----------------------------------------------------------------------

@@ -493,10 +493,9 @@ class Registry:
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
-            except Exception as exc:
-                if self.on_error == "raise":
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
                     raise
-                self._handler_failed(handler, name, exc)
 
     def enabled(self, event_name: Name) -> bool:
         """Return whether any handler or blinker receiver would receive this event."""
@@ -523,20 +522,28 @@ class Registry:
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
-            except Exception as exc:
-                if self.on_error == "raise":
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
                     raise
-                self._handler_failed(handler, name, exc)
 
-    def _handler_failed(self, handler: _Handler, name: EventName, exc: Exception) -> None:
+    def _handler_failed(self, handler: _Handler, name: EventName, exc: BaseException) -> bool:
+        """Contain a handler's failure (detach per ``on_error``, report); True to propagate it.
+
+        ``KeyboardInterrupt`` is the user's, not the handler's: it propagates.
+        """
+        if isinstance(exc, KeyboardInterrupt):
+            return True
         if self.on_error == "detach":
             if handler.receiver is None:
                 self.detach(handler.id)
             else:
                 self._disconnect_receiver(handler)
         self._report_failure(handler, name, exc)
+        return False
 
-    def _report_failure(self, handler: _Handler | None, name: EventName, exc: Exception) -> None:
+    def _report_failure(
+        self, handler: _Handler | None, name: EventName, exc: BaseException
+    ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
         if handler is None:
             log.error(
