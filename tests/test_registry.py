@@ -272,7 +272,150 @@ def test_a_failing_failure_handler_does_not_loop() -> None:
     assert {r.id for r in registry.list_handlers()} == {"bad", "bad-reporter"}
 
 
-# -- detaching at the recursion limit ---------------------------------------------------------
+# -- handlers that loop; detaching at the recursion limit -------------------------------------
+
+
+def attach_looping(registry: vsrtel.Registry, how: str, calls: list[int]) -> Any:
+    """Attach, ``how`` a user may, a handler of event a that emits a; return its blinker key."""
+
+    def loop(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append(1)
+        registry.execute("a", 1)
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        loop(sender, None, None, None)
+
+    if how == "attach":
+        registry.attach("loop", "a", loop)
+    elif how == "prefix":
+        registry.attach_prefix("loop", "a", loop)
+    else:
+        registry.signal("a").connect(receiver, weak=False)
+    return receiver
+
+
+@pytest.mark.parametrize("how", ["attach", "prefix", "blinker"])
+def test_a_handler_emitting_its_own_event_is_detached_once_and_never_called_again(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = vsrtel.Registry()
+    good: list[Call] = []
+    registry.attach("before", "a", recorder(good, "before"))
+    calls: list[int] = []
+    attach_looping(registry, how, calls)
+    registry.attach("after", "a", recorder(good, "after"))
+    with capture("vsrtel.handler.failure", registry=registry) as failures, caplog.at_level(
+        logging.ERROR, "vsrtel"
+    ):
+        registry.execute("a", 1)  # returns normally
+        assert calls  # it looped until the recursion limit, then was cut off
+        calls.clear()
+        good.clear()
+        registry.execute("a", 2)
+        registry.execute("a", 3)
+    assert calls == []
+    assert [(c[0], c[2]["value"]) for c in good] == [
+        ("before", 2), ("after", 2), ("before", 3), ("after", 3)
+    ]
+    assert [r.id for r in registry.list_handlers()] == ["before", "after"]
+    assert len(registry.signal("a").receivers) == 2  # before and after, nothing of the loop
+    [failure] = failures
+    assert failure.metadata["kind"] is RecursionError
+    handler_id = str(failure.metadata["handler_id"])
+    assert handler_id.startswith("blinker:a:") if how == "blinker" else handler_id == "loop"
+    assert len(caplog.records) == 1
+    assert registry.detach("loop") is False
+
+
+def test_a_span_handler_that_opens_its_own_span_is_detached_once() -> None:
+    registry = vsrtel.Registry()
+    calls: list[int] = []
+
+    def loop(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append(1)
+        with registry.span("a"):
+            pass
+
+    registry.attach("loop", "a.start", loop)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        with registry.span("a"):
+            pass
+        calls.clear()
+        with registry.span("a"):
+            pass
+    assert calls == []
+    assert registry.list_handlers() == []
+    assert not registry.signal("a.start").receivers
+    assert [f.metadata["handler_id"] for f in failures] == ["loop"]
+    assert vsrtel.current_span() is None
+
+
+def test_two_handlers_emitting_each_others_events_end_with_the_loop_cut_once() -> None:
+    # a -> ping emits b -> pong emits a -> ping ...: pong, whose event re-entered the running
+    # ping, is detached and reported once; ping alone no longer loops and stays.
+    registry = vsrtel.Registry()
+    calls: list[str] = []
+
+    def emitter(tag: str, emits: str) -> Any:
+        def handler(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+            calls.append(tag)
+            registry.execute(emits, 1)
+
+        return handler
+
+    registry.attach("ping", "a", emitter("ping", "b"))
+    registry.attach("pong", "b", emitter("pong", "a"))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        calls.clear()
+        registry.execute("a", 1)
+        registry.execute("b", 1)
+    assert calls == ["ping"]
+    assert [f.metadata["handler_id"] for f in failures] == ["pong"]
+    assert [r.id for r in registry.list_handlers()] == ["ping"]
+    assert not registry.signal("b").receivers
+
+
+def test_a_loop_is_blamed_on_the_handler_that_loops_not_on_those_that_run_at_the_bottom() -> None:
+    # "innocent" runs before the loop at every level and needs more stack than the loop does:
+    # the recursion limit strikes inside it. Only the loop is cut.
+    registry = vsrtel.Registry()
+
+    def nest(frames: int) -> None:
+        if frames:
+            nest(frames - 1)
+
+    registry.attach("innocent", "a", lambda n, m, d, c: nest(20))
+    registry.attach("loop", "a", lambda n, m, d, c: registry.execute("a", {**m}, {**d}))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["loop"]
+    assert [r.id for r in registry.list_handlers()] == ["innocent"]
+
+
+def test_a_nested_handler_failing_by_its_own_recursion_is_blamed_not_the_emitter() -> None:
+    registry = vsrtel.Registry()
+
+    def recurse(n: int) -> int:
+        return recurse(n + 1)
+
+    registry.attach("emitter", "a", lambda n, m, d, c: registry.execute("b", 1))
+    registry.attach("deep", "b", lambda n, m, d, c: recurse(0))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["deep"]
+    assert [r.id for r in registry.list_handlers()] == ["emitter"]
+
+
+def test_with_on_error_keep_a_loop_is_cut_and_reported_on_each_event() -> None:
+    registry = vsrtel.Registry(on_error="keep")
+    calls: list[int] = []
+    attach_looping(registry, "attach", calls)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["loop", "loop"]
+    assert [r.id for r in registry.list_handlers()] == ["loop"]
 
 
 def frames_on_stack() -> int:

@@ -529,9 +529,14 @@ class Registry:
     def _handler_failed(self, handler: _Handler, name: EventName, exc: BaseException) -> bool:
         """Contain a handler's failure (detach per ``on_error``, report); True to propagate it.
 
-        ``KeyboardInterrupt`` is the user's, not the handler's: it propagates.
+        ``KeyboardInterrupt`` is the user's, not the handler's: it propagates. So does a
+        ``RecursionError`` caught where this thread's dispatches, from here up, run some handler
+        twice: events looped back into a running handler. The dispatch whose handler closed the
+        loop (its event reached a handler still running) handles it, once, with stack to spare.
         """
         if isinstance(exc, KeyboardInterrupt):
+            return True
+        if isinstance(exc, RecursionError) and name != FAILURE_EVENT and self._in_loop(exc):
             return True
         if self.on_error == "detach":
             if handler.receiver is None:
@@ -539,6 +544,27 @@ class Registry:
             else:
                 self._disconnect_receiver(handler)
         self._report_failure(handler, name, exc)
+        return False
+
+    def _in_loop(self, exc: BaseException) -> bool:
+        """Whether this registry's dispatches on the stack, from the one that caught ``exc``
+        up, are running some handler twice.
+
+        Reads the ``self`` and ``handler`` locals of ``execute`` and ``_dispatch`` frames. Each
+        level of a loop stops at the first repeat, a level or two up; only the level that
+        handles the failure walks to the top of the stack.
+        """
+        frame = exc.__traceback__.tb_frame if exc.__traceback__ is not None else None
+        running: set[Hashable] = set()
+        while frame is not None:
+            if frame.f_code in _DISPATCH_CODE:
+                local = frame.f_locals
+                handler = local.get("handler")
+                if local.get("self") is self and handler is not None:
+                    if handler.id in running:
+                        return True
+                    running.add(handler.id)
+            frame = frame.f_back
         return False
 
     def _report_failure(
@@ -625,5 +651,8 @@ class Registry:
             with self._lock:
                 vars(self).update(saved)
 
+
+# The frames whose locals _in_loop reads: the two copies of the dispatch loop.
+_DISPATCH_CODE = frozenset((Registry.execute.__code__, Registry._dispatch.__code__))
 
 default_registry = Registry()
