@@ -454,6 +454,36 @@ def test_detach_is_all_or_nothing_however_deep_in_the_stack() -> None:
     assert outcomes == {True, False}
 
 
+
+def called_then_raise(calls: list[int], *_: Any, **__: Any) -> None:
+    calls.append(1)
+    raise ValueError("bad")
+
+
+@pytest.mark.parametrize("how", ["attach", "blinker"])
+def test_a_handler_failing_at_the_recursion_limit_never_raises_into_the_caller(how: str) -> None:
+    outcomes = set()
+    for headroom in range(1, 200):
+        registry = vsrtel.Registry()
+        calls: list[int] = []
+        bad = functools.partial(called_then_raise, calls)
+        if how == "attach":
+            registry.attach("bad", "a", bad)
+        else:
+            registry.signal("a").connect(bad, weak=False)
+        with capture("vsrtel.handler.failure", registry=registry) as failures:
+            try:
+                with_headroom(headroom, functools.partial(registry.execute, "a", 1))
+            except RecursionError:
+                assert not calls, headroom  # only when there was no room to call the handler
+                continue
+            # Contained: detached and reported, or, without the stack to do that, left as it was.
+            detached = not registry.enabled("a")
+            assert len(failures) == (1 if detached else 0), headroom
+            outcomes.add(detached)
+    assert outcomes == {True, False}
+
+
 def test_concurrent_attach_detach_never_loses_events_for_stable_handlers() -> None:
     registry = vsrtel.Registry()
     seen = [0]

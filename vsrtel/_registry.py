@@ -42,6 +42,7 @@ OnError = Literal["detach", "keep", "raise"]
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _MAX_ROUTES = 10_000  # bound on cached name resolutions; past it the cache starts over
 _STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
+_FAILURE_RESERVE = 100  # frames; detaching, logging and reporting a failure need about 30
 
 log = logging.getLogger("vsrtel")
 
@@ -533,17 +534,22 @@ class Registry:
         ``RecursionError`` caught where this thread's dispatches, from here up, run some handler
         twice: events looped back into a running handler. The dispatch whose handler closed the
         loop (its event reached a handler still running) handles it, once, with stack to spare.
+        Too close to the recursion limit to contain a failure, it is left alone, never raised.
         """
         if isinstance(exc, KeyboardInterrupt):
             return True
         if isinstance(exc, RecursionError) and name != FAILURE_EVENT and self._in_loop(exc):
             return True
-        if self.on_error == "detach":
-            if handler.receiver is None:
-                self.detach(handler.id)
-            else:
-                self._disconnect_receiver(handler)
-        self._report_failure(handler, name, exc)
+        try:
+            _reserve_stack(_FAILURE_RESERVE)
+            if self.on_error == "detach":
+                if handler.receiver is None:
+                    self.detach(handler.id)
+                else:
+                    self._disconnect_receiver(handler)
+            self._report_failure(handler, name, exc)
+        except RecursionError:
+            pass  # too close to the recursion limit to contain it: left as it was, not raised
         return False
 
     def _in_loop(self, exc: BaseException) -> bool:
