@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import blinker
@@ -268,6 +272,218 @@ def test_a_failing_failure_handler_does_not_loop() -> None:
     assert {r.id for r in registry.list_handlers()} == {"bad", "bad-reporter"}
 
 
+# -- handlers that loop; detaching at the recursion limit -------------------------------------
+
+
+def attach_looping(registry: vsrtel.Registry, how: str, calls: list[int]) -> Any:
+    """Attach, ``how`` a user may, a handler of event a that emits a; return its blinker key."""
+
+    def loop(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append(1)
+        registry.execute("a", 1)
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        loop(sender, None, None, None)
+
+    if how == "attach":
+        registry.attach("loop", "a", loop)
+    elif how == "prefix":
+        registry.attach_prefix("loop", "a", loop)
+    else:
+        registry.signal("a").connect(receiver, weak=False)
+    return receiver
+
+
+@pytest.mark.parametrize("how", ["attach", "prefix", "blinker"])
+def test_a_handler_emitting_its_own_event_is_detached_once_and_never_called_again(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = vsrtel.Registry()
+    good: list[Call] = []
+    registry.attach("before", "a", recorder(good, "before"))
+    calls: list[int] = []
+    attach_looping(registry, how, calls)
+    registry.attach("after", "a", recorder(good, "after"))
+    with capture("vsrtel.handler.failure", registry=registry) as failures, caplog.at_level(
+        logging.ERROR, "vsrtel"
+    ):
+        registry.execute("a", 1)  # returns normally
+        assert calls  # it looped until the recursion limit, then was cut off
+        calls.clear()
+        good.clear()
+        registry.execute("a", 2)
+        registry.execute("a", 3)
+    assert calls == []
+    assert [(c[0], c[2]["value"]) for c in good] == [
+        ("before", 2), ("after", 2), ("before", 3), ("after", 3)
+    ]
+    assert [r.id for r in registry.list_handlers()] == ["before", "after"]
+    assert len(registry.signal("a").receivers) == 2  # before and after, nothing of the loop
+    [failure] = failures
+    assert failure.metadata["kind"] is RecursionError
+    handler_id = str(failure.metadata["handler_id"])
+    assert handler_id.startswith("blinker:a:") if how == "blinker" else handler_id == "loop"
+    assert len(caplog.records) == 1
+    assert registry.detach("loop") is False
+
+
+def test_a_span_handler_that_opens_its_own_span_is_detached_once() -> None:
+    registry = vsrtel.Registry()
+    calls: list[int] = []
+
+    def loop(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append(1)
+        with registry.span("a"):
+            pass
+
+    registry.attach("loop", "a.start", loop)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        with registry.span("a"):
+            pass
+        calls.clear()
+        with registry.span("a"):
+            pass
+    assert calls == []
+    assert registry.list_handlers() == []
+    assert not registry.signal("a.start").receivers
+    assert [f.metadata["handler_id"] for f in failures] == ["loop"]
+    assert vsrtel.current_span() is None
+
+
+def test_two_handlers_emitting_each_others_events_end_with_the_loop_cut_once() -> None:
+    # a -> ping emits b -> pong emits a -> ping ...: pong, whose event re-entered the running
+    # ping, is detached and reported once; ping alone no longer loops and stays.
+    registry = vsrtel.Registry()
+    calls: list[str] = []
+
+    def emitter(tag: str, emits: str) -> Any:
+        def handler(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+            calls.append(tag)
+            registry.execute(emits, 1)
+
+        return handler
+
+    registry.attach("ping", "a", emitter("ping", "b"))
+    registry.attach("pong", "b", emitter("pong", "a"))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        calls.clear()
+        registry.execute("a", 1)
+        registry.execute("b", 1)
+    assert calls == ["ping"]
+    assert [f.metadata["handler_id"] for f in failures] == ["pong"]
+    assert [r.id for r in registry.list_handlers()] == ["ping"]
+    assert not registry.signal("b").receivers
+
+
+def test_a_loop_is_blamed_on_the_handler_that_loops_not_on_those_that_run_at_the_bottom() -> None:
+    # "innocent" runs before the loop at every level and needs more stack than the loop does:
+    # the recursion limit strikes inside it. Only the loop is cut.
+    registry = vsrtel.Registry()
+
+    def nest(frames: int) -> None:
+        if frames:
+            nest(frames - 1)
+
+    registry.attach("innocent", "a", lambda n, m, d, c: nest(20))
+    registry.attach("loop", "a", lambda n, m, d, c: registry.execute("a", {**m}, {**d}))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["loop"]
+    assert [r.id for r in registry.list_handlers()] == ["innocent"]
+
+
+def test_a_nested_handler_failing_by_its_own_recursion_is_blamed_not_the_emitter() -> None:
+    registry = vsrtel.Registry()
+
+    def recurse(n: int) -> int:
+        return recurse(n + 1)
+
+    registry.attach("emitter", "a", lambda n, m, d, c: registry.execute("b", 1))
+    registry.attach("deep", "b", lambda n, m, d, c: recurse(0))
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["deep"]
+    assert [r.id for r in registry.list_handlers()] == ["emitter"]
+
+
+def test_with_on_error_keep_a_loop_is_cut_and_reported_on_each_event() -> None:
+    registry = vsrtel.Registry(on_error="keep")
+    calls: list[int] = []
+    attach_looping(registry, "attach", calls)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        registry.execute("a", 1)
+    assert [f.metadata["handler_id"] for f in failures] == ["loop", "loop"]
+    assert [r.id for r in registry.list_handlers()] == ["loop"]
+
+
+def frames_on_stack() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def with_headroom(frames: int, call: Callable[[], Any]) -> Any:
+    """Call ``call`` with about ``frames`` frames left before the recursion limit."""
+
+    def descend(levels: int) -> Any:
+        return descend(levels - 1) if levels > 0 else call()
+
+    return descend(sys.getrecursionlimit() - frames_on_stack() - frames)
+
+
+def test_detach_is_all_or_nothing_however_deep_in_the_stack() -> None:
+    outcomes = set()
+    for headroom in range(1, 80):
+        registry = vsrtel.Registry()
+        calls: list[Call] = []
+        registry.attach_many("h", ["a", "b"], recorder(calls))
+        try:
+            detached = with_headroom(headroom, functools.partial(registry.detach, "h"))
+        except RecursionError:
+            detached = False
+        outcomes.add(detached)
+        registry.execute("a", 1)
+        registry.execute("b", 1)
+        left = 0 if detached else 1  # on both events, or on neither
+        assert len(registry.list_handlers()) == len(calls) == 2 * left, headroom
+        assert len(registry.signal("a").receivers) == len(registry.signal("b").receivers) == left
+        assert registry.detach("h") is not detached  # a refused detach can be done later
+    assert outcomes == {True, False}
+
+
+
+def called_then_raise(calls: list[int], *_: Any, **__: Any) -> None:
+    calls.append(1)
+    raise ValueError("bad")
+
+
+@pytest.mark.parametrize("how", ["attach", "blinker"])
+def test_a_handler_failing_at_the_recursion_limit_never_raises_into_the_caller(how: str) -> None:
+    outcomes = set()
+    for headroom in range(1, 200):
+        registry = vsrtel.Registry()
+        calls: list[int] = []
+        bad = functools.partial(called_then_raise, calls)
+        if how == "attach":
+            registry.attach("bad", "a", bad)
+        else:
+            registry.signal("a").connect(bad, weak=False)
+        with capture("vsrtel.handler.failure", registry=registry) as failures:
+            try:
+                with_headroom(headroom, functools.partial(registry.execute, "a", 1))
+            except RecursionError:
+                assert not calls, headroom  # only when there was no room to call the handler
+                continue
+            # Contained: detached and reported, or, without the stack to do that, left as it was.
+            detached = not registry.enabled("a")
+            assert len(failures) == (1 if detached else 0), headroom
+            outcomes.add(detached)
+    assert outcomes == {True, False}
+
+
 def test_concurrent_attach_detach_never_loses_events_for_stable_handlers() -> None:
     registry = vsrtel.Registry()
     seen = [0]
@@ -487,18 +703,36 @@ def test_a_lazy_payload_that_raises_is_reported_not_raised(
     assert "lazy measurements or metadata of event a.b raised" in caplog.text
 
 
-def test_failures_are_handled_the_same_through_execute_and_span() -> None:
-    # execute and span dispatch through two copies of the same loop (execute's is inlined for
-    # speed): drive both the same way so that they cannot drift apart.
-    def enter_a_span(registry: vsrtel.Registry) -> None:
-        with registry.span("a", {"k": "v"}):
-            pass
+def enter_a_span(registry: vsrtel.Registry) -> None:
+    with registry.span("a", {"k": "v"}):
+        pass
 
+
+def emit_a_start(registry: vsrtel.Registry) -> None:
+    registry.execute("a.start", {"n": 1}, {"k": "v"})
+
+
+def raising(error: BaseException) -> Any:
+    def handler(name: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        raise error
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ZeroDivisionError("x"), SystemExit(3), asyncio.CancelledError(), GeneratorExit()],
+    ids=lambda e: type(e).__name__,
+)
+def test_failures_are_handled_the_same_through_execute_and_span(error: BaseException) -> None:
+    # execute and span dispatch through two copies of the same loop (execute's is inlined for
+    # speed): drive both the same way so that they cannot drift apart. A handler runs inside
+    # the caller: its SystemExit or CancelledError is its own bug, contained like any other.
     outcomes = []
-    for emit in (lambda r: r.execute("a.start", {"n": 1}, {"k": "v"}), enter_a_span):
+    for emit in (emit_a_start, enter_a_span):
         registry = vsrtel.Registry()
         calls: list[Call] = []
-        registry.attach("bad", "a.start", lambda n, m, d, c: 1 / 0, config={"c": 1})
+        registry.attach("bad", "a.start", raising(error), config={"c": 1})
         registry.attach("good", "a.start", recorder(calls))
         with capture("vsrtel.handler.failure", registry=registry) as failures:
             emit(registry)
@@ -515,8 +749,23 @@ def test_failures_are_handled_the_same_through_execute_and_span() -> None:
             )
         )
     assert outcomes[0] == outcomes[1] == (
-        ["good"], 1, "bad", {"c": 1}, ZeroDivisionError, "mappingproxy", "mappingproxy"
+        ["good"], 1, "bad", {"c": 1}, type(error), "mappingproxy", "mappingproxy"
     )
+
+
+@pytest.mark.parametrize("on_error", ["detach", "keep"])
+def test_keyboard_interrupt_in_a_handler_is_the_users_and_propagates(on_error: Any) -> None:
+    for emit in (emit_a_start, enter_a_span):
+        registry = vsrtel.Registry(on_error=on_error)
+        registry.attach("interrupted", "a.start", raising(KeyboardInterrupt()))
+        with (
+            capture("vsrtel.handler.failure", registry=registry) as failures,
+            pytest.raises(KeyboardInterrupt),
+        ):
+            emit(registry)
+        assert failures == []
+        assert [r.id for r in registry.list_handlers()] == ["interrupted"]
+        assert vsrtel.current_span() is None
 
 
 # -- attaching mistakes -----------------------------------------------------------------------

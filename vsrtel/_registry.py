@@ -41,6 +41,8 @@ OnError = Literal["detach", "keep", "raise"]
 
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _MAX_ROUTES = 10_000  # bound on cached name resolutions; past it the cache starts over
+_STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
+_FAILURE_RESERVE = 100  # frames; detaching, logging and reporting a failure need about 30
 
 log = logging.getLogger("vsrtel")
 
@@ -209,6 +211,16 @@ def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
         ) from None
 
 
+def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
+    """Raise ``RecursionError`` now unless ``frames`` more nested calls fit on the stack.
+
+    Called before detach changes anything: a ``RecursionError`` striking halfway through would
+    leave a handler unlisted, yet still connected and routed.
+    """
+    if frames:
+        _reserve_stack(frames - 1)
+
+
 def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
     dotted = ".".join(prefix)
     warnings.warn(
@@ -346,7 +358,12 @@ class Registry:
             self._rebuild()
 
     def detach(self, handler_id: Hashable) -> bool:
-        """Detach a handler (by id or :class:`Handle`) from every event; False if none was."""
+        """Detach a handler (by id or :class:`Handle`) from every event; False if none was.
+
+        All or nothing, even deep in the stack: too deep to finish, it raises ``RecursionError``
+        before changing anything.
+        """
+        _reserve_stack()
         with self._lock:
             handlers = self._handlers.pop(handler_id, None)
             if handlers is None:
@@ -477,10 +494,9 @@ class Registry:
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
-            except Exception as exc:
-                if self.on_error == "raise":
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
                     raise
-                self._handler_failed(handler, name, exc)
 
     def enabled(self, event_name: Name) -> bool:
         """Return whether any handler or blinker receiver would receive this event."""
@@ -507,20 +523,59 @@ class Registry:
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
-            except Exception as exc:
-                if self.on_error == "raise":
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
                     raise
-                self._handler_failed(handler, name, exc)
 
-    def _handler_failed(self, handler: _Handler, name: EventName, exc: Exception) -> None:
-        if self.on_error == "detach":
-            if handler.receiver is None:
-                self.detach(handler.id)
-            else:
-                self._disconnect_receiver(handler)
-        self._report_failure(handler, name, exc)
+    def _handler_failed(self, handler: _Handler, name: EventName, exc: BaseException) -> bool:
+        """Contain a handler's failure (detach per ``on_error``, report); True to propagate it.
 
-    def _report_failure(self, handler: _Handler | None, name: EventName, exc: Exception) -> None:
+        ``KeyboardInterrupt`` is the user's, not the handler's: it propagates. So does a
+        ``RecursionError`` caught where this thread's dispatches, from here up, run some handler
+        twice: events looped back into a running handler. The dispatch whose handler closed the
+        loop (its event reached a handler still running) handles it, once, with stack to spare.
+        Too close to the recursion limit to contain a failure, it is left alone, never raised.
+        """
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        if isinstance(exc, RecursionError) and name != FAILURE_EVENT and self._in_loop(exc):
+            return True
+        try:
+            _reserve_stack(_FAILURE_RESERVE)
+            if self.on_error == "detach":
+                if handler.receiver is None:
+                    self.detach(handler.id)
+                else:
+                    self._disconnect_receiver(handler)
+            self._report_failure(handler, name, exc)
+        except RecursionError:
+            pass  # too close to the recursion limit to contain it: left as it was, not raised
+        return False
+
+    def _in_loop(self, exc: BaseException) -> bool:
+        """Whether this registry's dispatches on the stack, from the one that caught ``exc``
+        up, are running some handler twice.
+
+        Reads the ``self`` and ``handler`` locals of ``execute`` and ``_dispatch`` frames. Each
+        level of a loop stops at the first repeat, a level or two up; only the level that
+        handles the failure walks to the top of the stack.
+        """
+        frame = exc.__traceback__.tb_frame if exc.__traceback__ is not None else None
+        running: set[Hashable] = set()
+        while frame is not None:
+            if frame.f_code in _DISPATCH_CODE:
+                local = frame.f_locals
+                handler = local.get("handler")
+                if local.get("self") is self and handler is not None:
+                    if handler.id in running:
+                        return True
+                    running.add(handler.id)
+            frame = frame.f_back
+        return False
+
+    def _report_failure(
+        self, handler: _Handler | None, name: EventName, exc: BaseException
+    ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
         if handler is None:
             log.error(
@@ -602,5 +657,8 @@ class Registry:
             with self._lock:
                 vars(self).update(saved)
 
+
+# The frames whose locals _in_loop reads: the two copies of the dispatch loop.
+_DISPATCH_CODE = frozenset((Registry.execute.__code__, Registry._dispatch.__code__))
 
 default_registry = Registry()
