@@ -796,7 +796,7 @@ def test_a_tags_callable_gets_one_series_per_prometheus_label_set(
 
 @pytest.mark.parametrize(
     "value",
-    [math.inf, -math.inf, math.nan, True, False, 2**63, -(2**63) - 1, 10**5000, "1", None,
+    [math.inf, -math.inf, math.nan, 2**63, -(2**63) - 1, 10**5000, "1", None,
      1e300],  # 1e300 ns in seconds is finite, but a factor of 1e9 makes it inf below
     ids=lambda v: type(v).__name__ if isinstance(v, int) else None,
 )
@@ -843,6 +843,79 @@ def test_int_and_float_subclasses_are_numbers(sink: Sink, registry: vsrtel.Regis
     registry.execute("i.e", {"n": Ratio(0.5)})
     assert reporter.skipped == {"i.e.n": 0}
     assert sink.value("i.e.n") == 7.5
+
+
+class Count:
+    """An integer of the user's own: it converts by `__index__`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+class Ratio:
+    """A real number of the user's own: it converts by `__float__`."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
+
+    def __float__(self) -> float:
+        return self.x
+
+
+class Unconvertible:
+    def __float__(self) -> float:
+        raise ArithmeticError("not today")
+
+
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_any_real_number_is_recorded(
+    sink: Sink, registry: vsrtel.Registry, aggregation: Any
+) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    reporter = m.MetricsReporter(
+        [m.sum("r.e.n"), m.distribution("r.e.n_ms", measurement="n", unit=("second", "millisecond"),
+                                        reporter_options={"buckets": [100, 1000]}),
+         m.last_value("r.e.n_last", measurement="n")],
+        meter_provider=sink.provider, registry=registry, aggregation=aggregation,
+    ).attach()
+    values = [Decimal("0.25"), Fraction(1, 4), Count(2), Ratio(0.5), True, False]
+    for value in values:
+        registry.execute("r.e", {"n": value})
+    assert reporter.skipped == {"r.e.n": 0, "r.e.n_ms": 0, "r.e.n_last": 0}
+    assert sink.value("r.e.n") == pytest.approx(4.0)  # True counts 1, as OpenTelemetry has it
+    (point,) = sink.points("r.e.n_ms").values()
+    assert (point.count, list(point.bucket_counts)) == (6, [1, 4, 1])  # ms: 0, 250 .. 1000, 2000
+    assert (point.min, point.max, point.sum) == pytest.approx((0, 2000, 4000))
+    assert sink.value("r.e.n_last") == 0
+    for value in (Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"), Count(2**63),
+                  Unconvertible(), 1j, "1"):
+        registry.execute("r.e", {"n": value})
+    assert reporter.skipped == {"r.e.n": 7, "r.e.n_ms": 7, "r.e.n_last": 7}
+    assert sink.value("r.e.n") == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_numpy_numbers_are_recorded(
+    sink: Sink, registry: vsrtel.Registry, aggregation: Any
+) -> None:
+    np = pytest.importorskip("numpy")
+    reporter = m.MetricsReporter(
+        [m.sum("np.e.n"), m.distribution("np.e.n_hist", measurement="n")],
+        meter_provider=sink.provider, registry=registry, aggregation=aggregation,
+    ).attach()
+    for value in (np.int64(3), np.float32(0.5), np.uint8(1), np.bool_(True), np.float64(0.5)):
+        registry.execute("np.e", {"n": value})
+    registry.execute("np.e", {"n": np.uint64(2**64 - 1)})  # beyond 64 bits signed
+    registry.execute("np.e", {"n": np.float32("nan")})
+    assert reporter.skipped == {"np.e.n": 2, "np.e.n_hist": 2}
+    assert sink.value("np.e.n") == 6
+    (point,) = sink.points("np.e.n_hist").values()
+    assert (point.count, point.sum, point.min, point.max) == (5, 6, 0.5, 3)
 
 
 @pytest.mark.parametrize("tags", [["v"], ["v", "w"], lambda md: {"v": md["v"], "w": md["w"]}])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import threading
 import uuid
 import warnings
@@ -269,15 +270,25 @@ def _label(value: Any) -> str:
 
 
 def _number(value: Any) -> int | float | None:
-    """`value` as an int or float the SDK records, or None: a bool, a non-number, or an int
-    beyond 64 bits (OTLP cannot carry it) is not one."""
-    if isinstance(value, bool):
-        return None
+    """`value` as an int or float the SDK records, or None.
+
+    Any real number converts: an int (a bool is 0 or 1, as OpenTelemetry records it) or an
+    integer type of another library (`__index__`: numpy's) to an int, and a float or anything
+    else with `__float__` (`Decimal`, `Fraction`, numpy's floats) to a float. None for a value
+    that is none of these or fails to convert, and for an int beyond 64 bits (OTLP cannot carry
+    it).
+    """
     if isinstance(value, float):
         return float(value)
-    if isinstance(value, int):
-        number = int(value)  # `in range` of an int subclass would scan the range
-        return number if number in _INT64 else None
+    cls = type(value)
+    try:
+        if isinstance(value, int) or hasattr(cls, "__index__"):
+            number = operator.index(value)  # an exact int: `in range` of a subclass would scan
+            return number if number in _INT64 else None
+        if hasattr(cls, "__float__"):
+            return float(value)
+    except Exception:  # a value that cannot convert is not a number
+        pass
     return None
 
 
