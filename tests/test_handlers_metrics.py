@@ -1233,6 +1233,57 @@ def test_delta_readers_get_what_was_added_since_their_last_collection(
     sink.provider.shutdown()
 
 
+def histogram_points(reader: InMemoryMetricReader, name: str) -> list[HistogramDataPoint]:
+    data = reader.get_metrics_data()
+    return [
+        point for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
+        for metric in sm.metrics if metric.name == name for point in metric.data.data_points
+    ]
+
+
+@pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_a_delta_histograms_min_and_max_are_its_intervals(
+    registry: vsrtel.Registry, per_thread: bool, aggregation: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", per_thread)
+    delta, rare = (
+        InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+        for _ in range(2)
+    )
+    sink = Sink(readers=(delta, rare))  # its own reader is cumulative
+    m.MetricsReporter([m.distribution("d.e.n", tags=["t"])], meter_provider=sink.provider,
+                      registry=registry, aggregation=aggregation).attach()
+
+    def extremes(reader: InMemoryMetricReader) -> list[tuple[float, float, float]]:
+        return [(p.min, p.max, p.sum) for p in histogram_points(reader, "d.e.n")]
+
+    def record(*values: float) -> None:
+        for value in values:
+            registry.execute("d.e", {"n": value}, {"t": "x"})
+
+    record(5, 1000)
+    assert extremes(delta) == extremes(rare) == [(5, 1000, 1005)]
+    record(7, 8)
+    thread = threading.Thread(target=record, args=(9,))  # a thread that ends: its cells retire
+    thread.start()
+    thread.join()
+    assert extremes(delta) == [(7, 9, 24)]
+    assert extremes(sink.reader) == [(5, 1000, 1029)]  # cumulative: all time
+    record(20)
+    assert extremes(delta) == [(20, 20, 20)]
+    assert extremes(rare) == [(7, 20, 44)]  # since its own last collection
+    assert extremes(sink.reader) == [(5, 1000, 1049)]
+    assert extremes(delta) == []  # nothing new
+    record(6)
+    assert extremes(delta) == [(6, 6, 6)]
+    sink.provider.shutdown()
+
+
 def test_readers_added_later_see_the_series(sink: Sink, registry: vsrtel.Registry) -> None:
     report(sink, registry, m.counter("r.e.count"))
     registry.execute("r.e", {})
