@@ -708,24 +708,129 @@ def test_span_durations_become_seconds(sink: Sink) -> None:
     ("defs", "message"),
     [
         ([m.counter("app.req.count"), m.counter("app_req.count")],
-         "metrics 'app.req.count' and 'app_req.count' would both export the Prometheus name "
+         "metrics 'app.req.count' and 'app_req.count' would both use the Prometheus name "
          "'app_req_count'"),
         ([m.sum("app.req.bytes", unit="byte"), m.last_value("app.req_bytes", unit="byte")],
          "metrics 'app.req.bytes' and 'app.req_bytes'"),
         # a histogram's _count sample and a gauge of that name
         ([m.distribution("app.req.size"), m.last_value("app.req.size_count")],
-         "'app.req.size' and 'app.req.size_count' would both export the Prometheus name "
+         "'app.req.size' and 'app.req.size_count' would both use the Prometheus name "
          "'app_req_size_count'"),
         # a counter's _total is its family's name
         ([m.counter("app.req.n"), m.counter("app.req.n_total")], "'app_req_n'"),
+        # OpenMetrics reserves a counter's and a histogram's _created series, exported or not
+        ([m.counter("jobs.run.count"), m.last_value("jobs.run.count_created")],
+         "metrics 'jobs.run.count' and 'jobs.run.count_created' would both use the Prometheus "
+         "name 'jobs_run_count_created'"),
+        ([m.last_value("app.req.size_created"), m.distribution("app.req.size")],
+         "'app.req.size_created' and 'app.req.size'"),
+        ([m.sum("app.req.n", reporter_options={"monotonic": False}),
+          m.last_value("app.req.n_created")], None),  # two gauges: no suffixes reserved
         ([m.last_value("target.info")], "target_info"),
     ],
 )
 def test_definitions_sharing_a_prometheus_name_are_rejected(
-    sink: Sink, defs: list[m.Metric], message: str
+    sink: Sink, defs: list[m.Metric], message: str | None
 ) -> None:
+    if message is None:
+        m.MetricsReporter(defs, meter_provider=sink.provider)
+        return
     with pytest.raises(ValueError, match=re.escape(message)):
         m.MetricsReporter(defs, meter_provider=sink.provider)
+
+
+def test_a_scrape_passes_a_strict_openmetrics_parser(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as parse_openmetrics,
+    )
+
+    reader, prometheus = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    # Gauges whose names would be a counter's or histogram's series if those existed.
+    reporter = m.MetricsReporter(
+        [m.counter("jobs.run.count"), m.distribution("jobs.run.size"),
+         m.last_value("jobs.run.other_created", measurement="size")],
+        meter_provider=provider, registry=registry,
+    ).attach()
+    registry.execute("jobs.run", {"size": 3})
+    names = {f.name for f in parse_openmetrics(openmetrics(prometheus).decode())}
+    assert {"jobs_run_count", "jobs_run_size", "jobs_run_other_created"} <= names
+    reporter.detach()
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (m.counter("app.req.count"), m.counter("app.req.count"),
+         "'app.req.count' and metric 'app.req.count' of another MetricsReporter attached to "
+         "this MeterProvider would both use the Prometheus name 'app_req_count'"),
+        (m.counter("app.req.count"), m.last_value("app_req.count"), "'app_req_count'"),
+        (m.counter("jobs.run.count"), m.last_value("jobs.run.count_created"),
+         "'jobs_run_count_created'"),
+        (m.distribution("app.req.size"), m.counter("app.req.size_sum"), "'app_req_size_sum'"),
+        (m.counter("App.req.n"), m.counter("app.req.n"),
+         "one OpenTelemetry instrument name (names ignore case)"),
+    ],
+)
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_a_second_reporter_of_a_prometheus_name_on_one_provider_is_rejected(
+    sink: Sink, registry: vsrtel.Registry, first: m.Metric, second: m.Metric, message: str,
+    aggregation: Any,
+) -> None:
+    one = m.MetricsReporter(
+        [first], meter_provider=sink.provider, registry=registry, aggregation=aggregation
+    ).attach()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry)
+    with pytest.raises(ValueError, match=re.escape(message)):  # whichever way it aggregates
+        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry,
+                          aggregation="otel" if aggregation == "vsrtel" else "vsrtel")
+    # Another provider is another scrape.
+    other = Sink()
+    m.MetricsReporter([second], meter_provider=other.provider, registry=registry).attach()
+    other.provider.shutdown()
+    # A detached reporter's names can be taken.
+    one.detach()
+    m.MetricsReporter([second], meter_provider=sink.provider, registry=registry).attach()
+    with pytest.raises(ValueError, match=re.escape(message.split(" of another")[0])):
+        one.attach()  # now the other way round
+    assert not one.attached
+
+
+def test_of_two_reporters_built_first_the_second_to_attach_is_rejected(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    one = m.MetricsReporter([m.counter("j.e.count")], meter_provider=sink.provider,
+                            registry=registry)
+    two = m.MetricsReporter([m.last_value("j.e.count_total")], meter_provider=sink.provider,
+                            registry=registry)
+    one.attach()
+    with pytest.raises(ValueError, match=r"'j\.e\.count_total' and metric 'j\.e\.count'"):
+        two.attach()
+    assert not two.attached and [h.event_name for h in registry.list_handlers()] == [("j", "e")]
+    registry.execute("j.e", {"count_total": 5})
+    assert sink.value("j.e.count") == 1  # the first one's series, exported as before
+    assert "j.e.count_total" not in sink.collect()
+
+
+def test_a_reporter_replaces_the_leftover_series_its_names_clash_with(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    reader, prometheus = prometheus_reader()
+    sink.provider.add_metric_reader(reader)
+    old = report(sink, registry, m.counter("k.e.count"))
+    registry.execute("k.e", {"count_created": 1})
+    old.detach()
+    assert sink.value("k.e.count") == 1  # a detached reporter's series stay exported ...
+    report(sink, registry, m.last_value("k.e.count_created"))
+    registry.execute("k.e", {"count_created": 2})
+    assert set(sink.collect()) == {"k.e.count_created"}  # ... until a clashing one replaces them
+    assert [f.name for f in text_string_to_metric_families(generate_latest(prometheus).decode())
+            if f.name.startswith("k_")] == ["k_e_count_created"]
 
 
 def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
@@ -1312,9 +1417,13 @@ def test_a_newer_reporter_of_a_metric_restarts_its_series(
 def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
     sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    m.MetricsReporter(
+    # Two attached reporters of one name are refused, but a detached one's series stay exported
+    # and the SDK's instruments of the other report the same name.
+    first = m.MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry
     ).attach()
+    registry.execute("x.e", {})
+    first.detach()
     m.MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry,
         aggregation="otel",

@@ -34,7 +34,7 @@ import platform
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from time import time_ns
 from typing import Any, Final
 
@@ -229,18 +229,26 @@ def _unique(cells: dict[Any, list[Any]]) -> list[list[Any]]:
 
 
 class Export:
-    """What a reader gets for one metric: name, description, unit, kind and its cells."""
+    """What a reader gets for one metric: name, description, unit, kind and its cells; `taken`
+    holds the names it takes in a scrape, which no other exported metric may share."""
 
-    __slots__ = ("cells", "description", "monotonic", "name", "unit")
+    __slots__ = ("cells", "description", "monotonic", "name", "taken", "unit")
 
     def __init__(
-        self, name: str, description: str, unit: str, cells: Cells, monotonic: bool
+        self,
+        name: str,
+        description: str,
+        unit: str,
+        cells: Cells,
+        monotonic: bool,
+        taken: frozenset[Hashable] = frozenset(),
     ) -> None:
         self.name = name
         self.description = description
         self.unit = unit
         self.cells = cells
         self.monotonic = monotonic
+        self.taken = taken | {name}
 
 
 class Hook:
@@ -265,9 +273,13 @@ class Hook:
         ] = weakref.WeakKeyDictionary()
 
     def add(self, exports: Iterable[Export]) -> None:
-        """Export these metrics from now on (replacing metrics of the same name: a reset)."""
+        """Export these metrics from now on, replacing any of the same name (a reset) or
+        sharing a name in `taken`."""
         with self._lock:
             for export in exports:
+                for other in list(self._exports.values()):
+                    if other is not export and not other.taken.isdisjoint(export.taken):
+                        del self._exports[other.name]
                 self._exports[export.name] = export
 
     def wrap(self, collect: Callable[..., MetricsData | None]) -> Callable[..., Any]:

@@ -24,6 +24,7 @@ import operator
 import threading
 import uuid
 import warnings
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
@@ -175,11 +176,20 @@ def _tag_check(kind: MetricType) -> TagCheck:
     return check
 
 
+# The series names OpenMetrics reserves for a family of each type, whether exported or not: a
+# strict parser refuses a scrape where another family has one (`x_created` beside counter `x`).
+_RESERVED_SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+}
+
+
 def _exposed_names(metric: Metric) -> tuple[str, ...]:
-    """The family name and sample names `metric` has in a Prometheus scrape.
+    """The family name and series names `metric` has or reserves in a Prometheus scrape.
 
     Named by the OpenTelemetry exporter's rules and prometheus_client's own metric families, so
-    the names are a scrape's, never re-derived here.
+    the names are a scrape's, never re-derived here; then the series names OpenMetrics reserves
+    for the family's type.
     """
     from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
     from prometheus_client.core import (
@@ -201,35 +211,76 @@ def _exposed_names(metric: Metric) -> tuple[str, ...]:
     else:  # a gauge; so is a non-monotonic sum, as the exporter shows it
         family = GaugeMetricFamily(name, "", unit=unit)
         family.add_metric([], 0)
-    return (family.name, *dict.fromkeys(sample.name for sample in family.samples))
+    reserved = (family.name + suffix for suffix in _RESERVED_SUFFIXES.get(family.type, ()))
+    return tuple(dict.fromkeys([family.name, *(s.name for s in family.samples), *reserved]))
 
 
-def _check_prometheus(metrics: Sequence[Metric]) -> list[TagCheck]:
-    """Raise ValueError for definitions that would break a scrape; return each one's tag check.
+_Name: TypeAlias = tuple[str, str]
+"""A name a metric takes on a MeterProvider: ("instrument", casefolded) or ("Prometheus", ...)."""
 
-    Two definitions sharing a Prometheus name (family or sample), a static tag whose label a
-    metric type reserves, and two tags sanitised to one label are refused, naming the culprits.
+
+def _names(metric: Metric) -> list[_Name]:
+    """Every name `metric` takes on a MeterProvider: its Prometheus names (see
+    `_exposed_names`) and its OpenTelemetry instrument name (which ignores case)."""
+    return [
+        *(("Prometheus", name) for name in _exposed_names(metric)),
+        ("instrument", metric.name.casefold()),
+    ]
+
+
+def _describe(name: _Name) -> str:
+    kind, text = name
+    if kind == "instrument":
+        return "one OpenTelemetry instrument name (names ignore case)"
+    return f"the Prometheus name {text!r}"
+
+
+def _check_prometheus(metrics: Sequence[Metric]) -> tuple[list[TagCheck], dict[_Name, Metric]]:
+    """Raise ValueError for definitions that would break a scrape; return each one's tag check
+    and the names they take.
+
+    Two definitions sharing a Prometheus name (a family's, or a series name its type has or
+    reserves), a static tag whose label a metric type reserves, and two tags sanitised to one
+    label are refused, naming the culprits.
     """
-    owners: dict[str, Metric] = {}
+    owners: dict[_Name, Metric] = {}
     checks = []
     for metric in metrics:
         check = _tag_check(metric.type)
         if isinstance(metric.tags, tuple) and (problem := check(metric.tags)) is not None:
             raise ValueError(f"metric {metric.name!r} has {problem}")
-        for name in _exposed_names(metric):
-            if name in _EXPORTER_NAMES:
+        for name in _names(metric):
+            if name[0] == "Prometheus" and name[1] in _EXPORTER_NAMES:
                 raise ValueError(
-                    f"metric {metric.name!r} would export the Prometheus name {name!r}, "
+                    f"metric {metric.name!r} would export the Prometheus name {name[1]!r}, "
                     "which the exporter uses for its target_info"
                 )
             other = owners.setdefault(name, metric)
             if other is not metric:
                 raise ValueError(
-                    f"metrics {other.name!r} and {metric.name!r} would both export the "
-                    f"Prometheus name {name!r}"
+                    f"metrics {other.name!r} and {metric.name!r} would both use "
+                    f"{_describe(name)}"
                 )
         checks.append(check)
-    return checks
+    return checks, owners
+
+
+# Per MeterProvider, the names its attached reporters take, with the metric and reporter taking
+# each: a second reporter of one would give a scrape two families of one name. Weak keys: a
+# provider's entry goes with it.
+_CLAIMS: weakref.WeakKeyDictionary[Any, dict[_Name, tuple[Metric, MetricsReporter]]] = (
+    weakref.WeakKeyDictionary()
+)
+_CLAIMS_LOCK: Final = threading.Lock()
+
+
+def _claims(provider: object) -> dict[_Name, tuple[Metric, MetricsReporter]] | None:
+    """The names taken on `provider` (call with `_CLAIMS_LOCK` held); None for a provider that
+    cannot be weakly referenced, whose names are then not checked across reporters."""
+    try:
+        return _CLAIMS.setdefault(provider, {})
+    except TypeError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,7 +669,7 @@ class MetricsReporter:
                     + ("" if other.name == metric.name else f" and {metric.name!r}")
                     + " (OpenTelemetry instrument names ignore case)"
                 )
-        checks = _check_prometheus(self.metrics)
+        checks, self._names = _check_prometheus(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
         # The API package holds only the no-op provider and the proxy that stands in for a global
         # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
@@ -631,6 +682,8 @@ class MetricsReporter:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        self._provider = provider
+        self._claim(take=False)  # refused at once when an attached reporter has a name
         meter = provider.get_meter(METER_NAME)
         hook = install(provider, _SCOPE) if aggregation == "vsrtel" else None
         self.aggregation: Literal["vsrtel", "otel"] = "vsrtel" if hook is not None else "otel"
@@ -650,12 +703,13 @@ class MetricsReporter:
                     metric.type == "sum" and metric.reporter_options.get("monotonic", True)
                 )
                 exports.append(Export(
-                    metric.name, metric.description, metric.export_unit, state.cells, monotonic
+                    metric.name, metric.description, metric.export_unit, state.cells, monotonic,
+                    frozenset(name for name, owner in self._names.items() if owner is metric),
                 ))
             self._states.append(state)
             by_event.setdefault(metric.event_name, []).append(record)
-        if hook is not None:
-            hook.add(exports)
+        self._hook = hook
+        self._exports = exports
         self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
         # An event whose metrics call no user code with the payload is attached trusted (see
         # `Registry.attach`): the records only read it.
@@ -684,9 +738,17 @@ class MetricsReporter:
         raise KeyError(name)
 
     def attach(self) -> MetricsReporter:
-        """Attach one handler per event name; raises RuntimeError if already attached."""
+        """Attach one handler per event name.
+
+        Raises RuntimeError if already attached, and ValueError if a reporter attached to the
+        same MeterProvider since this one was built takes one of its names.
+        """
         if self._attached:
             raise RuntimeError("this MetricsReporter is already attached")
+        self._claim(take=True)
+        if self._hook is not None:
+            # Exported from now on, replacing any metric it clashes with: a detached reporter's.
+            self._hook.add(self._exports)
         try:
             for event, records in self._handlers.items():
                 handler_id = f"{self._id}/{'.'.join(event)}"
@@ -702,9 +764,36 @@ class MetricsReporter:
         return self
 
     def detach(self) -> None:
-        """Detach every handler this reporter attached (no-op when not attached)."""
+        """Detach every handler this reporter attached (no-op when not attached).
+
+        Its series stay exported, and its names are free for another reporter to take.
+        """
         while self._attached:
             self._registry.detach(self._attached.pop())
+        with _CLAIMS_LOCK:
+            claims = _claims(self._provider) or {}
+            for name in self._names:
+                if claims.get(name, (None, None))[1] is self:
+                    del claims[name]
+
+    def _claim(self, *, take: bool) -> None:
+        """Raise ValueError if a reporter attached to this one's MeterProvider takes one of its
+        names; else take them if `take` (until `detach`)."""
+        with _CLAIMS_LOCK:
+            claims = _claims(self._provider)
+            if claims is None:
+                return
+            for name, metric in self._names.items():
+                other, owner = claims.get(name, (None, None))
+                if other is not None and owner is not self:
+                    raise ValueError(
+                        f"metric {metric.name!r} and metric {other.name!r} of another "
+                        "MetricsReporter attached to this MeterProvider would both use "
+                        f"{_describe(name)}; detach that reporter first, or rename one"
+                    )
+            if take:
+                for name, metric in self._names.items():
+                    claims[name] = (metric, self)
 
     def __enter__(self) -> MetricsReporter:
         return self.attach()
