@@ -628,22 +628,28 @@ class MetricsReporter:
     `detach()` removes them. Also a context manager.
 
     `aggregation="vsrtel"` (the default) aggregates each metric's series in vsrtel and adds them
-    to what the provider's readers collect (see `vsrtel.handlers._aggregation`); a newer
-    reporter of a metric on the same provider replaces this one's series. `"otel"` records every
+    to what the provider's readers collect (see `vsrtel.handlers._aggregation`); a detached
+    reporter's series stay exported until a reporter attached later to the same provider
+    exports a metric of that name (a reset) or one clashing with it. `"otel"` records every
     event on an OpenTelemetry instrument, for the SDK's views and exemplars. Summaries always do
     (the provider's views choose their aggregation), and so does everything when the provider is
     not the SDK's; `aggregation` tells which one is in use.
 
     Definitions that would break a Prometheus scrape raise ValueError here, naming them: two
-    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name, a tag on the
-    label a type reserves (`le` on a distribution or summary, `quantile` on a summary), two tags
-    that sanitise to one label.
+    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name (a family's,
+    or a series name its type has or reserves: `_total`, `_created`, `_bucket`, `_count`,
+    `_sum`), a tag on the label a type reserves (`le` on a distribution or summary, `quantile`
+    on a summary), two tags that sanitise to one label. The same holds across the reporters
+    attached to one MeterProvider: a reporter taking a name that an attached one has is refused
+    with ValueError, when it is built or else when it is attached. `detach()` frees the names.
 
-    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). Events
-    lacking a measurement or tag, or whose value the SDK would drop (not a number, a bool, not
-    finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped (debug log)
-    and counted in `skipped`; a
-    user callable that raises is logged and counted too. Neither ever detaches the reporter.
+    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). A value is
+    recorded when it is a real number: an int or float, or any value converting by `__index__`
+    or `__float__` (`Decimal`, `Fraction`, numpy's numbers); a bool is 0 or 1, as OpenTelemetry
+    records it. Events lacking a measurement or tag, or whose value the SDK would drop (not a
+    number, not finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped
+    (debug log) and counted in `skipped`; a user callable that raises is logged and counted too.
+    Neither ever detaches the reporter.
     """
 
     def __init__(
