@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import math
 import re
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -1387,6 +1389,19 @@ def test_a_delta_histograms_min_and_max_are_its_intervals(
     record(6)
     assert extremes(delta) == [(6, 6, 6)]
     sink.provider.shutdown()
+
+
+def test_a_provider_is_freed_once_its_reporters_are_gone(registry: vsrtel.Registry) -> None:
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    reporter = m.MetricsReporter([m.distribution("f.e.n")], meter_provider=provider,
+                                 registry=registry).attach()
+    registry.execute("f.e", {"n": 1})
+    reporter.detach()
+    provider.shutdown()  # which also drops the SDK's own atexit reference to it
+    freed = weakref.ref(provider)
+    del provider, reporter
+    gc.collect()
+    assert freed() is None
 
 
 def test_readers_added_later_see_the_series(sink: Sink, registry: vsrtel.Registry) -> None:

@@ -255,7 +255,8 @@ class Hook:
     """The wrapped collection of one MeterProvider: adds the series of its reporters' metrics."""
 
     def __init__(self, provider: MeterProvider, scope: InstrumentationScope) -> None:
-        self._provider = provider
+        # By weak reference: `_HOOKS` holds the hook as long as the provider lives.
+        self._provider = weakref.ref(provider)
         self._scope = scope
         self._lock = threading.Lock()
         self._exports: dict[str, Export] = {}  # by metric name: a newer reporter's replaces
@@ -304,8 +305,11 @@ class Hook:
             ]
         if not metrics:
             return data
-        resource = self._provider._sdk_config.resource
         if data is None or not data.resource_metrics:
+            provider = self._provider()
+            if provider is None:  # collected as it is being collected from: nothing to add to
+                return data
+            resource = provider._sdk_config.resource
             data = MetricsData(resource_metrics=[
                 ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
             ])
