@@ -1391,17 +1391,33 @@ def test_a_delta_histograms_min_and_max_are_its_intervals(
     sink.provider.shutdown()
 
 
-def test_a_provider_is_freed_once_its_reporters_are_gone(registry: vsrtel.Registry) -> None:
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "its registry dropped"])
+def test_a_provider_is_freed_once_its_reporters_are_gone(detach: bool) -> None:
+    registry = vsrtel.Registry()
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     reporter = m.MetricsReporter([m.distribution("f.e.n")], meter_provider=provider,
                                  registry=registry).attach()
     registry.execute("f.e", {"n": 1})
-    reporter.detach()
+    if detach:
+        reporter.detach()
     provider.shutdown()  # which also drops the SDK's own atexit reference to it
     freed = weakref.ref(provider)
-    del provider, reporter
+    del provider, reporter, registry
     gc.collect()
     assert freed() is None
+
+
+def test_an_attached_reporter_keeps_its_names_when_dropped(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+                      registry=registry).attach()  # no reference kept: its handlers keep it
+    gc.collect()
+    with pytest.raises(ValueError, match="another MetricsReporter attached"):
+        m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+                          registry=registry)
+    registry.execute("g.e", {})
+    assert sink.value("g.e.count") == 1
 
 
 def test_readers_added_later_see_the_series(sink: Sink, registry: vsrtel.Registry) -> None:

@@ -266,15 +266,14 @@ def _check_prometheus(metrics: Sequence[Metric]) -> tuple[list[TagCheck], dict[_
 
 
 # Per MeterProvider, the names its attached reporters take, with the metric and reporter taking
-# each: a second reporter of one would give a scrape two families of one name. Weak keys: a
-# provider's entry goes with it.
-_CLAIMS: weakref.WeakKeyDictionary[Any, dict[_Name, tuple[Metric, MetricsReporter]]] = (
-    weakref.WeakKeyDictionary()
-)
+# each: a second reporter of one would give a scrape two families of one name. All weak: an
+# entry goes with its provider, a name with its reporter (which its attached handlers keep).
+_Claims: TypeAlias = "dict[_Name, tuple[Metric, weakref.ref[MetricsReporter]]]"
+_CLAIMS: weakref.WeakKeyDictionary[Any, _Claims] = weakref.WeakKeyDictionary()
 _CLAIMS_LOCK: Final = threading.Lock()
 
 
-def _claims(provider: object) -> dict[_Name, tuple[Metric, MetricsReporter]] | None:
+def _claims(provider: object) -> _Claims | None:
     """The names taken on `provider` (call with `_CLAIMS_LOCK` held); None for a provider that
     cannot be weakly referenced, whose names are then not checked across reporters."""
     try:
@@ -348,11 +347,16 @@ class _State:
 
     __slots__ = (
         "bad_tags", "by_label", "cells", "check", "failed", "lock", "metric", "overflow",
-        "skipped", "warned",
+        "owner", "skipped", "warned",
     )
 
-    def __init__(self, metric: Metric, check: TagCheck, cells: Cells) -> None:
+    def __init__(
+        self, metric: Metric, check: TagCheck, cells: Cells, owner: MetricsReporter
+    ) -> None:
         self.metric = metric
+        # The reporter: its attached handlers hold this state, so they keep it alive, and with
+        # it the names it takes (held weakly in `_CLAIMS`).
+        self.owner = owner
         # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
         # for a tags callable).
         self.by_label: dict[Any, Series] = {}
@@ -700,10 +704,10 @@ class MetricsReporter:
         for metric, check in zip(self.metrics, checks, strict=True):
             # A summary's aggregation is the provider's (its views): it stays an SDK histogram.
             if hook is None or metric.type == "summary":
-                state = _State(metric, check, Cells(COUNTER))
+                state = _State(metric, check, Cells(COUNTER), self)
                 record = _recorder(metric, state, _instrument(meter, metric))
             else:
-                state = _State(metric, check, _cells(metric))
+                state = _State(metric, check, _cells(metric), self)
                 record = _recorder(metric, state, None)
                 monotonic = metric.type == "counter" or (
                     metric.type == "sum" and metric.reporter_options.get("monotonic", True)
@@ -779,7 +783,8 @@ class MetricsReporter:
         with _CLAIMS_LOCK:
             claims = _claims(self._provider) or {}
             for name in self._names:
-                if claims.get(name, (None, None))[1] is self:
+                held = claims.get(name)
+                if held is not None and held[1]() is self:
                     del claims[name]
 
     def _claim(self, *, take: bool) -> None:
@@ -790,16 +795,17 @@ class MetricsReporter:
             if claims is None:
                 return
             for name, metric in self._names.items():
-                other, owner = claims.get(name, (None, None))
-                if other is not None and owner is not self:
+                held = claims.get(name)
+                if held is not None and held[1]() not in (None, self):
                     raise ValueError(
-                        f"metric {metric.name!r} and metric {other.name!r} of another "
+                        f"metric {metric.name!r} and metric {held[0].name!r} of another "
                         "MetricsReporter attached to this MeterProvider would both use "
                         f"{_describe(name)}; detach that reporter first, or rename one"
                     )
             if take:
+                mine = weakref.ref(self)
                 for name, metric in self._names.items():
-                    claims[name] = (metric, self)
+                    claims[name] = (metric, mine)
 
     def __enter__(self) -> MetricsReporter:
         return self.attach()
