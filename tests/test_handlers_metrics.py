@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 import logging
 import math
 import re
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -708,24 +710,129 @@ def test_span_durations_become_seconds(sink: Sink) -> None:
     ("defs", "message"),
     [
         ([m.counter("app.req.count"), m.counter("app_req.count")],
-         "metrics 'app.req.count' and 'app_req.count' would both export the Prometheus name "
+         "metrics 'app.req.count' and 'app_req.count' would both use the Prometheus name "
          "'app_req_count'"),
         ([m.sum("app.req.bytes", unit="byte"), m.last_value("app.req_bytes", unit="byte")],
          "metrics 'app.req.bytes' and 'app.req_bytes'"),
         # a histogram's _count sample and a gauge of that name
         ([m.distribution("app.req.size"), m.last_value("app.req.size_count")],
-         "'app.req.size' and 'app.req.size_count' would both export the Prometheus name "
+         "'app.req.size' and 'app.req.size_count' would both use the Prometheus name "
          "'app_req_size_count'"),
         # a counter's _total is its family's name
         ([m.counter("app.req.n"), m.counter("app.req.n_total")], "'app_req_n'"),
+        # OpenMetrics reserves a counter's and a histogram's _created series, exported or not
+        ([m.counter("jobs.run.count"), m.last_value("jobs.run.count_created")],
+         "metrics 'jobs.run.count' and 'jobs.run.count_created' would both use the Prometheus "
+         "name 'jobs_run_count_created'"),
+        ([m.last_value("app.req.size_created"), m.distribution("app.req.size")],
+         "'app.req.size_created' and 'app.req.size'"),
+        ([m.sum("app.req.n", reporter_options={"monotonic": False}),
+          m.last_value("app.req.n_created")], None),  # two gauges: no suffixes reserved
         ([m.last_value("target.info")], "target_info"),
     ],
 )
 def test_definitions_sharing_a_prometheus_name_are_rejected(
-    sink: Sink, defs: list[m.Metric], message: str
+    sink: Sink, defs: list[m.Metric], message: str | None
 ) -> None:
+    if message is None:
+        m.MetricsReporter(defs, meter_provider=sink.provider)
+        return
     with pytest.raises(ValueError, match=re.escape(message)):
         m.MetricsReporter(defs, meter_provider=sink.provider)
+
+
+def test_a_scrape_passes_a_strict_openmetrics_parser(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as parse_openmetrics,
+    )
+
+    reader, prometheus = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    # Gauges whose names would be a counter's or histogram's series if those existed.
+    reporter = m.MetricsReporter(
+        [m.counter("jobs.run.count"), m.distribution("jobs.run.size"),
+         m.last_value("jobs.run.other_created", measurement="size")],
+        meter_provider=provider, registry=registry,
+    ).attach()
+    registry.execute("jobs.run", {"size": 3})
+    names = {f.name for f in parse_openmetrics(openmetrics(prometheus).decode())}
+    assert {"jobs_run_count", "jobs_run_size", "jobs_run_other_created"} <= names
+    reporter.detach()
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (m.counter("app.req.count"), m.counter("app.req.count"),
+         "'app.req.count' and metric 'app.req.count' of another MetricsReporter attached to "
+         "this MeterProvider would both use the Prometheus name 'app_req_count'"),
+        (m.counter("app.req.count"), m.last_value("app_req.count"), "'app_req_count'"),
+        (m.counter("jobs.run.count"), m.last_value("jobs.run.count_created"),
+         "'jobs_run_count_created'"),
+        (m.distribution("app.req.size"), m.counter("app.req.size_sum"), "'app_req_size_sum'"),
+        (m.counter("App.req.n"), m.counter("app.req.n"),
+         "one OpenTelemetry instrument name (names ignore case)"),
+    ],
+)
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_a_second_reporter_of_a_prometheus_name_on_one_provider_is_rejected(
+    sink: Sink, registry: vsrtel.Registry, first: m.Metric, second: m.Metric, message: str,
+    aggregation: Any,
+) -> None:
+    one = m.MetricsReporter(
+        [first], meter_provider=sink.provider, registry=registry, aggregation=aggregation
+    ).attach()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry)
+    with pytest.raises(ValueError, match=re.escape(message)):  # whichever way it aggregates
+        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry,
+                          aggregation="otel" if aggregation == "vsrtel" else "vsrtel")
+    # Another provider is another scrape.
+    other = Sink()
+    m.MetricsReporter([second], meter_provider=other.provider, registry=registry).attach()
+    other.provider.shutdown()
+    # A detached reporter's names can be taken.
+    one.detach()
+    m.MetricsReporter([second], meter_provider=sink.provider, registry=registry).attach()
+    with pytest.raises(ValueError, match=re.escape(message.split(" of another")[0])):
+        one.attach()  # now the other way round
+    assert not one.attached
+
+
+def test_of_two_reporters_built_first_the_second_to_attach_is_rejected(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    one = m.MetricsReporter([m.counter("j.e.count")], meter_provider=sink.provider,
+                            registry=registry)
+    two = m.MetricsReporter([m.last_value("j.e.count_total")], meter_provider=sink.provider,
+                            registry=registry)
+    one.attach()
+    with pytest.raises(ValueError, match=r"'j\.e\.count_total' and metric 'j\.e\.count'"):
+        two.attach()
+    assert not two.attached and [h.event_name for h in registry.list_handlers()] == [("j", "e")]
+    registry.execute("j.e", {"count_total": 5})
+    assert sink.value("j.e.count") == 1  # the first one's series, exported as before
+    assert "j.e.count_total" not in sink.collect()
+
+
+def test_a_reporter_replaces_the_leftover_series_its_names_clash_with(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    reader, prometheus = prometheus_reader()
+    sink.provider.add_metric_reader(reader)
+    old = report(sink, registry, m.counter("k.e.count"))
+    registry.execute("k.e", {"count_created": 1})
+    old.detach()
+    assert sink.value("k.e.count") == 1  # a detached reporter's series stay exported ...
+    report(sink, registry, m.last_value("k.e.count_created"))
+    registry.execute("k.e", {"count_created": 2})
+    assert set(sink.collect()) == {"k.e.count_created"}  # ... until a clashing one replaces them
+    assert [f.name for f in text_string_to_metric_families(generate_latest(prometheus).decode())
+            if f.name.startswith("k_")] == ["k_e_count_created"]
 
 
 def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
@@ -796,7 +903,7 @@ def test_a_tags_callable_gets_one_series_per_prometheus_label_set(
 
 @pytest.mark.parametrize(
     "value",
-    [math.inf, -math.inf, math.nan, True, False, 2**63, -(2**63) - 1, 10**5000, "1", None,
+    [math.inf, -math.inf, math.nan, 2**63, -(2**63) - 1, 10**5000, "1", None,
      1e300],  # 1e300 ns in seconds is finite, but a factor of 1e9 makes it inf below
     ids=lambda v: type(v).__name__ if isinstance(v, int) else None,
 )
@@ -843,6 +950,79 @@ def test_int_and_float_subclasses_are_numbers(sink: Sink, registry: vsrtel.Regis
     registry.execute("i.e", {"n": Ratio(0.5)})
     assert reporter.skipped == {"i.e.n": 0}
     assert sink.value("i.e.n") == 7.5
+
+
+class Count:
+    """An integer of the user's own: it converts by `__index__`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+
+class Ratio:
+    """A real number of the user's own: it converts by `__float__`."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
+
+    def __float__(self) -> float:
+        return self.x
+
+
+class Unconvertible:
+    def __float__(self) -> float:
+        raise ArithmeticError("not today")
+
+
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_any_real_number_is_recorded(
+    sink: Sink, registry: vsrtel.Registry, aggregation: Any
+) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    reporter = m.MetricsReporter(
+        [m.sum("r.e.n"), m.distribution("r.e.n_ms", measurement="n", unit=("second", "millisecond"),
+                                        reporter_options={"buckets": [100, 1000]}),
+         m.last_value("r.e.n_last", measurement="n")],
+        meter_provider=sink.provider, registry=registry, aggregation=aggregation,
+    ).attach()
+    values = [Decimal("0.25"), Fraction(1, 4), Count(2), Ratio(0.5), True, False]
+    for value in values:
+        registry.execute("r.e", {"n": value})
+    assert reporter.skipped == {"r.e.n": 0, "r.e.n_ms": 0, "r.e.n_last": 0}
+    assert sink.value("r.e.n") == pytest.approx(4.0)  # True counts 1, as OpenTelemetry has it
+    (point,) = sink.points("r.e.n_ms").values()
+    assert (point.count, list(point.bucket_counts)) == (6, [1, 4, 1])  # ms: 0, 250 .. 1000, 2000
+    assert (point.min, point.max, point.sum) == pytest.approx((0, 2000, 4000))
+    assert sink.value("r.e.n_last") == 0
+    for value in (Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"), Count(2**63),
+                  Unconvertible(), 1j, "1"):
+        registry.execute("r.e", {"n": value})
+    assert reporter.skipped == {"r.e.n": 7, "r.e.n_ms": 7, "r.e.n_last": 7}
+    assert sink.value("r.e.n") == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_numpy_numbers_are_recorded(
+    sink: Sink, registry: vsrtel.Registry, aggregation: Any
+) -> None:
+    np = pytest.importorskip("numpy")
+    reporter = m.MetricsReporter(
+        [m.sum("np.e.n"), m.distribution("np.e.n_hist", measurement="n")],
+        meter_provider=sink.provider, registry=registry, aggregation=aggregation,
+    ).attach()
+    for value in (np.int64(3), np.float32(0.5), np.uint8(1), np.bool_(True), np.float64(0.5)):
+        registry.execute("np.e", {"n": value})
+    registry.execute("np.e", {"n": np.uint64(2**64 - 1)})  # beyond 64 bits signed
+    registry.execute("np.e", {"n": np.float32("nan")})
+    assert reporter.skipped == {"np.e.n": 2, "np.e.n_hist": 2}
+    assert sink.value("np.e.n") == 6
+    (point,) = sink.points("np.e.n_hist").values()
+    assert (point.count, point.sum, point.min, point.max) == (5, 6, 0.5, 3)
 
 
 @pytest.mark.parametrize("tags", [["v"], ["v", "w"], lambda md: {"v": md["v"], "w": md["w"]}])
@@ -1160,6 +1340,86 @@ def test_delta_readers_get_what_was_added_since_their_last_collection(
     sink.provider.shutdown()
 
 
+def histogram_points(reader: InMemoryMetricReader, name: str) -> list[HistogramDataPoint]:
+    data = reader.get_metrics_data()
+    return [
+        point for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
+        for metric in sm.metrics if metric.name == name for point in metric.data.data_points
+    ]
+
+
+@pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
+@pytest.mark.parametrize("aggregation", ["vsrtel", "otel"])
+def test_a_delta_histograms_min_and_max_are_its_intervals(
+    registry: vsrtel.Registry, per_thread: bool, aggregation: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", per_thread)
+    delta, rare = (
+        InMemoryMetricReader(preferred_temporality={Histogram: AggregationTemporality.DELTA})
+        for _ in range(2)
+    )
+    sink = Sink(readers=(delta, rare))  # its own reader is cumulative
+    m.MetricsReporter([m.distribution("d.e.n", tags=["t"])], meter_provider=sink.provider,
+                      registry=registry, aggregation=aggregation).attach()
+
+    def extremes(reader: InMemoryMetricReader) -> list[tuple[float, float, float]]:
+        return [(p.min, p.max, p.sum) for p in histogram_points(reader, "d.e.n")]
+
+    def record(*values: float) -> None:
+        for value in values:
+            registry.execute("d.e", {"n": value}, {"t": "x"})
+
+    record(5, 1000)
+    assert extremes(delta) == extremes(rare) == [(5, 1000, 1005)]
+    record(7, 8)
+    thread = threading.Thread(target=record, args=(9,))  # a thread that ends: its cells retire
+    thread.start()
+    thread.join()
+    assert extremes(delta) == [(7, 9, 24)]
+    assert extremes(sink.reader) == [(5, 1000, 1029)]  # cumulative: all time
+    record(20)
+    assert extremes(delta) == [(20, 20, 20)]
+    assert extremes(rare) == [(7, 20, 44)]  # since its own last collection
+    assert extremes(sink.reader) == [(5, 1000, 1049)]
+    assert extremes(delta) == []  # nothing new
+    record(6)
+    assert extremes(delta) == [(6, 6, 6)]
+    sink.provider.shutdown()
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "its registry dropped"])
+def test_a_provider_is_freed_once_its_reporters_are_gone(detach: bool) -> None:
+    registry = vsrtel.Registry()
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    reporter = m.MetricsReporter([m.distribution("f.e.n")], meter_provider=provider,
+                                 registry=registry).attach()
+    registry.execute("f.e", {"n": 1})
+    if detach:
+        reporter.detach()
+    provider.shutdown()  # which also drops the SDK's own atexit reference to it
+    freed = weakref.ref(provider)
+    del provider, reporter, registry
+    gc.collect()
+    assert freed() is None
+
+
+def test_an_attached_reporter_keeps_its_names_when_dropped(
+    sink: Sink, registry: vsrtel.Registry
+) -> None:
+    m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+                      registry=registry).attach()  # no reference kept: its handlers keep it
+    gc.collect()
+    with pytest.raises(ValueError, match="another MetricsReporter attached"):
+        m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+                          registry=registry)
+    registry.execute("g.e", {})
+    assert sink.value("g.e.count") == 1
+
+
 def test_readers_added_later_see_the_series(sink: Sink, registry: vsrtel.Registry) -> None:
     report(sink, registry, m.counter("r.e.count"))
     registry.execute("r.e", {})
@@ -1188,9 +1448,13 @@ def test_a_newer_reporter_of_a_metric_restarts_its_series(
 def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
     sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    m.MetricsReporter(
+    # Two attached reporters of one name are refused, but a detached one's series stay exported
+    # and the SDK's instruments of the other report the same name.
+    first = m.MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry
     ).attach()
+    registry.execute("x.e", {})
+    first.detach()
     m.MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry,
         aggregation="otel",

@@ -34,7 +34,7 @@ import platform
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from time import time_ns
 from typing import Any, Final
 
@@ -73,6 +73,8 @@ PER_THREAD: Final = platform.python_implementation() != "CPython" or not getattr
 
 _CUMULATIVE: Final = AggregationTemporality.CUMULATIVE
 _DELTA: Final = AggregationTemporality.DELTA
+_INF: Final = float("inf")
+_NEG_INF: Final = float("-inf")
 
 
 class Series:
@@ -151,7 +153,7 @@ class Cells:
                 cell = cells.get(series)
                 if cell is None:
                     if self.kind == HISTOGRAM:
-                        cell = [0] * (len(self.bounds) + 1) + [0, float("inf"), float("-inf")]
+                        cell = [0] * (len(self.bounds) + 1) + [0, _INF, _NEG_INF]
                     elif self.kind == LAST_VALUE:
                         cell = [0, -1]
                     else:
@@ -161,17 +163,29 @@ class Cells:
         return cell
 
     def totals(self) -> dict[Series, list[Any]]:
-        """Every series with its cells added up (last value: the latest write wins)."""
+        """Every series with its cells added up (last value: the latest write wins).
+
+        A histogram's min and max are those recorded since the previous call: each is reset in
+        its cell as the cell is read.
+        """
         merged: dict[Series, list[Any]] = {}
+        at_min = len(self.bounds) + 2 if self.kind == HISTOGRAM else 0
         with self.lock:
             for cells in [*self.threads.values(), self.retired]:
                 for cell in _unique(cells):
-                    # One copy: a consistent enough view of a cell being updated.
-                    total = merged.get(cell[-1])
+                    # One copy: a consistent enough view of a cell being updated. No call nor
+                    # backward jump between it and the reset, so (with the GIL) no update falls
+                    # between them; with per-thread cells and no GIL, a value recorded at that
+                    # very moment may have its min or max in the next collection instead.
+                    copy = cell[:]
+                    if at_min:
+                        cell[at_min] = _INF
+                        cell[at_min + 1] = _NEG_INF
+                    total = merged.get(copy[-1])
                     if total is None:
-                        merged[cell[-1]] = cell[:]
+                        merged[copy[-1]] = copy
                     else:
-                        self._add(total, cell)
+                        self._add(total, copy)
         return {series: total[:-1] for series, total in merged.items()}
 
     def _add(self, total: list[Any], cell: list[Any]) -> None:
@@ -215,25 +229,34 @@ def _unique(cells: dict[Any, list[Any]]) -> list[list[Any]]:
 
 
 class Export:
-    """What a reader gets for one metric: name, description, unit, kind and its cells."""
+    """What a reader gets for one metric: name, description, unit, kind and its cells; `taken`
+    holds the names it takes in a scrape, which no other exported metric may share."""
 
-    __slots__ = ("cells", "description", "monotonic", "name", "unit")
+    __slots__ = ("cells", "description", "monotonic", "name", "taken", "unit")
 
     def __init__(
-        self, name: str, description: str, unit: str, cells: Cells, monotonic: bool
+        self,
+        name: str,
+        description: str,
+        unit: str,
+        cells: Cells,
+        monotonic: bool,
+        taken: frozenset[Hashable] = frozenset(),
     ) -> None:
         self.name = name
         self.description = description
         self.unit = unit
         self.cells = cells
         self.monotonic = monotonic
+        self.taken = taken | {name}
 
 
 class Hook:
     """The wrapped collection of one MeterProvider: adds the series of its reporters' metrics."""
 
     def __init__(self, provider: MeterProvider, scope: InstrumentationScope) -> None:
-        self._provider = provider
+        # By weak reference: `_HOOKS` holds the hook as long as the provider lives.
+        self._provider = weakref.ref(provider)
         self._scope = scope
         self._lock = threading.Lock()
         self._exports: dict[str, Export] = {}  # by metric name: a newer reporter's replaces
@@ -242,11 +265,22 @@ class Hook:
         self._previous: weakref.WeakKeyDictionary[
             MetricReader, dict[tuple[str, Series], tuple[list[Any], int]]
         ] = weakref.WeakKeyDictionary()
+        # A histogram's min and max cannot be subtracted: a collection (by any reader) takes
+        # those since the previous one from the cells (`Cells.totals`) and folds them in here,
+        # for all time and, per reader of delta histograms, since its own last collection.
+        self._extremes: dict[tuple[str, Series], tuple[float, float]] = {}
+        self._pending: weakref.WeakKeyDictionary[
+            MetricReader, dict[tuple[str, Series], tuple[float, float]]
+        ] = weakref.WeakKeyDictionary()
 
     def add(self, exports: Iterable[Export]) -> None:
-        """Export these metrics from now on (replacing metrics of the same name: a reset)."""
+        """Export these metrics from now on, replacing any of the same name (a reset) or
+        sharing a name in `taken`."""
         with self._lock:
             for export in exports:
+                for other in list(self._exports.values()):
+                    if other is not export and not other.taken.isdisjoint(export.taken):
+                        del self._exports[other.name]
                 self._exports[export.name] = export
 
     def wrap(self, collect: Callable[..., MetricsData | None]) -> Callable[..., Any]:
@@ -271,8 +305,11 @@ class Hook:
             ]
         if not metrics:
             return data
-        resource = self._provider._sdk_config.resource
         if data is None or not data.resource_metrics:
+            provider = self._provider()
+            if provider is None:  # collected as it is being collected from: nothing to add to
+                return data
+            resource = provider._sdk_config.resource
             data = MetricsData(resource_metrics=[
                 ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
             ])
@@ -327,10 +364,19 @@ class Hook:
             data = Gauge(data_points=points)
         elif cells.kind == HISTOGRAM:
             temporality = _temporality(reader, SdkHistogram)
+            pending = self._pending.setdefault(reader, {}) if temporality is _DELTA else None
             hpoints = []
             n = len(cells.bounds) + 1
             for s, total in totals.items():
-                start, value = self._since(export, s, total, temporality, previous, now)
+                key = (export.name, s)
+                first = key not in previous
+                # Counts and sum subtract; min and max are folded (see `_extremes`).
+                start, value = self._since(export, s, total[:n + 1], temporality, previous, now)
+                low, high = self._fold(key, total[n + 1], total[n + 2])
+                if pending is not None:
+                    since = pending.pop(key, (_INF, _NEG_INF))
+                    if not first:  # a first delta point runs from the series' start
+                        low, high = since
                 counts = value[:n]
                 count = sum(counts)
                 if temporality is _DELTA and not count:
@@ -338,7 +384,7 @@ class Hook:
                 hpoints.append(HistogramDataPoint(
                     attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
                     count=count, sum=value[n], bucket_counts=counts,
-                    explicit_bounds=cells.bounds, min=total[n + 1], max=total[n + 2],
+                    explicit_bounds=cells.bounds, min=low, max=high,
                 ))
             if not hpoints:
                 return None
@@ -362,6 +408,22 @@ class Hook:
                 is_monotonic=export.monotonic,
             )
         return Metric(name=export.name, description=export.description, unit=export.unit, data=data)
+
+    def _fold(self, key: tuple[str, Series], low: float, high: float) -> tuple[float, float]:
+        """Fold a histogram series' min and max since the previous collection into those of all
+        time (returned) and into those pending for each reader of delta histograms."""
+        if low > high:  # nothing recorded since (or a cell created, its first value not yet)
+            return self._extremes.get(key, (low, high))
+        for pending in self._pending.values():
+            before = pending.get(key)
+            pending[key] = (low, high) if before is None else (
+                min(before[0], low), max(before[1], high)
+            )
+        before = self._extremes.get(key)
+        if before is not None:
+            low, high = min(before[0], low), max(before[1], high)
+        self._extremes[key] = (low, high)
+        return low, high
 
     @staticmethod
     def _since(

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import threading
 import uuid
 import warnings
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
@@ -174,11 +176,20 @@ def _tag_check(kind: MetricType) -> TagCheck:
     return check
 
 
+# The series names OpenMetrics reserves for a family of each type, whether exported or not: a
+# strict parser refuses a scrape where another family has one (`x_created` beside counter `x`).
+_RESERVED_SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+}
+
+
 def _exposed_names(metric: Metric) -> tuple[str, ...]:
-    """The family name and sample names `metric` has in a Prometheus scrape.
+    """The family name and series names `metric` has or reserves in a Prometheus scrape.
 
     Named by the OpenTelemetry exporter's rules and prometheus_client's own metric families, so
-    the names are a scrape's, never re-derived here.
+    the names are a scrape's, never re-derived here; then the series names OpenMetrics reserves
+    for the family's type.
     """
     from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
     from prometheus_client.core import (
@@ -200,35 +211,75 @@ def _exposed_names(metric: Metric) -> tuple[str, ...]:
     else:  # a gauge; so is a non-monotonic sum, as the exporter shows it
         family = GaugeMetricFamily(name, "", unit=unit)
         family.add_metric([], 0)
-    return (family.name, *dict.fromkeys(sample.name for sample in family.samples))
+    reserved = (family.name + suffix for suffix in _RESERVED_SUFFIXES.get(family.type, ()))
+    return tuple(dict.fromkeys([family.name, *(s.name for s in family.samples), *reserved]))
 
 
-def _check_prometheus(metrics: Sequence[Metric]) -> list[TagCheck]:
-    """Raise ValueError for definitions that would break a scrape; return each one's tag check.
+_Name: TypeAlias = tuple[str, str]
+"""A name a metric takes on a MeterProvider: ("instrument", casefolded) or ("Prometheus", ...)."""
 
-    Two definitions sharing a Prometheus name (family or sample), a static tag whose label a
-    metric type reserves, and two tags sanitised to one label are refused, naming the culprits.
+
+def _names(metric: Metric) -> list[_Name]:
+    """Every name `metric` takes on a MeterProvider: its Prometheus names (see
+    `_exposed_names`) and its OpenTelemetry instrument name (which ignores case)."""
+    return [
+        *(("Prometheus", name) for name in _exposed_names(metric)),
+        ("instrument", metric.name.casefold()),
+    ]
+
+
+def _describe(name: _Name) -> str:
+    kind, text = name
+    if kind == "instrument":
+        return "one OpenTelemetry instrument name (names ignore case)"
+    return f"the Prometheus name {text!r}"
+
+
+def _check_prometheus(metrics: Sequence[Metric]) -> tuple[list[TagCheck], dict[_Name, Metric]]:
+    """Raise ValueError for definitions that would break a scrape; return each one's tag check
+    and the names they take.
+
+    Two definitions sharing a Prometheus name (a family's, or a series name its type has or
+    reserves), a static tag whose label a metric type reserves, and two tags sanitised to one
+    label are refused, naming the culprits.
     """
-    owners: dict[str, Metric] = {}
+    owners: dict[_Name, Metric] = {}
     checks = []
     for metric in metrics:
         check = _tag_check(metric.type)
         if isinstance(metric.tags, tuple) and (problem := check(metric.tags)) is not None:
             raise ValueError(f"metric {metric.name!r} has {problem}")
-        for name in _exposed_names(metric):
-            if name in _EXPORTER_NAMES:
+        for name in _names(metric):
+            if name[0] == "Prometheus" and name[1] in _EXPORTER_NAMES:
                 raise ValueError(
-                    f"metric {metric.name!r} would export the Prometheus name {name!r}, "
+                    f"metric {metric.name!r} would export the Prometheus name {name[1]!r}, "
                     "which the exporter uses for its target_info"
                 )
             other = owners.setdefault(name, metric)
             if other is not metric:
                 raise ValueError(
-                    f"metrics {other.name!r} and {metric.name!r} would both export the "
-                    f"Prometheus name {name!r}"
+                    f"metrics {other.name!r} and {metric.name!r} would both use "
+                    f"{_describe(name)}"
                 )
         checks.append(check)
-    return checks
+    return checks, owners
+
+
+# Per MeterProvider, the names its attached reporters take, with the metric and reporter taking
+# each: a second reporter of one would give a scrape two families of one name. All weak: an
+# entry goes with its provider, a name with its reporter (which its attached handlers keep).
+_Claims: TypeAlias = "dict[_Name, tuple[Metric, weakref.ref[MetricsReporter]]]"
+_CLAIMS: weakref.WeakKeyDictionary[Any, _Claims] = weakref.WeakKeyDictionary()
+_CLAIMS_LOCK: Final = threading.Lock()
+
+
+def _claims(provider: object) -> _Claims | None:
+    """The names taken on `provider` (call with `_CLAIMS_LOCK` held); None for a provider that
+    cannot be weakly referenced, whose names are then not checked across reporters."""
+    try:
+        return _CLAIMS.setdefault(provider, {})
+    except TypeError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,15 +320,25 @@ def _label(value: Any) -> str:
 
 
 def _number(value: Any) -> int | float | None:
-    """`value` as an int or float the SDK records, or None: a bool, a non-number, or an int
-    beyond 64 bits (OTLP cannot carry it) is not one."""
-    if isinstance(value, bool):
-        return None
+    """`value` as an int or float the SDK records, or None.
+
+    Any real number converts: an int (a bool is 0 or 1, as OpenTelemetry records it) or an
+    integer type of another library (`__index__`: numpy's) to an int, and a float or anything
+    else with `__float__` (`Decimal`, `Fraction`, numpy's floats) to a float. None for a value
+    that is none of these or fails to convert, and for an int beyond 64 bits (OTLP cannot carry
+    it).
+    """
     if isinstance(value, float):
         return float(value)
-    if isinstance(value, int):
-        number = int(value)  # `in range` of an int subclass would scan the range
-        return number if number in _INT64 else None
+    cls = type(value)
+    try:
+        if isinstance(value, int) or hasattr(cls, "__index__"):
+            number = operator.index(value)  # an exact int: `in range` of a subclass would scan
+            return number if number in _INT64 else None
+        if hasattr(cls, "__float__"):
+            return float(value)
+    except Exception:  # a value that cannot convert is not a number
+        pass
     return None
 
 
@@ -286,11 +347,16 @@ class _State:
 
     __slots__ = (
         "bad_tags", "by_label", "cells", "check", "failed", "lock", "metric", "overflow",
-        "skipped", "warned",
+        "owner", "skipped", "warned",
     )
 
-    def __init__(self, metric: Metric, check: TagCheck, cells: Cells) -> None:
+    def __init__(
+        self, metric: Metric, check: TagCheck, cells: Cells, owner: MetricsReporter
+    ) -> None:
         self.metric = metric
+        # The reporter: its attached handlers hold this state, so they keep it alive, and with
+        # it the names it takes (held weakly in `_CLAIMS`).
+        self.owner = owner
         # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
         # for a tags callable).
         self.by_label: dict[Any, Series] = {}
@@ -566,22 +632,28 @@ class MetricsReporter:
     `detach()` removes them. Also a context manager.
 
     `aggregation="vsrtel"` (the default) aggregates each metric's series in vsrtel and adds them
-    to what the provider's readers collect (see `vsrtel.handlers._aggregation`); a newer
-    reporter of a metric on the same provider replaces this one's series. `"otel"` records every
+    to what the provider's readers collect (see `vsrtel.handlers._aggregation`); a detached
+    reporter's series stay exported until a reporter attached later to the same provider
+    exports a metric of that name (a reset) or one clashing with it. `"otel"` records every
     event on an OpenTelemetry instrument, for the SDK's views and exemplars. Summaries always do
     (the provider's views choose their aggregation), and so does everything when the provider is
     not the SDK's; `aggregation` tells which one is in use.
 
     Definitions that would break a Prometheus scrape raise ValueError here, naming them: two
-    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name, a tag on the
-    label a type reserves (`le` on a distribution or summary, `quantile` on a summary), two tags
-    that sanitise to one label.
+    metrics with one name (OpenTelemetry names ignore case) or one Prometheus name (a family's,
+    or a series name its type has or reserves: `_total`, `_created`, `_bucket`, `_count`,
+    `_sum`), a tag on the label a type reserves (`le` on a distribution or summary, `quantile`
+    on a summary), two tags that sanitise to one label. The same holds across the reporters
+    attached to one MeterProvider: a reporter taking a name that an attached one has is refused
+    with ValueError, when it is built or else when it is attached. `detach()` frees the names.
 
-    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). Events
-    lacking a measurement or tag, or whose value the SDK would drop (not a number, a bool, not
-    finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped (debug log)
-    and counted in `skipped`; a
-    user callable that raises is logged and counted too. Neither ever detaches the reporter.
+    Tag values are exported as text (`True` is "true", `1` is "1", `1.0` is "1.0"). A value is
+    recorded when it is a real number: an int or float, or any value converting by `__index__`
+    or `__float__` (`Decimal`, `Fraction`, numpy's numbers); a bool is 0 or 1, as OpenTelemetry
+    records it. Events lacking a measurement or tag, or whose value the SDK would drop (not a
+    number, not finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped
+    (debug log) and counted in `skipped`; a user callable that raises is logged and counted too.
+    Neither ever detaches the reporter.
     """
 
     def __init__(
@@ -607,7 +679,7 @@ class MetricsReporter:
                     + ("" if other.name == metric.name else f" and {metric.name!r}")
                     + " (OpenTelemetry instrument names ignore case)"
                 )
-        checks = _check_prometheus(self.metrics)
+        checks, self._names = _check_prometheus(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
         # The API package holds only the no-op provider and the proxy that stands in for a global
         # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
@@ -620,6 +692,8 @@ class MetricsReporter:
                 RuntimeWarning,
                 stacklevel=2,
             )
+        self._provider = provider
+        self._claim(take=False)  # refused at once when an attached reporter has a name
         meter = provider.get_meter(METER_NAME)
         hook = install(provider, _SCOPE) if aggregation == "vsrtel" else None
         self.aggregation: Literal["vsrtel", "otel"] = "vsrtel" if hook is not None else "otel"
@@ -630,21 +704,22 @@ class MetricsReporter:
         for metric, check in zip(self.metrics, checks, strict=True):
             # A summary's aggregation is the provider's (its views): it stays an SDK histogram.
             if hook is None or metric.type == "summary":
-                state = _State(metric, check, Cells(COUNTER))
+                state = _State(metric, check, Cells(COUNTER), self)
                 record = _recorder(metric, state, _instrument(meter, metric))
             else:
-                state = _State(metric, check, _cells(metric))
+                state = _State(metric, check, _cells(metric), self)
                 record = _recorder(metric, state, None)
                 monotonic = metric.type == "counter" or (
                     metric.type == "sum" and metric.reporter_options.get("monotonic", True)
                 )
                 exports.append(Export(
-                    metric.name, metric.description, metric.export_unit, state.cells, monotonic
+                    metric.name, metric.description, metric.export_unit, state.cells, monotonic,
+                    frozenset(name for name, owner in self._names.items() if owner is metric),
                 ))
             self._states.append(state)
             by_event.setdefault(metric.event_name, []).append(record)
-        if hook is not None:
-            hook.add(exports)
+        self._hook = hook
+        self._exports = exports
         self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
         # An event whose metrics call no user code with the payload is attached trusted (see
         # `Registry.attach`): the records only read it.
@@ -673,9 +748,17 @@ class MetricsReporter:
         raise KeyError(name)
 
     def attach(self) -> MetricsReporter:
-        """Attach one handler per event name; raises RuntimeError if already attached."""
+        """Attach one handler per event name.
+
+        Raises RuntimeError if already attached, and ValueError if a reporter attached to the
+        same MeterProvider since this one was built takes one of its names.
+        """
         if self._attached:
             raise RuntimeError("this MetricsReporter is already attached")
+        self._claim(take=True)
+        if self._hook is not None:
+            # Exported from now on, replacing any metric it clashes with: a detached reporter's.
+            self._hook.add(self._exports)
         try:
             for event, records in self._handlers.items():
                 handler_id = f"{self._id}/{'.'.join(event)}"
@@ -691,9 +774,38 @@ class MetricsReporter:
         return self
 
     def detach(self) -> None:
-        """Detach every handler this reporter attached (no-op when not attached)."""
+        """Detach every handler this reporter attached (no-op when not attached).
+
+        Its series stay exported, and its names are free for another reporter to take.
+        """
         while self._attached:
             self._registry.detach(self._attached.pop())
+        with _CLAIMS_LOCK:
+            claims = _claims(self._provider) or {}
+            for name in self._names:
+                held = claims.get(name)
+                if held is not None and held[1]() is self:
+                    del claims[name]
+
+    def _claim(self, *, take: bool) -> None:
+        """Raise ValueError if a reporter attached to this one's MeterProvider takes one of its
+        names; else take them if `take` (until `detach`)."""
+        with _CLAIMS_LOCK:
+            claims = _claims(self._provider)
+            if claims is None:
+                return
+            for name, metric in self._names.items():
+                held = claims.get(name)
+                if held is not None and held[1]() not in (None, self):
+                    raise ValueError(
+                        f"metric {metric.name!r} and metric {held[0].name!r} of another "
+                        "MetricsReporter attached to this MeterProvider would both use "
+                        f"{_describe(name)}; detach that reporter first, or rename one"
+                    )
+            if take:
+                mine = weakref.ref(self)
+                for name, metric in self._names.items():
+                    claims[name] = (metric, mine)
 
     def __enter__(self) -> MetricsReporter:
         return self.attach()
