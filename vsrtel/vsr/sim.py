@@ -726,9 +726,10 @@ class Simulation:
             return
         seconds = self.watchdog // SECOND
         if self.completed < self.requests:
+            dead = f" but replicas {sorted(self.dead)} down for good" if self.dead else ""
             raise self.checker.fail(
                 f"liveness: {self.requests - self.completed} of {self.requests} requests "
-                f"incomplete, no progress for {seconds} s with every fault healed"
+                f"incomplete, no progress for {seconds} s with every fault healed{dead}"
             )
         lagging = [r.node_id for r in self.replicas if r.node_id not in self.dead
                    and (r.commit_number != len(self.checker.committed) or r.status != NORMAL)]
