@@ -10,12 +10,14 @@ catches (its view-number goes back) only in rare seeds now that view changes ret
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 import pytest
 
@@ -24,9 +26,11 @@ from vsrtel.vsr import InvariantViolation, SimClock, Simulation
 from vsrtel.vsr import replica as replica_module
 from vsrtel.vsr.catalog import PREFIX, common_metadata
 from vsrtel.vsr.messages import (
+    Commit,
     DoViewChange,
     Entry,
     Operation,
+    Prepare,
     PrepareOk,
     Request,
     StartView,
@@ -37,41 +41,110 @@ from vsrtel.vsr.replica import Replica
 SOURCE = Path(replica_module.__file__).read_text()
 _loaded = itertools.count()
 
-# name -> the edits (old text, new text) that make the mutant
-MUTATIONS: dict[str, list[tuple[str, str]]] = {
-    "new primary commits its whole chosen log": [(
-        "commit = max(m.commit_number for m in self._dvc.values())",
-        "commit = best.op_number",
-    )],
-    "STARTVIEW of a lower view accepted": [(
-        "if msg.view < self.view_number or msg.view <= self.last_normal_view:",
-        "if msg.view <= self.last_normal_view:",
-    )],
-    "view-number lost in a crash": [(
-        "self.incarnation += 1\n",
-        "self.incarnation += 1\n        self.view_number = self.last_normal_view\n",
-    )],
-    "primary skips its duplicate check": [
-        ("if last is not None and last[0] >= msg.request_number:", "if False:"),
-        ("return  # in progress: the reply follows the commit", "pass"),
+
+class Edit(NamedTuple):
+    """One textual edit: ``pattern`` (a regular expression) must match exactly once inside
+    ``function`` (``Class.method``, or a module-level function); the match becomes
+    ``replacement`` (literal text). Anchored on a function and a small pattern, an edit survives
+    changes elsewhere in replica.py, and elsewhere on the lines it patches."""
+
+    function: str
+    pattern: str
+    replacement: str
+
+
+class MutationDoesNotApply(Exception):
+    """A harness error, not a finding: a mutation's anchor is gone from replica.py.
+
+    Distinct from a mutant nobody caught (an ``AssertionError``): fix the mutation's anchor.
+    """
+
+
+# name -> the edits that make the mutant
+MUTATIONS: dict[str, list[Edit]] = {
+    "new primary commits its whole chosen log": [
+        Edit("Replica._record_do_view_change", r"commit = .*", "commit = best.op_number"),
     ],
-    "PREPAREOK of an old view counted": [(
-        "if not self.is_primary or msg.view != self.view_number:",
-        "if not self.is_primary:",
-    )],
-    "acks kept across views": [(
-        "self._acked: dict[int, int] = {}",
-        'self._acked: dict[int, int] = getattr(self, "_acked", {})',
-    )],
+    "new primary announces the DOVIEWCHANGEs' lower commit-number": [
+        Edit("Replica._record_do_view_change", r"commit = .*",
+             "commit = max(m.commit_number for m in self._dvc.values())"),
+    ],
+    "new primary's commit-number goes back to the DOVIEWCHANGEs'": [
+        Edit("Replica._record_do_view_change", r"commit = .*",
+             "commit = max(m.commit_number for m in self._dvc.values()); "
+             "self.commit_number = min(self.commit_number, commit)"),
+    ],
+    "STARTVIEW of a lower view accepted": [
+        Edit("Replica._on_start_view", r"msg\.view < self\.view_number or ", ""),
+    ],
+    "view-number lost in a crash": [
+        Edit("Replica.restart", r"self\.incarnation \+= 1",
+             "self.incarnation += 1; self.view_number = self.last_normal_view"),
+    ],
+    "primary skips its duplicate check": [
+        Edit("Replica._on_request", r"last is not None and last\[0\] >= msg\.request_number",
+             "False"),
+        Edit("Replica._on_request", r"for entry in self\.log\[self\.commit_number:\]",
+             "for entry in ()"),
+    ],
+    "PREPAREOK of an old view counted": [
+        Edit("Replica._on_prepare_ok", r" or msg\.view != self\.view_number", ""),
+    ],
+    "acks kept across views": [
+        Edit("Replica._reset_view_state", r"self\._acked\b.*= \{\}",
+             'self._acked: dict[int, int] = getattr(self, "_acked", {})'),
+    ],
+    "a stalled view change retries the same view": [
+        Edit("Replica._on_tick", r"self\.view_number \+ 1, \"view_change_timeout\"",
+             'self.view_number, "view_change_timeout"'),
+    ],
 }
 
 
-def load_mutant(name: str, edits: list[tuple[str, str]] | None = None) -> type[Replica]:
+def _function_span(tree: ast.Module, source: str, function: str) -> tuple[int, int] | None:
+    """The character offsets of ``function``'s source (``Class.method`` or ``function``)."""
+    *owner, name = function.split(".")
+    body: list[ast.stmt] = tree.body
+    for part in owner:
+        classes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
+        if not classes:
+            return None
+        body = classes[0].body
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            assert node.end_lineno is not None
+            lines = source.splitlines(keepends=True)
+            start = sum(len(line) for line in lines[: node.lineno - 1])
+            return start, start + sum(len(line) for line in lines[node.lineno - 1:
+                                                                   node.end_lineno])
+    return None
+
+
+def apply_mutation(source: str, name: str, edits: list[Edit]) -> str:
+    """``source`` with the ``edits`` of mutation ``name``; raises :class:`MutationDoesNotApply`
+    when a function is gone or its pattern does not match exactly once in it."""
+    for edit in edits:
+        span = _function_span(ast.parse(source), source, edit.function)
+        if span is None:
+            raise MutationDoesNotApply(
+                f"mutation {name!r} no longer applies: no function {edit.function} in replica.py"
+            )
+        start, end = span
+        matches = list(re.finditer(edit.pattern, source[start:end]))
+        if len(matches) != 1:
+            raise MutationDoesNotApply(
+                f"mutation {name!r} no longer applies: pattern {edit.pattern!r} matches "
+                f"{len(matches)} times in {edit.function} (it must match once)"
+            )
+        found = matches[0]
+        source = (source[:start + found.start()] + edit.replacement
+                  + source[start + found.end():])
+    return source
+
+
+def load_mutant(name: str, edits: list[Edit] | None = None) -> type[Replica]:
     """Return the Replica class of a copy of replica.py with the edits of mutation ``name``."""
-    source = SOURCE
-    for old, new in MUTATIONS[name] if edits is None else edits:
-        assert source.count(old) == 1, f"mutation {name!r} no longer applies: {old!r}"
-        source = source.replace(old, new)
+    source = apply_mutation(SOURCE, name, MUTATIONS[name] if edits is None else edits)
     module_name = f"_vsr_mutant_{next(_loaded)}"
     module = ModuleType(module_name)
     sys.modules[module_name] = module  # dataclasses look their module up
@@ -141,10 +214,27 @@ def start_view_of_a_lower_view_is_ignored(replica_class: type[Replica]) -> None:
     assert (backup.view_number, backup.status, backup.log) == (5, "view_change", [])
 
 
+def a_new_primary_keeps_its_commit_number(replica_class: type[Replica]) -> None:
+    replicas, _ = cluster(replica_class, 5)
+    new_primary = replicas[1]  # of view 1
+    x = entry(1)
+    new_primary.step(Prepare(0, x, 1, 0, 0), 1 * MS)
+    new_primary.step(Commit(0, 1, 0), 2 * MS)
+    assert new_primary.commit_number == 1
+    # Replicas 2-4 hold op 1 without knowing it committed; their DOVIEWCHANGEs complete view 1
+    # before the new primary has a vote to send its own.
+    for i in (2, 3, 4):
+        out = new_primary.step(DoViewChange(1, (x,), 0, 1, 0, i), (1 + i) * MS)
+        assert new_primary.commit_number == 1
+    assert new_primary.is_primary
+    assert {m.commit_number for _, m in out.messages if isinstance(m, StartView)} == {1}
+
+
 DIRECTED: list[Callable[[type[Replica]], None]] = [
     prepare_ok_of_an_old_view_is_not_counted,
     acks_do_not_survive_a_view_change,
     start_view_of_a_lower_view_is_ignored,
+    a_new_primary_keeps_its_commit_number,
 ]
 
 
@@ -157,29 +247,51 @@ def test_directed_test_passes_on_the_real_replica(
 
 # -- the harness -------------------------------------------------------------------------------
 
-Catcher = Callable[[type[Replica]], None] | str
-# mutation -> what must catch it: directed tests, and/or the checker (a pattern of its message)
+class Checked(NamedTuple):
+    """Caught by the invariant checker: over at most :data:`SEEDS` runs under ``faults``, a
+    violation whose message matches ``pattern``."""
+
+    pattern: str
+    faults: str = "heavy"
+
+
+Catcher = Callable[[type[Replica]], None] | Checked
+# mutation -> what must catch it: directed tests, and/or the checker
 CAUGHT_BY: dict[str, list[Catcher]] = {
-    "new primary commits its whole chosen log": ["committed op|committed while only"],
+    "new primary commits its whole chosen log": [Checked("committed op|committed while only")],
+    "new primary announces the DOVIEWCHANGEs' lower commit-number": [
+        a_new_primary_keeps_its_commit_number,
+    ],
+    "new primary's commit-number goes back to the DOVIEWCHANGEs'": [
+        a_new_primary_keeps_its_commit_number,
+    ],
     "STARTVIEW of a lower view accepted": [start_view_of_a_lower_view_is_ignored],
-    "view-number lost in a crash": ["view-number/last normal view went from"],
-    "primary skips its duplicate check": ["committed twice"],
+    "view-number lost in a crash": [Checked("view-number/last normal view went from")],
+    "primary skips its duplicate check": [Checked("committed twice")],
     "PREPAREOK of an old view counted": [prepare_ok_of_an_old_view_is_not_counted],
     "acks kept across views": [acks_do_not_survive_a_view_change],
+    # With every crashed replica restarted, the view's primary always comes back; only a
+    # primary dead for good leaves that view change stuck.
+    "a stalled view change retries the same view": [
+        Checked("^liveness: ", "heavy,permanent_crashes=3"),
+    ],
 }
-SEEDS = 30  # heavy-fault runs per mutation, at most
+SEEDS = 30  # runs per checked mutation, at most
 
 
-def first_violation(mutant: type[Replica], monkeypatch: pytest.MonkeyPatch) -> str | None:
-    """Run heavy-fault simulations of the mutant; return the first violation's message."""
+def first_violation(
+    mutant: type[Replica], faults: str, monkeypatch: pytest.MonkeyPatch
+) -> str | None:
+    """Run simulations of the mutant under ``faults``; return the first violation's message
+    (without the seed)."""
     monkeypatch.setattr("vsrtel.vsr.sim.Replica", mutant)
     for seed in range(SEEDS):
-        sim = Simulation(seed=seed, requests=60, replicas=3 if seed % 2 else 5, faults="heavy",
+        sim = Simulation(seed=seed, requests=60, replicas=3 if seed % 2 else 5, faults=faults,
                          registry=vsrtel.Registry())
         try:
             sim.run()
         except InvariantViolation as violation:
-            return str(violation)
+            return str(violation).removeprefix(f"seed {seed}: ")
         finally:
             sim.close()
     return None
@@ -189,17 +301,28 @@ def test_every_mutation_has_a_catcher() -> None:
     assert set(CAUGHT_BY) == set(MUTATIONS)
 
 
-@pytest.mark.parametrize("name", list(MUTATIONS))
-def test_mutation_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    mutant = load_mutant(name)
+@pytest.fixture
+def mutant(request: pytest.FixtureRequest) -> tuple[str, type[Replica]]:
+    """The mutant of mutation ``request.param``: a mutation that no longer applies fails here,
+    so pytest reports it as an ERROR at setup, not as a FAILED (missed) mutation."""
+    name: str = request.param
+    return name, load_mutant(name)
+
+
+@pytest.mark.parametrize("mutant", list(MUTATIONS), indirect=True)
+def test_mutation_is_caught(
+    mutant: tuple[str, type[Replica]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, replica_class = mutant
     for catcher in CAUGHT_BY[name]:
-        if isinstance(catcher, str):
-            violation = first_violation(mutant, monkeypatch)
-            assert violation is not None, f"{name}: the checker missed it in {SEEDS} seeds"
-            assert re.search(catcher, violation), violation
+        if isinstance(catcher, Checked):
+            violation = first_violation(replica_class, catcher.faults, monkeypatch)
+            assert violation is not None, (
+                f"{name}: the checker missed it in {SEEDS} seeds of {catcher.faults}")
+            assert re.search(catcher.pattern, violation), violation
         else:
             with pytest.raises(AssertionError):
-                catcher(mutant)
+                catcher(replica_class)
 
 
 def test_the_unmutated_copy_is_not_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,6 +330,55 @@ def test_the_unmutated_copy_is_not_caught(monkeypatch: pytest.MonkeyPatch) -> No
     for test in DIRECTED:
         test(copy)
     monkeypatch.setattr("vsrtel.vsr.sim.Replica", copy)
-    sim = Simulation(seed=1, requests=60, faults="heavy", registry=vsrtel.Registry())
-    with sim:
-        sim.run()
+    for faults in sorted({c.faults for cs in CAUGHT_BY.values() for c in cs
+                          if isinstance(c, Checked)}):
+        sim = Simulation(seed=1, requests=60, faults=faults, registry=vsrtel.Registry())
+        with sim:
+            sim.run()
+
+
+# -- the harness itself ------------------------------------------------------------------------
+
+
+def test_a_mutation_survives_an_unrelated_edit_of_the_line_it_patches() -> None:
+    # The new primary's commit line before issue 17 (it ignored its own commit-number): the
+    # mutation anchored on the function and "commit = " applies to both versions alike.
+    now = "commit = max(self.commit_number, *(m.commit_number for m in self._dvc.values()))"
+    before = SOURCE.replace(now, "commit = max(m.commit_number for m in self._dvc.values())")
+    assert SOURCE.count(now) == 1 and before != SOURCE
+    name = "new primary commits its whole chosen log"
+    mutated = {apply_mutation(source, name, MUTATIONS[name]) for source in (SOURCE, before)}
+    assert len(mutated) == 1 and "commit = best.op_number" in mutated.pop()
+
+
+def test_every_mutation_applies_after_unrelated_edits_to_its_function() -> None:
+    # A line added at the top of every function, and a comment at the end of every line.
+    lines = SOURCE.splitlines(keepends=True)
+    tops = sorted((node.body[0].lineno - 1, node.body[0].col_offset)
+                  for node in ast.walk(ast.parse(SOURCE)) if isinstance(node, ast.FunctionDef))
+    for index, indent in reversed(tops):
+        lines.insert(index, " " * indent + "pass\n")
+    edited = re.sub(r"(?m)(\S)$", r"\1  # an unrelated edit", "".join(lines))
+    assert len(tops) > 50
+    for name, edits in MUTATIONS.items():
+        mutated = apply_mutation(edited, name, edits)
+        compile(mutated, name, "exec")
+        assert mutated != edited
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (Edit("Replica._on_gone", "x", "y"), "no function Replica._on_gone in replica.py"),
+        (Edit("Replica._on_prepare_ok", "no such text", ""),
+         "pattern 'no such text' matches 0 times in Replica._on_prepare_ok"),
+        (Edit("Replica._on_prepare_ok", "msg", ""), "times in Replica._on_prepare_ok (it must "
+                                                   "match once)"),
+    ],
+)
+def test_a_mutation_that_no_longer_applies_is_a_harness_error(edit: Edit, message: str) -> None:
+    with pytest.raises(MutationDoesNotApply) as info:
+        load_mutant("stale", [edit])
+    assert not isinstance(info.value, AssertionError)  # not to be taken for a missed mutation
+    assert "mutation 'stale' no longer applies: " in str(info.value)
+    assert message in str(info.value)

@@ -413,3 +413,63 @@ def test_the_new_primary_answers_a_straggler_with_start_view(cluster: Cluster) -
     assert [(dst, type(m).__name__) for dst, m in out.messages] == [(0, "StartView")]
     cluster.step(0, out.messages[0][1], now=71 * MS)
     assert (cluster.replicas[0].view_number, cluster.replicas[0].status) == (1, "normal")
+
+
+def test_a_new_primary_never_announces_a_lower_commit_number_than_its_own() -> None:
+    # Five replicas (f = 2). Replica 1, the primary of view 1, learns that ops 1-2 committed;
+    # replicas 2-4 hold both ops but not the commit. They change view without it, and their
+    # three DOVIEWCHANGEs (commit-number 0) complete the view change before it sends its own.
+    cluster = Cluster(5)
+    new_primary = cluster.replicas[1]
+    prepares = []
+    for n in (1, 2):
+        out = cluster.step(0, Request(1, n, Operation("add", "k", n)), now=n * MS)
+        prepares.append(next(m for _, m in out.messages if isinstance(m, Prepare)))
+    for i in (1, 2, 3, 4):
+        for prepare in prepares:
+            cluster.step(i, prepare, now=3 * MS)
+    cluster.step(0, PrepareOk(0, 2, 2), now=4 * MS)
+    out = cluster.step(0, PrepareOk(0, 2, 3), now=4 * MS)
+    commit = next(m for dst, m in out.messages if dst == 1 and isinstance(m, Commit))
+    cluster.step(1, commit, now=5 * MS)
+    assert new_primary.commit_number == 2
+    assert [cluster.replicas[i].commit_number for i in (2, 3, 4)] == [0, 0, 0]
+
+    votes: list[StartViewChange] = []
+    for i in (2, 3, 4):
+        out = cluster.step(i, TICK, now=70 * MS)  # the old primary went silent
+        votes.append(next(m for _, m in out.messages if isinstance(m, StartViewChange)))
+    do_view_changes = []
+    for i in (2, 3, 4):
+        for vote in votes:
+            out = cluster.step(i, vote, now=71 * MS)
+            do_view_changes += [m for dst, m in out.messages
+                                if dst == 1 and isinstance(m, DoViewChange)]
+    assert sorted(m.replica for m in do_view_changes) == [2, 3, 4]
+    assert {m.commit_number for m in do_view_changes} == {0}
+
+    start_views = []
+    for message in do_view_changes:
+        out = cluster.step(1, message, now=72 * MS)
+        assert new_primary.commit_number == 2  # never lower than what it had reached
+        start_views += [m for _, m in out.messages if isinstance(m, StartView)]
+    assert new_primary.is_primary and new_primary.view_number == 1
+    assert [m.commit_number for m in start_views] == [2] * 4  # its own, not the DVCs' 0
+    cluster.step(2, start_views[0], now=73 * MS)
+    assert cluster.replicas[2].commit_number == 2
+
+
+def test_a_replica_changing_view_fetches_the_state_on_a_prepare_of_that_view(
+    cluster: Cluster,
+) -> None:
+    # Deviation: its STARTVIEW was lost, but a PREPARE (or COMMIT) of view 1 shows that view is
+    # established; it asks view 1's primary for the log rather than waiting for a STARTVIEW.
+    replica = cluster.replicas[2]
+    cluster.step(2, TICK, now=60 * MS)  # primary timeout: changing to view 1
+    assert (replica.view_number, replica.status) == (1, "view_change")
+    entry = Entry(1, 4, 1, Operation("set", "a", 1))
+    out = cluster.step(2, Prepare(1, entry, 1, 0, 1), now=61 * MS)
+    assert (replica.view_number, replica.status, replica.log) == (1, "recovering", [])
+    assert out.messages == [(1, GetState(1, 0, 0, 0, 2))]
+    cluster.step(2, NewState(1, 1, (entry,), 1, 0, 1), now=62 * MS)
+    assert (replica.status, replica.last_normal_view, replica.log) == ("normal", 1, [entry])

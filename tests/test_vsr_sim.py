@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -24,7 +26,7 @@ from vsrtel.vsr import (
     simulate,
     sweep,
 )
-from vsrtel.vsr.messages import Operation
+from vsrtel.vsr.messages import Commit, Operation
 from vsrtel.vsr.replica import MS, Replica, Timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +183,9 @@ def test_a_fault_profile_spec_names_a_profile_and_overrides_knobs() -> None:
         ("light,partition_size=0", "fault knob partition_size must be an int >= 1, got 0"),
         ("light,crash_every=nan", "bad value for fault knob crash_every: 'nan'"),
         ("light,clock_skew=1", "fault knob clock_skew must be below 1, got 1.0"),
+        ("heavy,permanent_crashes=-1", "fault knob permanent_crashes must be an int >= 0, got -1"),
+        ("heavy,permanent_crashes=x", "bad value for fault knob permanent_crashes: 'x'"),
+        ("none,permanent_crashes=1", "fault knob permanent_crashes needs crash_every"),
     ],
 )
 def test_a_bad_fault_spec_names_the_bad_part(spec: str, message: str) -> None:
@@ -370,6 +375,59 @@ def test_clients_start_no_trace_when_tracing_is_off() -> None:
     assert not any(name.startswith("vsr.client") for name in report["events"])
 
 
+@pytest.mark.parametrize(("replicas", "dead"), [(3, 1), (5, 2), (7, 3)])
+def test_f_replicas_crashed_for_good_stay_down_and_every_request_completes(
+    replicas: int, dead: int
+) -> None:
+    with Simulation(seed=3, requests=150, replicas=replicas, faults="heavy,permanent_crashes=9",
+                    registry=vsrtel.Registry()) as sim:
+        sim.run()
+        assert sim.violation is None and sim.completed == 150
+        assert len(sim.dead) == dead and sim.crashed == sim.dead  # capped at f, never restarted
+        assert all(sim.replicas[i].incarnation == 0 for i in sim.dead)
+        committed = len(sim.checker.committed)
+        live = [r for r in sim.replicas if r.node_id not in sim.dead]
+        assert all(r.commit_number == committed and r.status == "normal" for r in live)
+        record = sim.record()
+    assert record.crashes == dead  # with f down for good, no other crash may happen
+    assert record.views_established > 0  # a view change went through with f replicas dead
+
+
+def test_permanent_crashes_leave_the_runs_of_other_profiles_unchanged() -> None:
+    assert FaultProfile.parse("heavy,permanent_crashes=0") == FAULTS["heavy"]
+    profile = FaultProfile.parse("heavy,permanent_crashes=2")
+    assert profile.spec() == "none,loss=0.08,duplicate=0.05,spike=0.02,crash_every=150," \
+        "downtime=20-300,permanent_crashes=2,partition_every=150,partition_length=20-300"
+    assert FaultProfile.parse(profile.spec()) == profile
+
+
+def test_a_replica_announcing_a_lower_commit_number_than_its_own_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Backups ignore a stale commit-number, so only the checker's look at messages sees it.
+    original = Replica._broadcast
+
+    def stale(self: Replica, message: object) -> int:
+        if isinstance(message, Commit) and message.heartbeat and message.commit_number > 0:
+            message = dataclasses.replace(message, commit_number=message.commit_number - 1)
+        return original(self, message)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Replica, "_broadcast", stale)
+    report = simulate(seed=3, requests=30, faults="heavy", registry=vsrtel.Registry())
+    assert re.fullmatch(r"seed 3: replica 0 at [\d.]+ ms: sent Commit to replica 1 with "
+                        r"commit-number (\d+), outside its own (\d+)\.\.\2", report["invariants"])
+
+
+def test_a_run_past_its_event_budget_fails_instead_of_running_on() -> None:
+    with Simulation(seed=1, requests=50, faults="none", registry=vsrtel.Registry()) as sim:
+        assert sim.max_events == 1000 * 3 * (50 + 50)
+        sim.max_events = 300
+        with pytest.raises(InvariantViolation, match=r"seed 1: liveness: the run scheduled 300 "
+                                                     r"events without ending \(\d+ of 50"):
+            sim.run()
+        assert sim.finished and sim.violation is not None
+
+
 # 200 requests keep the faults on for about 1.5 s of simulated time (40 requests: 0.5 s). The
 # heavy window on 3 replicas holds seed 572, where the sweep found a liveness deadlock (issue 10).
 SWEEPS = [
@@ -379,6 +437,11 @@ SWEEPS = [
     ("extreme", 3, range(15)),
     ("extreme", 5, range(10)),
     ("extreme", 7, range(10)),
+    # f replicas crashed for good (permanent_crashes is capped at f), on top of the profile.
+    ("heavy,permanent_crashes=3", 3, range(40)),
+    ("heavy,permanent_crashes=3", 5, range(15)),
+    ("heavy,permanent_crashes=3", 7, range(10)),
+    ("extreme,permanent_crashes=3", 5, range(10)),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vsrtel.vsr.messages import Entry, Reply, Result
+from vsrtel.vsr.messages import Entry, ReplicaMessage, Reply, Result
 from vsrtel.vsr.replica import Replica
 from vsrtel.vsr.state_machine import StateMachine
 
@@ -18,7 +18,12 @@ class InvariantViolation(AssertionError):
 class Checker:
     """Checks, for one simulation run (``seed`` is quoted in every violation):
 
-    - a replica's commit-number never decreases and never exceeds its op-number;
+    - a replica's commit-number never decreases (not even across a crash: it is durable) and
+      never exceeds its op-number;
+    - a message a replica sends (PREPARE, COMMIT, DOVIEWCHANGE, STARTVIEW, GETSTATE, NEWSTATE)
+      carries a commit-number between the replica's commit-numbers before and after the step
+      that sent it: a replica never announces a commit-number lower than it reached, nor one
+      it has not reached;
     - its view-number and last normal view never decrease, and the last normal view is at most
       the view-number (both survive crashes);
     - all replicas agree on the committed prefix (one global committed log);
@@ -49,14 +54,26 @@ class Checker:
         """Return the violation for ``message``, quoting the seed."""
         return InvariantViolation(f"seed {self.seed}: {message}")
 
-    def after_step(self, replica: Replica, now: int) -> None:
-        """Check ``replica`` after it took a step at simulated time ``now``."""
+    def after_step(
+        self, replica: Replica, now: int,
+        messages: Sequence[tuple[int, ReplicaMessage]] = (),
+    ) -> None:
+        """Check ``replica`` after it took a step at simulated time ``now``, sending
+        ``messages`` (``(destination, message)`` pairs)."""
         i, k = replica.node_id, replica.commit_number
+        before = self._commits[i]
         where = f"replica {i} at {now / 1e6:.3f} ms"
-        if k < self._commits[i]:
-            raise self.fail(f"{where}: commit-number went from {self._commits[i]} down to {k}")
+        if k < before:
+            raise self.fail(f"{where}: commit-number went from {before} down to {k}")
         if k > replica.op_number:
             raise self.fail(f"{where}: commit-number {k} exceeds op-number {replica.op_number}")
+        for destination, message in messages:
+            announced = getattr(message, "commit_number", None)
+            if announced is not None and not before <= announced <= k:
+                raise self.fail(
+                    f"{where}: sent {type(message).__name__} to replica {destination} with "
+                    f"commit-number {announced}, outside its own {before}..{k}"
+                )
         self._commits[i] = k
         view, log_view = replica.view_number, replica.last_normal_view
         old_view, old_log_view = self._views[i]

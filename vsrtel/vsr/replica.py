@@ -655,7 +655,9 @@ class Replica:
             return
         # The new log: largest last-normal view, ties broken by the largest op-number.
         best = max(self._dvc.values(), key=lambda m: (m.log_view, m.op_number, m.replica))
-        commit = max(m.commit_number for m in self._dvc.values())
+        # Its own commit-number counts too: it may have completed without its own DOVIEWCHANGE,
+        # and a new view must never announce a lower commit-number than its primary reached.
+        commit = max(self.commit_number, *(m.commit_number for m in self._dvc.values()))
         self._replace_log(list(best.log), "view_change")
         self.last_normal_view = self.view_number
         started = self._view_change_started

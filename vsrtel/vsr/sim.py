@@ -8,9 +8,12 @@ A run has three phases. While faults are on (as a :class:`FaultProfile` says), t
 duplicates and delays messages (so it reorders them), replicas crash and restart, partitions cut
 groups of replicas off (both ways or one way), and timers fire late. Once three
 quarters of the requests are done (or the fault window closes) everything heals: partitions end,
-crashed replicas restart, the network stops losing messages; every remaining request must then
-complete (liveness). Finally the cluster drains until every replica has caught up with the
-committed log.
+crashed replicas restart (but those crashed for good, see ``permanent_crashes``), the network
+stops losing messages; every remaining request must then complete (liveness). Finally the
+cluster drains until every live replica has caught up with the committed log.
+
+Every run ends: after healing, a watchdog fails a run that stops making progress, and a run
+that schedules more than ``max_events`` events fails, whatever the cause.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class FaultProfile:
     spike_delay: tuple[int, int] = (20 * MS, 120 * MS)
     crash_every: int | None = None  # mean time between crashes (at most f replicas down)
     downtime: tuple[int, int] = (50 * MS, 400 * MS)
+    permanent_crashes: int = 0  # the first crashes, up to this many (capped at f), are for good
     partition_every: int | None = None  # mean time between partitions
     partition_length: tuple[int, int] = (50 * MS, 500 * MS)
     partition_size: int = 1  # at most this many replicas cut off together (capped at f)
@@ -89,6 +93,13 @@ class FaultProfile:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"fault knob {name} must be None or ns > 0, got {value!r}")
+        if (not isinstance(self.permanent_crashes, int) or isinstance(self.permanent_crashes, bool)
+                or self.permanent_crashes < 0):
+            raise ValueError(f"fault knob permanent_crashes must be an int >= 0, "
+                             f"got {self.permanent_crashes!r}")
+        if self.permanent_crashes and self.crash_every is None:
+            raise ValueError("fault knob permanent_crashes needs crash_every: permanent crashes "
+                             "are the first crashes it draws")
         if not isinstance(self.partition_size, int) or self.partition_size < 1:
             raise ValueError(f"fault knob partition_size must be an int >= 1, "
                              f"got {self.partition_size!r}")
@@ -170,7 +181,7 @@ def _parse_knob(key: str, text: str) -> Any:
         return (_ms(low), _ms(high))
     if key in _MEANS:
         return None if text in ("off", "none") else _ms(text)
-    if key == "partition_size":
+    if key in ("partition_size", "permanent_crashes"):
         return int(text)
     return _ms(text)  # timer_jitter
 
@@ -287,12 +298,17 @@ class Simulation:
     context inside messages.
     Use it as a context manager (or call :meth:`close`) to detach its event recorder.
     Raises ``ValueError`` naming a bad argument.
+
+    ``crashed`` holds the replicas down now; ``dead`` those of them crashed for good (the fault
+    knob ``permanent_crashes``), which never restart and are not waited for at the end.
+    ``max_events`` bounds the run: scheduling more events fails it (liveness).
     """
 
     client_timeout = 100 * MS
     think_time = (0, 2 * MS)
     fault_window = 30 * SECOND  # faults stop then at the latest
     watchdog = 20 * SECOND  # after healing, this long without progress is a liveness failure
+    events_per_request = 1000  # per replica: the event budget (see max_events)
 
     def __init__(
         self,
@@ -335,6 +351,7 @@ class Simulation:
         self._client_spans: dict[int, Span] = {}
         self.recorder = Recorder(self.scope.registry)
         self.crashed: set[int] = set()
+        self.dead: set[int] = set()  # crashed for good (``permanent_crashes``): never restarted
         self.cut: frozenset[tuple[int, int]] = frozenset()  # (source, destination) links down
         self.faults_on = self.profile != FAULTS["none"]
         self._stats = {"sent": 0, "delivered": 0, "dropped": 0, "duplicated": 0,
@@ -346,6 +363,9 @@ class Simulation:
         self.violation: InvariantViolation | None = None
         self._queue: list[tuple[int, int, int, int, Any]] = []
         self._seq = 0
+        # A hard bound on the run, whatever goes wrong (passing runs use a small fraction):
+        # past it the run fails liveness instead of running on.
+        self.max_events = self.events_per_request * replicas * (requests + 50)
         self._wake: list[int | None] = [None] * replicas
         self._started = False
 
@@ -383,10 +403,10 @@ class Simulation:
 
     def run_until(self, until: int) -> bool:
         """Process every event up to simulated time ``until``; return whether the run is over."""
-        if not self._started:
-            self._start()
         queue = self._queue
         try:
+            if not self._started:
+                self._start()
             while queue and queue[0][0] <= until and not self.finished:
                 when, _, kind, target, payload = heapq.heappop(queue)
                 self.clock.now = when
@@ -440,6 +460,11 @@ class Simulation:
 
     def _push(self, when: int, kind: int, target: int = 0, payload: Any = None) -> None:
         self._seq += 1
+        if self._seq > self.max_events:
+            raise self.checker.fail(
+                f"liveness: the run scheduled {self.max_events} events without ending "
+                f"({self.completed} of {self.requests} requests done)"
+            )
         heapq.heappush(self._queue, (when, self._seq, kind, target, payload))
 
     def _start(self) -> None:
@@ -483,7 +508,7 @@ class Simulation:
 
     def _handle(self, replica: Replica, output: Output) -> None:
         i = replica.node_id
-        self.checker.after_step(replica, self.now)
+        self.checker.after_step(replica, self.now, output.messages)
         if self.completed == self.requests and self._caught_up():
             self.finished = True
         for destination, message in output.messages:
@@ -630,8 +655,9 @@ class Simulation:
             self.finished = True
 
     def _caught_up(self) -> bool:
-        committed = len(self.checker.committed)
-        return all(r.commit_number == committed and r.status == NORMAL for r in self.replicas)
+        committed, dead = len(self.checker.committed), self.dead
+        return all(r.commit_number == committed and r.status == NORMAL
+                   for r in self.replicas if r.node_id not in dead)
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -659,6 +685,9 @@ class Simulation:
             self._stats["crashes"] += 1
             self.replicas[victim].crash(self.now)
             self._wake[victim] = None
+            if len(self.dead) < min(profile.permanent_crashes, self.f):
+                self.dead.add(victim)
+                return
             self._push(self.now + rng.randrange(*profile.downtime), _RESTART, victim)
         elif not self.cut and len(self.replicas) > 1:
             self.cut = cut = self._partition()
@@ -701,7 +730,7 @@ class Simulation:
         self.healed_at = self.now
         self.faults_on = False
         self.cut = frozenset()
-        for i in sorted(self.crashed):
+        for i in sorted(self.crashed - self.dead):
             self._restart(i)
         self._push(self.now + self.watchdog, _DEADLINE, 0, self._progress())
 
@@ -715,12 +744,13 @@ class Simulation:
             return
         seconds = self.watchdog // SECOND
         if self.completed < self.requests:
+            dead = f" but replicas {sorted(self.dead)} down for good" if self.dead else ""
             raise self.checker.fail(
                 f"liveness: {self.requests - self.completed} of {self.requests} requests "
-                f"incomplete, no progress for {seconds} s with every fault healed"
+                f"incomplete, no progress for {seconds} s with every fault healed{dead}"
             )
-        lagging = [r.node_id for r in self.replicas
-                   if r.commit_number != len(self.checker.committed) or r.status != NORMAL]
+        lagging = [r.node_id for r in self.replicas if r.node_id not in self.dead
+                   and (r.commit_number != len(self.checker.committed) or r.status != NORMAL)]
         raise self.checker.fail(
             f"liveness: replicas {lagging} did not catch up within {seconds} s of healing"
         )
