@@ -33,7 +33,7 @@ from opentelemetry import trace
 
 import vsrtel
 from vsrtel import EventName
-from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
+from vsrtel._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "attach_logger", "debug"]
 

@@ -45,8 +45,8 @@ from opentelemetry.util.types import AttributeValue
 
 import vsrtel
 from vsrtel import EventName, current_span
+from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
-from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
 

@@ -1,4 +1,4 @@
-"""Tests for vsrtel.handlers._redact: the one secret-key rule behind logs, debug and spans."""
+"""Tests for vsrtel._redact: the one secret-key rule behind logs, debug and spans."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import vsrtel
+from vsrtel._redact import CYCLE, DEFAULT_SECRET_KEYS, REDACTED, Secrets
 from vsrtel.handlers import spans
-from vsrtel.handlers._redact import CYCLE, DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
 SECRETS = Secrets(DEFAULT_SECRET_KEYS)
 

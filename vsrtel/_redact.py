@@ -1,7 +1,7 @@
 """Redaction of secrets, shared by the logs and spans handlers.
 
 This module is the only implementation of the rule (which keys are secret, how they are matched,
-what replaces their values); README.md states it once, under "Logging while debugging".
+what replaces their values); README.md states it once, under "Secrets".
 """
 
 from __future__ import annotations
