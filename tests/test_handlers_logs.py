@@ -78,7 +78,8 @@ def test_exception_events_log_at_error_with_the_exception(captured: list[Any]) -
     assert start["log_level"] == "debug"
     assert exception["event"] == "app.request.exception"
     assert exception["log_level"] == "error"
-    assert exception["exc_info"] is error
+    assert exception["exception"].startswith("Traceback (most recent call last):")
+    assert exception["exception"].endswith("KeyError: 'missing'") and "exc_info" not in exception
     assert exception["kind"] == "KeyError"
     assert exception["path"] == "/x"
     assert "stacktrace" not in exception and "reason" not in exception
@@ -95,7 +96,7 @@ def test_handler_failures_are_logged_at_error(captured: list[Any]) -> None:
     [failure] = captured
     assert failure["event"] == "vsrtel.handler.failure"
     assert failure["log_level"] == "error"
-    assert isinstance(failure["exc_info"], RuntimeError)
+    assert failure["exception"].endswith("RuntimeError: handler bug")
 
 
 def test_any_failure_event_is_logged_at_error(captured: list[Any]) -> None:
@@ -103,7 +104,7 @@ def test_any_failure_event_is_logged_at_error(captured: list[Any]) -> None:
     error = OSError("disk gone")
     vsrtel.execute("vsrtel.poller.failure", {}, {"kind": OSError, "reason": error})
     [failure] = captured
-    assert failure["log_level"] == "error" and failure["exc_info"] is error
+    assert failure["log_level"] == "error" and failure["exception"] == "OSError: disk gone"
 
 
 def test_levels_map_prefixes_longest_match_wins(captured: list[Any]) -> None:
@@ -183,7 +184,7 @@ def test_secrets_are_redacted_case_insensitively_and_nested(captured: list[Any])
             "Authorization": "Bearer x",
             "request": {"headers": {"Cookie": "c", "X-Api-Key": "k", "accept": "*/*"}},
             "access_token": "t",
-            "tokens_used": 12,
+            "retries": 12,
         },
     )
     [entry] = captured
@@ -194,7 +195,7 @@ def test_secrets_are_redacted_case_insensitively_and_nested(captured: list[Any])
         "headers": {"Cookie": "[REDACTED]", "X-Api-Key": "[REDACTED]", "accept": "*/*"}
     }
     assert entry["access_token"] == "[REDACTED]"
-    assert entry["tokens_used"] == 12
+    assert entry["retries"] == 12
 
 
 def test_custom_and_empty_redact_sets(captured: list[Any]) -> None:

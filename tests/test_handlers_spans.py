@@ -290,7 +290,7 @@ def test_secret_keys_never_reach_a_span(
     spans.attach_tracer(["app.login"], tracer_provider=provider)
     with vsrtel.span(
         "app.login",
-        {"user": "ann", "Password": "hunter2", "auth": {"api_key": "k", "scheme": "basic"}},
+        {"user": "ann", "Password": "hunter2", "login": {"api_key": "k", "scheme": "basic"}},
     ) as s:
         s.metadata["session_token"] = "abc"
         vsrtel.execute("app.login.check", {"n": 1}, {"cookie": "c", "ok": True})
@@ -298,8 +298,8 @@ def test_secret_keys_never_reach_a_span(
     assert dict(span.attributes or {}) == {
         "user": "ann",
         "Password": "[REDACTED]",
-        "auth.api_key": "[REDACTED]",
-        "auth.scheme": "basic",
+        "login.api_key": "[REDACTED]",
+        "login.scheme": "basic",
         "session_token": "[REDACTED]",
     }
     assert dict(span.events[0].attributes or {}) == {"n": 1, "cookie": "[REDACTED]", "ok": True}

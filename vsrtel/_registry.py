@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import blinker
 
 from vsrtel._names import EventName, Name, event_name, starts_with
+from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 from vsrtel._span import new_span
 
 Measurements = Mapping[str, Any]
@@ -577,20 +578,22 @@ class Registry:
         self, handler: _Handler | None, name: EventName, exc: BaseException
     ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
+        # The traceback goes into the message as text scrubbed of secrets (the default rule of
+        # vsrtel._redact): passed as exc_info, it would be formatted with its message as is.
         if handler is None:
             log.error(
-                "lazy measurements or metadata of event %s raised; the event was dropped",
+                "lazy measurements or metadata of event %s raised; the event was dropped\n%s",
                 ".".join(name),
-                exc_info=exc,
+                DEFAULT_SECRETS.format_exception(exc),
             )
         else:
             action = "detached" if self.on_error == "detach" else "kept attached"
             log.error(
-                "vsrtel handler %r failed on event %s and was %s",
+                "vsrtel handler %r failed on event %s and was %s\n%s",
                 handler.id,
                 ".".join(name),
                 action,
-                exc_info=exc,
+                DEFAULT_SECRETS.format_exception(exc),
             )
         if name == FAILURE_EVENT:
             return  # a handler of failures that fails must not report itself forever

@@ -7,10 +7,11 @@ Each event under the prefix becomes one structlog call whose event is the dotted
 whose key/value pairs are the measurements and metadata: durations (``duration``, ``*_duration``
 and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
 ``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
-secrets are redacted (the rule is in README.md, "Logging while debugging"), and
-``trace_id``/``span_id`` are added when an OpenTelemetry span is recording. ``exception`` and
-``failure`` events (a span's exception, the core's handler failures, the poller's) log at error
-with the exception as ``exc_info``.
+secrets are redacted (the rule is in README.md, "Secrets"), and ``trace_id``/``span_id`` are
+added when an OpenTelemetry span is recording. ``exception`` and ``failure`` events (a span's
+exception, the core's handler failures, the poller's) log at error with the exception's
+traceback, scrubbed of secrets, as the ``exception`` text (as structlog's ``format_exc_info``
+would put it; with ``redact=()`` the exception itself is passed as ``exc_info``).
 
 When the logger's level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
@@ -33,7 +34,7 @@ from opentelemetry import trace
 
 import vsrtel
 from vsrtel import EventName
-from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
+from vsrtel._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "attach_logger", "debug"]
 
@@ -72,8 +73,8 @@ def attach_logger(
     longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
     ``exception`` and ``failure`` events always log at error. ``logger`` is a structlog bound logger
     (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
-    structlog before attaching. ``redact`` names the secret keys (see README.md, "Logging while
-    debugging"; ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default).
+    structlog before attaching. ``redact`` names the secret keys (see README.md, "Secrets";
+    ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default, ``()`` turns redaction off).
 
     Attaching again for the same prefix and the same ``logger`` object (or the default logger
     twice) without a ``handler_id`` replaces the earlier handler, keeping its id: re-running
@@ -220,7 +221,12 @@ class _LogHandler:
         redact = self.secrets.redact
         fields = {_field(key): value for key, value in redact(metadata).items()}
         if level >= logging.ERROR and isinstance(fields.get("reason"), BaseException):
-            fields["exc_info"] = fields.pop("reason")
+            reason = fields.pop("reason")
+            if self.secrets.names:
+                # The text, not the exception: a renderer would format its message unscrubbed.
+                fields["exception"] = self.secrets.format_exception(reason)
+            else:
+                fields["exc_info"] = reason
             fields.pop("stacktrace", None)
             kind = fields.get("kind")
             if isinstance(kind, type):

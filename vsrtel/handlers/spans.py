@@ -15,8 +15,9 @@ started is ignored. A span the handler cannot open (a ``span_name`` function tha
 unhashable span context) is skipped, logged once and counted in :func:`skipped`; tracing goes on.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
-keys, objects to ``str``) or dropped (``None``); the values of secret keys (the ``redact`` setting,
-the rule shared with `vsrtel.handlers.logs`) are replaced by ``"[REDACTED]"``.
+keys, objects to ``str``) or dropped (``None``). Secrets (the ``redact`` setting, the rule shared
+with `vsrtel.handlers.logs`) are replaced by ``"[REDACTED]"``: in attributes, and in the
+exception's message, stack trace and the span's status description.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from opentelemetry.util.types import AttributeValue
 
 import vsrtel
 from vsrtel import EventName, current_span
+from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
-from vsrtel.handlers._redact import DEFAULT_SECRET_KEYS, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
 
@@ -260,16 +261,16 @@ class _Tracer:
                 self.start(event[1], event[2], measurements, metadata)
             else:
                 self.finish(event[0], measurements, metadata)
-        except Exception:
+        except Exception as error:
             # Never detach the tracer for one span: skip it and keep tracing the others.
             self.skipped += 1
             level = logging.DEBUG if self.skipped > 1 else logging.WARNING
             _log.log(
                 level,
-                "spans handler %r: skipped event %s (further failures log at DEBUG)",
+                "spans handler %r: skipped event %s (further failures log at DEBUG)\n%s",
                 self.handler_id,
                 ".".join(name),
-                exc_info=True,
+                self.secrets.format_exception(error),
             )
 
     def start(
@@ -336,7 +337,7 @@ class _Tracer:
         if start_time is not None and isinstance(duration, int):
             end_time = start_time + duration
         if kind == _EXCEPTION:
-            _record_exception(span, metadata, end_time)
+            _record_exception(span, metadata, end_time, self.secrets)
         span.end(end_time=end_time)
 
     def leave(self, key: Any, frame: _Frame) -> None:
@@ -443,16 +444,23 @@ def _parent(trace_parent: Any) -> Context | None:
     return None
 
 
-def _record_exception(span: trace.Span, metadata: Mapping[str, Any], end_time: int | None) -> None:
+def _record_exception(
+    span: trace.Span, metadata: Mapping[str, Any], end_time: int | None, secrets: Secrets
+) -> None:
     reason = metadata.get("reason")
     if isinstance(reason, BaseException):
+        message = secrets.scrub(str(reason))
+        scrubbed = {
+            "exception.message": message,
+            "exception.stacktrace": secrets.format_exception(reason),
+        }
         # The exception event of a span is the exception that ended it: it escaped the span.
-        span.record_exception(reason, timestamp=end_time, escaped=True)
-        description = str(reason) or type(reason).__name__
+        span.record_exception(reason, scrubbed, timestamp=end_time, escaped=True)
+        description = message or type(reason).__name__
     else:
         kind = metadata.get("kind")
         kind_name = kind.__qualname__ if isinstance(kind, type) else str(kind)
-        description = text(reason) or kind_name
+        description = secrets.scrub(text(reason) or "") or kind_name
         span.add_event(
             "exception",
             {"exception.type": kind_name, "exception.message": description},
