@@ -517,7 +517,8 @@ def test_failing_user_callable_is_contained(
     sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
     def boom(ms: Mapping[str, Any]) -> float:
-        raise RuntimeError("bad measurement fn")
+        url = "https://bob:" + "hunter2" + "@db/x"
+        raise RuntimeError(f"bad measurement fn for {url}")
 
     reporter = report(
         sink, registry, m.sum("f.e.bad", measurement=boom), m.sum("f.e.good", measurement="n")
@@ -532,6 +533,7 @@ def test_failing_user_callable_is_contained(
     assert len(errors) == 1  # once per metric; later failures log at DEBUG
     assert "f.e.bad" in errors[0].getMessage()
     assert "bad measurement fn" in caplog.text
+    assert "hunter2" not in caplog.text  # the report is scrubbed of secrets
 
 
 def test_metrics_read_the_callers_dicts_unless_user_code_sees_them(

@@ -100,7 +100,8 @@ def test_custom_measurement_and_failure_isolation(
         registry.execute("app.queue.depth", {"value": 7})
 
     def broken() -> None:
-        raise RuntimeError("no such queue")
+        secret = "hunter2"
+        raise RuntimeError(f"no such queue, password={secret}")
 
     poller = Poller([broken, queue_depth], registry=registry)
     with (
@@ -115,11 +116,12 @@ def test_custom_measurement_and_failure_isolation(
     failure = failures[0]
     assert set(failure.measurements) == {"monotonic_time", "system_time"}
     assert failure.metadata["kind"] is RuntimeError
-    assert str(failure.metadata["reason"]) == "no such queue"
+    assert str(failure.metadata["reason"]) == "no such queue, password=hunter2"
     assert "broken" in failure.metadata["measurement"]
     assert [frame.name for frame in failure.metadata["stacktrace"]][-1] == "broken"
     assert poller.measurements == [queue_depth]
     assert "no such queue" in caplog.text
+    assert "hunter2" not in caplog.text  # the log's report is scrubbed of secrets
     assert any(r.levelno == logging.ERROR for r in caplog.records)
 
 

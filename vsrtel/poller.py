@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 
 import vsrtel
+from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 
 __all__ = [
     "Poller",
@@ -179,7 +180,12 @@ class Poller:
             if fn in self._measurements:
                 self._measurements.remove(fn)
         name = _name(fn)
-        _log.error("poller measurement %s failed and was removed", name, exc_info=exc)
+        # As text scrubbed of secrets, like every report of the "vsrtel" logger.
+        _log.error(
+            "poller measurement %s failed and was removed\n%s",
+            name,
+            DEFAULT_SECRETS.format_exception(exc),
+        )
         try:
             bus = _bus(self._registry)
             clock = bus.clock

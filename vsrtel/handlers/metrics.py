@@ -36,6 +36,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 import vsrtel
+from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 from vsrtel.handlers import _aggregation
 from vsrtel.handlers._aggregation import (
     COUNTER,
@@ -569,17 +570,19 @@ def _recorder(
             else:
                 assert sink is not None
                 sink(value, cell[-1].attrs)
-        except Exception:
+        except Exception as exc:
             # A faulty user callable must not detach the whole reporter: count and report it,
-            # at ERROR the first time only so a hot event cannot flood the log.
+            # at ERROR the first time only so a hot event cannot flood the log. The traceback is
+            # text scrubbed of secrets, as in every report of the "vsrtel" logger.
             with state.lock:
                 state.skipped += 1
                 first, state.failed = not state.failed, True
             _log.log(
                 logging.ERROR if first else logging.DEBUG,
-                "metric %s: failed to record an event; skipped (further failures log at DEBUG)",
+                "metric %s: failed to record an event; skipped (further failures log at DEBUG)"
+                "\n%s",
                 metric.name,
-                exc_info=True,
+                DEFAULT_SECRETS.format_exception(exc),
             )
 
     if kind != COUNTER or filt is not None or tag_values is not None or getter is None or not (
