@@ -302,21 +302,118 @@ def test_huge_and_nan_durations_are_logged_as_they_are(captured: list[Any]) -> N
     assert entry["duration"] == 10**400 and math.isnan(entry["queue_time"])
 
 
-def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
-    class Unprintable:
-        def __str__(self) -> str:
-            raise RuntimeError("no str")
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
 
-        def __repr__(self) -> str:
-            raise RuntimeError("no repr")
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableInt(int):
+    __str__ = __repr__ = Unprintable.__repr__
+
+
+def huge_int(digits: int, negative: bool = False) -> int:
+    """An int of ``digits + 1`` digits: past 4,300, ``repr`` raises (built here, not in a
+    strategy's description, which hypothesis prints with repr)."""
+    return -(10**digits) if negative else 10**digits
+
+
+def huge_int_error() -> ValueError:
+    return ValueError(huge_int(5000))
+
+
+def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
+    class Unreadable(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("no items")
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("no items")
+
+        def __len__(self) -> int:
+            return 1
 
     handler_id = logs.attach_logger("app")
-    vsrtel.execute("app.x", {"n": 1}, {Unprintable(): "hunter2"})
+    vsrtel.execute("app.x", {"n": 1}, {"password": "hunter2", "nested": Unreadable()})
     vsrtel.execute("app.y", {"n": 1})
-    assert captured[0]["event"] == "app.x" and "no str" in captured[0]["log_error"]
+    assert captured[0]["event"] == "app.x" and "no items" in captured[0]["log_error"]
     assert "hunter2" not in str(captured[0])
     assert captured[1]["event"] == "app.y"
     assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+
+
+def test_keys_whose_str_fails_are_rendered(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.x", {10**5000: 1}, {Unprintable(): 2, "n": 3})
+    assert captured == [
+        {
+            "event": "app.x",
+            "log_level": "debug",
+            "<unrepresentable Unprintable>": 2,
+            "n": 3,
+            "<int of 5001 digits>": 1,
+        }
+    ]
+
+
+def _odd_values() -> dict[str, Any]:
+    return {
+        "huge": 10**5000,
+        "negative": -(10**6000),
+        "nested": {"ok": 1, "list": [7, 10**5000]},
+        "object": Unprintable(),
+        "int_subclass": UnprintableInt(3),
+        "error": ValueError(10**5000),
+    }
+
+
+def test_huge_ints_and_values_whose_repr_fails_are_rendered_by_debug() -> None:
+    out = io.StringIO()
+    registry = vsrtel.Registry()  # the default policy: a failing handler is detached
+    handle = vsrtel.debug("app", file=out, registry=registry)
+    registry.execute("app.odd", {"count": 10**5000}, _odd_values())
+    registry.execute("app.after", {"n": 1})
+    assert [r.id for r in registry.list_handlers()] == [handle.id]
+    odd, after = out.getvalue().splitlines()
+    assert "count='<int of 5001 digits>'" in odd
+    assert "negative='<negative int of 6001 digits>'" in odd
+    assert "[7, <int of 5001 digits>]" in odd
+    assert "object='<unrepresentable Unprintable>'" in odd
+    assert "int_subclass='<unrepresentable UnprintableInt>'" in odd
+    assert "error='<unrepresentable ValueError>'" in odd
+    assert "app.after" in after and "n=1" in after
+
+
+def test_huge_ints_and_values_whose_repr_fails_are_rendered_as_json() -> None:
+    out = io.StringIO()
+    registry = vsrtel.Registry()
+    handle = logs.attach_logger("app", logger=_json_logger(out), registry=registry)
+    registry.execute("app.odd", {"count": 10**5000}, _odd_values())
+    registry.execute("app.after", {"n": 1})
+    assert [r.id for r in registry.list_handlers()] == [handle.id]
+    odd, after = map(json.loads, out.getvalue().splitlines())
+    assert odd["count"] == odd["huge"] == "<int of 5001 digits>"
+    assert odd["object"] == "<unrepresentable Unprintable>"
+    assert "<int of 5001 digits>" in odd["nested"]
+    assert after == {"event": "app.after", "n": 1}
+
+
+def test_a_huge_int_in_an_exception_event_keeps_the_traceback() -> None:
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+    registry = vsrtel.Registry()
+    logs.attach_logger("app", logger=logger, registry=registry)
+    with pytest.raises(ValueError), registry.span("app.job", {"size": 10**5000}):
+        raise ValueError("bad size")
+    start, exception = map(json.loads, out.getvalue().splitlines())
+    assert start["size"] == exception["size"] == "<int of 5001 digits>"
+    assert "ValueError: bad size" in exception["exception"]
+    assert len(registry.list_handlers()) == 1
 
 
 def test_attaching_again_for_the_same_prefix_and_logger_replaces(captured: list[Any]) -> None:
@@ -424,6 +521,8 @@ keys = st.one_of(
     st.none(),
     st.tuples(st.integers(), st.text(max_size=3)),
     st.frozensets(st.integers(), max_size=3),
+    st.builds(huge_int, st.just(5000)),
+    st.builds(Unprintable),
 )
 
 
@@ -446,6 +545,11 @@ leaves = st.one_of(
     st.builds(_deep, st.just(1_500)),
     st.just(ValueError("boom")),
     st.just(object()),
+    # Values whose repr raises: ints past the str-conversion limit, broken __repr__/__str__.
+    st.builds(huge_int, st.sampled_from([4300, 5000]), st.booleans()),
+    st.builds(Unprintable),
+    st.builds(UnprintableInt, st.integers()),
+    st.builds(huge_int_error),
 )
 values = st.recursive(
     leaves,

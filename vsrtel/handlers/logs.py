@@ -15,13 +15,15 @@ with the exception as ``exc_info``.
 When the logger's level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
 (``event``, ``self``...) get a trailing ``_``, and values the logger cannot render are logged as
-their repr.
+their repr, or as ``<int of 5001 digits>`` and ``<unrepresentable Foo>`` when even ``repr``
+fails.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import reprlib
 import sys
@@ -210,8 +212,13 @@ class _LogHandler:
             log(dotted, **fields)
         except Exception:
             # The logger could not render a value (a key JSON cannot hold, a cycle inside an
-            # object...): the same line with every value as its repr.
-            log(dotted, **{key: _plain(value) for key, value in fields.items()})
+            # object, an int too long for repr, a broken __repr__...): the same line with every
+            # value as text that cannot fail. The exception itself is left to the logger, whose
+            # traceback formatting survives a broken __str__.
+            try:
+                log(dotted, **{k: v if k == "exc_info" else _plain(v) for k, v in fields.items()})
+            except Exception as error:
+                log(dotted, log_error=f"the logger could not render this event: {_name(error)}")
 
     def fields(
         self, level: int, measurements: Mapping[Any, Any], metadata: Mapping[Any, Any]
@@ -242,7 +249,10 @@ class _LogHandler:
 
 
 def _field(key: Any) -> str:
-    key = str(key)
+    try:
+        key = str(key)
+    except Exception:
+        key = _unrepresentable(key)
     return f"{key}_" if key in _RESERVED else key
 
 
@@ -256,17 +266,94 @@ def _is_duration(key: str, value: Any) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` if every logger can render it, else its repr."""
-    if value.__class__ in (str, int, float, bool) or isinstance(value, BaseException):
+    """``value`` if every logger can render it, else text standing for it."""
+    cls = value.__class__
+    if cls is str or cls is float or cls is bool:
         return value
+    if cls is int:
+        text = _int_text(value)
+        return value if text is None else text
     return _repr(value)
 
 
 def _repr(value: Any) -> str:
+    """``repr(value)``, or text standing for it when that fails; never raises."""
     try:
         return repr(value)
-    except Exception:  # a broken __repr__, or nesting too deep for the recursion limit
-        return reprlib.repr(value)
+    except Exception:  # a broken __repr__, an int too long, nesting too deep for the stack
+        pass
+    try:
+        return _SAFE_REPR.repr(value)
+    except Exception:  # an object reprlib misreads by its class name ("list", "int"...)
+        return _unrepresentable(value)
+
+
+def _int_text(value: int) -> str | None:
+    """``<int of N digits>`` for an int too long for ``repr`` (see `sys.set_int_max_str_digits`),
+    else None."""
+    try:
+        int.__repr__(value)
+    except ValueError:
+        pass
+    else:
+        return None
+    number = int.__int__(value)
+    magnitude = abs(number)
+    # 10**(digits - 1) <= magnitude, and 2**(bits - 1) <= magnitude < 2**bits: the estimate is
+    # exact or one short, checked by one power of ten while that is cheap (< 0.1 s).
+    digits = int((magnitude.bit_length() - 1) * math.log10(2)) + 1
+    about = "about "
+    if digits < 100_000:
+        about = ""
+        if magnitude >= 10**digits:
+            digits += 1
+    sign = "negative " if number < 0 else ""
+    return f"<{sign}int of {about}{digits} digits>"
+
+
+def _unrepresentable(value: Any) -> str:
+    """Text for a value whose ``repr``/``str`` raised."""
+    if isinstance(value, int):
+        text = _int_text(value)
+        if text is not None:
+            return text
+    return f"<unrepresentable {_name(value)}>"
+
+
+def _name(value: Any) -> str:
+    try:
+        return type(value).__qualname__
+    except Exception:
+        return "object"
+
+
+class _SafeRepr(reprlib.Repr):
+    """A ``repr`` for the fallback: bounded in depth and size, and never raising."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 8
+        self.maxdict = self.maxlist = self.maxtuple = 32
+        self.maxset = self.maxfrozenset = self.maxdeque = 32
+        self.maxstring = self.maxother = 400
+
+    def repr_int(self, x: Any, level: int) -> str:
+        # Called for any class named "int", an int or not.
+        text = _int_text(x) if isinstance(x, int) else None
+        return self.repr_instance(x, level) if text is None else text
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            text = repr(x)
+        except Exception:
+            return _unrepresentable(x)
+        if len(text) > self.maxother:
+            keep = self.maxother // 2
+            text = f"{text[:keep]}...{text[-keep:]}"
+        return text
+
+
+_SAFE_REPR = _SafeRepr()
 
 
 def _level(level: str | int) -> int:
