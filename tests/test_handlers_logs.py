@@ -585,3 +585,29 @@ def test_any_event_is_logged_and_the_handlers_stay_attached(
     *_, last = json_out.getvalue().splitlines()
     assert json.loads(last) == {"event": "app.after", "n": 1}
     assert "app.after" in debug_out.getvalue().splitlines()[-1]
+
+
+def test_debug_shows_metadata_named_level_and_timestamp() -> None:
+    out = io.StringIO()
+    with vsrtel.debug("game", file=out):
+        vsrtel.execute("game.player.joined", {"n": 1}, {"level": "gold", "timestamp": 1234})
+    [line] = out.getvalue().splitlines()
+    assert "level_=gold" in line and "timestamp_=1234" in line
+    assert "[debug" in line  # the line's own level and time are still there
+
+
+@pytest.fixture
+def default_structlog() -> Iterator[None]:
+    """structlog exactly as a new user has it: not configured at all."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def test_level_and_timestamp_survive_structlog_default_processors(
+    default_structlog: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.attach_logger("game")
+    vsrtel.execute("game.player.joined", {"n": 1}, {"level": "gold", "timestamp": 1234})
+    line = capsys.readouterr().out
+    assert "level_=gold" in line and "timestamp_=1234" in line

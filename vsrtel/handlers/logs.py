@@ -14,9 +14,9 @@ with the exception as ``exc_info``.
 
 When the logger's level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
-(``event``, ``self``...) get a trailing ``_``, and values the logger cannot render are logged as
-their repr, or as ``<int of 5001 digits>`` and ``<unrepresentable Foo>`` when even ``repr``
-fails.
+(``event``, ``level``, ``timestamp``, ``self``...) get a trailing ``_``, and values the logger
+cannot render are logged as their repr, or as ``<int of 5001 digits>`` and
+``<unrepresentable Foo>`` when even ``repr`` fails.
 """
 
 from __future__ import annotations
@@ -49,9 +49,12 @@ LEVELS: Mapping[str, int] = {
 }
 _METHODS = {number: name for name, number in LEVELS.items()}
 _CLOCKS = frozenset({"monotonic_time", "system_time"})
-# Keys a structlog call interprets itself or that clash with the parameters of its methods;
-# event data under these names is renamed with "_".
-_RESERVED = frozenset({"event", "exc_info", "stack_info", "self", "method_name"})
+# Keys a structlog call interprets itself, that clash with the parameters of its methods, or
+# that structlog's default processors (add_log_level, TimeStamper) overwrite; event data under
+# these names is renamed with "_".
+_RESERVED = frozenset(
+    {"event", "exc_info", "stack_info", "self", "method_name", "level", "timestamp"}
+)
 _HUGE = 1e300
 _MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
