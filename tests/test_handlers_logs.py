@@ -611,3 +611,43 @@ def test_level_and_timestamp_survive_structlog_default_processors(
     vsrtel.execute("game.player.joined", {"n": 1}, {"level": "gold", "timestamp": 1234})
     line = capsys.readouterr().out
     assert "level_=gold" in line and "timestamp_=1234" in line
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_remote_parent_is_shown_as_its_trace_id_by_debug() -> None:
+    out = io.StringIO()
+    with vsrtel.debug("app", file=out):
+        parent = spans.extract({"traceparent": TRACEPARENT})
+        with vsrtel.span("app.request", {"trace_parent": parent}):
+            pass
+    start, stop = out.getvalue().splitlines()
+    for line in (start, stop):
+        assert f"trace_parent={TRACE_ID}" in line
+        assert "SpanContext" not in line and len(line) < 150
+
+
+def test_every_form_of_remote_parent_is_shown_as_its_trace_id(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    context = spans.extract({"traceparent": TRACEPARENT})
+    span_context = trace.get_current_span(context).get_span_context()
+    parents = [
+        context,
+        span_context,
+        trace.NonRecordingSpan(span_context),
+        TRACEPARENT,
+        spans.extract({}),  # no traceparent header came in
+        "not a traceparent",
+    ]
+    for parent in parents:
+        vsrtel.execute("app.request.start", {"n": 1}, {"trace_parent": parent})
+    assert [entry["trace_parent"] for entry in captured] == [
+        TRACE_ID,
+        TRACE_ID,
+        TRACE_ID,
+        TRACE_ID,
+        None,
+        "not a traceparent",
+    ]

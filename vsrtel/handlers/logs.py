@@ -8,9 +8,10 @@ whose key/value pairs are the measurements and metadata: durations (``duration``
 and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
 ``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
 secrets are redacted (the rule is in README.md, "Logging while debugging"), and
-``trace_id``/``span_id`` are added when an OpenTelemetry span is recording. ``exception`` and
-``failure`` events (a span's exception, the core's handler failures, the poller's) log at error
-with the exception as ``exc_info``.
+``trace_id``/``span_id`` are added when an OpenTelemetry span is recording, and a remote parent
+in ``trace_parent`` (an OpenTelemetry ``Context``, ``SpanContext`` or W3C ``traceparent``) is shown
+as its 32-hex trace id. ``exception`` and ``failure`` events (a span's exception, the core's
+handler failures, the poller's) log at error with the exception as ``exc_info``.
 
 When the logger's level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
@@ -26,12 +27,14 @@ import logging
 import math
 import os
 import reprlib
+import string
 import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 import vsrtel
 from vsrtel import EventName
@@ -56,6 +59,7 @@ _RESERVED = frozenset(
     {"event", "exc_info", "stack_info", "self", "method_name", "level", "timestamp"}
 )
 _HUGE = 1e300
+_HEX = frozenset(string.hexdigits)
 _MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
 
@@ -229,6 +233,9 @@ class _LogHandler:
         """The structlog key/value pairs for one event."""
         redact = self.secrets.redact
         fields = {_field(key): value for key, value in redact(metadata).items()}
+        parent = fields.get("trace_parent")
+        if parent is not None:
+            fields["trace_parent"] = _trace_id(parent)
         if level >= logging.ERROR and isinstance(fields.get("reason"), BaseException):
             fields["exc_info"] = fields.pop("reason")
             fields.pop("stacktrace", None)
@@ -257,6 +264,29 @@ def _field(key: Any) -> str:
     except Exception:
         key = _unrepresentable(key)
     return f"{key}_" if key in _RESERVED else key
+
+
+def _trace_id(parent: Any) -> Any:
+    """The trace id (32 hex digits) of a remote parent, None if it holds no valid one.
+
+    A ``Context`` (what ``spans.extract`` returns), a ``SpanContext``, a ``Span`` or a W3C
+    ``traceparent`` string; any other value is returned unchanged.
+    """
+    if isinstance(parent, Context):
+        span_context = trace.get_current_span(parent).get_span_context()
+    elif isinstance(parent, trace.SpanContext):
+        span_context = parent
+    elif isinstance(parent, trace.Span):
+        span_context = parent.get_span_context()
+    elif isinstance(parent, str):
+        # version-trace_id-parent_id-flags; anything else is shown as it is.
+        parts = parent.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and set(parts[1]) <= _HEX:
+            return parts[1].lower()
+        return parent
+    else:
+        return parent
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
 
 
 def _is_duration(key: str, value: Any) -> bool:
