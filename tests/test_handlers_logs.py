@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -453,6 +454,8 @@ def test_handler_id_and_detach(captured: list[Any]) -> None:
         ({"level": "verbose"}, ValueError, "verbose"),
         ({"level": 15}, ValueError, "15"),
         ({"levels": {"app": "loud"}}, ValueError, "loud"),
+        ({"min_level": "verbose"}, ValueError, "min_level 'verbose'"),
+        ({"min_level": 0}, ValueError, "min_level 0"),
         ({"levels": {"": "info"}}, ValueError, "levels key"),
         ({"prefix": ("a", 2)}, TypeError, "prefix"),
         ({"prefix": "a..b"}, ValueError, "prefix"),
@@ -651,3 +654,58 @@ def test_every_form_of_remote_parent_is_shown_as_its_trace_id(captured: list[Any
         None,
         "not a traceparent",
     ]
+
+
+def test_min_level_filters_under_structlog_default_configuration(
+    default_structlog: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.attach_logger("app", level="debug", min_level="info", levels={"app.audit": "warning"})
+    for _ in range(3):
+        with vsrtel.span("app.request", {"path": "/x"}):  # start and stop at debug
+            vsrtel.execute("app.audit.login", {"n": 1})
+    with pytest.raises(KeyError), vsrtel.span("app.request", {"path": "/y"}):
+        raise KeyError("gone")
+    lines = capsys.readouterr().out.splitlines()
+    events = [m.group(1) for m in map(re.compile(r".*\[\w+ *\] (\S+)").match, lines) if m]
+    assert events == ["app.audit.login"] * 3 + ["app.request.exception"]
+
+
+def test_min_level_filtered_events_build_nothing() -> None:
+    class Exploding(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __iter__(self) -> Iterator[str]:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __len__(self) -> int:
+            return 1
+
+    registry = vsrtel.Registry(on_error="raise")
+    with capture_logs() as entries:
+        logs.attach_logger("app", min_level="warning", level="info", registry=registry)
+        registry.execute("app.tick", {"n": 1}, Exploding())
+    assert entries == []
+
+
+def test_min_level_and_the_loggers_own_level_both_apply() -> None:
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    logs.attach_logger(
+        "app", logger=logger, min_level="info", levels={"app.a": "debug", "app.b": "info"}
+    )
+    for name in ("app.a.x", "app.b.x", "app.c.x", "app.c.failure"):
+        vsrtel.execute(name, {"n": 1})
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["app.c.failure"]
+
+
+def test_min_level_accepts_names_and_numbers(captured: list[Any]) -> None:
+    logs.attach_logger("a", min_level="WARNING")
+    logs.attach_logger("b", min_level=logging.INFO, level="info")
+    vsrtel.execute("a.x", {"n": 1})
+    vsrtel.execute("b.x", {"n": 1})
+    assert [entry["event"] for entry in captured] == ["b.x"]

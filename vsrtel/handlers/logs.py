@@ -2,6 +2,7 @@
 
 >>> from vsrtel.handlers import logs
 >>> handler_id = logs.attach_logger("app", level="info", levels={"app.heartbeat": "debug"})
+>>> handler_id = logs.attach_logger("vsr", min_level="info")  # nothing below info is logged
 
 Each event under the prefix becomes one structlog call whose event is the dotted event name and
 whose key/value pairs are the measurements and metadata: durations (``duration``, ``*_duration``
@@ -13,7 +14,9 @@ in ``trace_parent`` (an OpenTelemetry ``Context``, ``SpanContext`` or W3C ``trac
 as its 32-hex trace id. ``exception`` and ``failure`` events (a span's exception, the core's
 handler failures, the poller's) log at error with the exception as ``exc_info``.
 
-When the logger's level filters an event out, the handler returns before building anything.
+``level``/``levels`` choose the level each event is logged *at*; ``min_level`` is a threshold:
+events below it are not logged, whatever the logger's configuration. When ``min_level`` or the
+logger's own level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
 (``event``, ``level``, ``timestamp``, ``self``...) get a trailing ``_``, and values the logger
 cannot render are logged as their repr, or as ``<int of 5001 digits>`` and
@@ -68,6 +71,7 @@ def attach_logger(
     prefix: str | Sequence[str] = (),
     *,
     level: str | int = "debug",
+    min_level: str | int | None = None,
     logger: Any = None,
     handler_id: Hashable | None = None,
     redact: Iterable[str] = DEFAULT_SECRET_KEYS,
@@ -76,10 +80,14 @@ def attach_logger(
 ) -> vsrtel.Handle:
     """Attach a handler that logs every event under ``prefix`` (``()`` = all) with structlog.
 
-    ``level`` is the default level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``,
-    ``"critical"`` or a `logging` number); ``levels`` maps event-name prefixes to levels, the
-    longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
-    ``exception`` and ``failure`` events always log at error. ``logger`` is a structlog bound logger
+    ``level`` is the level events are logged *at* (``"debug"``, ``"info"``, ``"warning"``,
+    ``"error"``, ``"critical"`` or a `logging` number): the logger method called, not a filter;
+    ``levels`` maps event-name prefixes to levels, the longest matching prefix winning
+    (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``). ``exception`` and ``failure`` events
+    always log at error. ``min_level`` is the minimum level: an event whose level is below it is
+    not logged at all, even when the logger filters nothing (as under structlog's default
+    configuration); the logger's own filter still applies, and ``None`` leaves filtering to it
+    alone. ``logger`` is a structlog bound logger
     (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
     structlog before attaching. ``redact`` names the secret keys (see README.md, "Logging while
     debugging"; ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default).
@@ -90,10 +98,11 @@ def attach_logger(
 
     Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
     ``.detach()`` it, or ``vsrtel.detach(handle)``.
-    Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
+    Raises ``ValueError``/``TypeError`` naming a bad prefix, level, min_level or key.
     """
     event_prefix = vsrtel.event_name(prefix, what="prefix", allow_empty=True)
     default = _level(level)
+    threshold = logging.NOTSET if min_level is None else _level(min_level, what="min_level")
     rules = sorted(
         (
             (vsrtel.event_name(key, what="levels key"), _level(value))
@@ -111,7 +120,9 @@ def attach_logger(
         logger = bind()
     if not callable(getattr(logger, "info", None)):
         raise TypeError(f"logger must be a structlog logger, got {logger!r}")
-    handler = _LogHandler(logger, default, rules, Secrets(redact), (event_prefix, source))
+    handler = _LogHandler(
+        logger, default, threshold, rules, Secrets(redact), (event_prefix, source)
+    )
     registry = vsrtel.Registry.or_default(registry)
     if handler_id is None:
         handler_id = _detach_same(registry, handler)
@@ -170,6 +181,7 @@ class _LogHandler:
         self,
         logger: Any,
         default: int,
+        min_level: int,
         rules: list[tuple[EventName, int]],
         secrets: Secrets,
         origin: tuple[EventName, Any],
@@ -180,9 +192,17 @@ class _LogHandler:
         self.secrets = secrets
         # (prefix, the logger argument as given): what makes a second attach a repeat.
         self.origin = origin
-        self.is_enabled_for: Callable[[int], bool] | None = getattr(
+        logger_enabled: Callable[[int], bool] | None = getattr(
             logger, "is_enabled_for", None
         ) or getattr(logger, "isEnabledFor", None)
+        self.is_enabled_for = logger_enabled
+        if min_level > logging.NOTSET:
+            # Folded into the one check the hot path already makes, so that a handler without
+            # a minimum level pays nothing for it.
+            if logger_enabled is None:
+                self.is_enabled_for = min_level.__le__
+            else:
+                self.is_enabled_for = lambda level: level >= min_level and logger_enabled(level)
         self.names: dict[EventName, tuple[int, str, str]] = {}
 
     def resolve(self, name: EventName) -> tuple[int, str, str]:
@@ -389,9 +409,9 @@ class _SafeRepr(reprlib.Repr):
 _SAFE_REPR = _SafeRepr()
 
 
-def _level(level: str | int) -> int:
+def _level(level: str | int, what: str = "log level") -> int:
     if isinstance(level, str) and level.lower() in LEVELS:
         return LEVELS[level.lower()]
     if isinstance(level, int) and not isinstance(level, bool) and level in _METHODS:
         return level
-    raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
+    raise ValueError(f"unknown {what} {level!r}; use one of {', '.join(LEVELS)}")
