@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -22,6 +23,44 @@ from vsrtel.handlers import logs, spans
 from vsrtel.handlers import metrics as m
 from vsrtel.testing import capture
 
+
+class Unprintable:
+    """A value whose repr and str both raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class UnprintableInt(int):
+    __repr__ = __str__ = Unprintable.__repr__
+
+
+class UnprintableError(Exception):
+    __repr__ = __str__ = Unprintable.__repr__
+
+
+def huge_int(digits: int, negative: bool = False) -> int:
+    """An int of ``digits + 1`` digits: past 4,300, ``repr`` raises (built here, not in a
+    strategy's description, which hypothesis prints with repr)."""
+    return -(10**digits) if negative else 10**digits
+
+
+def huge_int_error() -> ValueError:
+    return ValueError(huge_int(5000))
+
+
+# Values whose repr or str raises: ints past Python's str-conversion limit (4,300 digits by
+# default) and objects with a broken __repr__/__str__; plus an IntEnum, an int subclass.
+unprintable = st.one_of(
+    st.builds(huge_int, st.sampled_from([4300, 5000]), st.booleans()),
+    st.builds(Unprintable),
+    st.builds(UnprintableInt, st.integers(-(2**70), 2**70)),
+    st.builds(UnprintableError),
+    st.builds(huge_int_error),
+    st.sampled_from(HTTPStatus),
+)
 keys = st.one_of(
     st.text(max_size=8),
     st.sampled_from(["self", "event", "exc_info", "password", "telemetry_span_context"]),
@@ -31,6 +70,8 @@ keys = st.one_of(
     st.booleans(),
     st.tuples(st.integers(), st.text(max_size=3)),
     st.floats(allow_nan=False),
+    st.builds(huge_int, st.just(5000)),
+    st.builds(Unprintable),
 )
 scalars = st.one_of(
     st.integers(min_value=-(2**80), max_value=2**80),
@@ -40,6 +81,7 @@ scalars = st.one_of(
     st.booleans(),
     st.none(),
     st.just("x" * 100_000),
+    unprintable,
 )
 values = st.recursive(
     scalars,
@@ -151,11 +193,27 @@ def test_any_payload_leaves_every_handler_attached_and_working(
 
 def test_the_strategies_reach_the_odd_cases() -> None:
     # A guard that the payloads above keep covering what broke handlers before.
-    odd = {0: 1, "self": 2, b"k": 3, "nan": math.nan, "big": 2**100}
+    odd = {
+        0: 1,
+        "self": 2,
+        b"k": 3,
+        "nan": math.nan,
+        "big": 2**100,
+        "huge": 10**5000,
+        10**5000: 4,
+        "unprintable": Unprintable(),
+        "int_subclass": UnprintableInt(5),
+        "status": HTTPStatus.OK,
+    }
     world = World()
     try:
         world.registry.execute("app.event", odd, {**odd, "password": "hunter2"})
+        with world.registry.span("app.op", odd):  # every value becomes a span attribute
+            pass
         assert {r.id for r in world.registry.list_handlers()} == world.handlers
+        assert [s.name for s in world.exporter.get_finished_spans()] == ["app.op"]
+        for out in (world.log.getvalue(), world.debug.getvalue()):
+            assert "<int of 5001 digits>" in out and "<unrepresentable Unprintable>" in out
         assert "hunter2" not in world.log.getvalue() + world.debug.getvalue()
     finally:
         world.close()

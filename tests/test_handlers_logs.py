@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -303,21 +304,118 @@ def test_huge_and_nan_durations_are_logged_as_they_are(captured: list[Any]) -> N
     assert entry["duration"] == 10**400 and math.isnan(entry["queue_time"])
 
 
-def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
-    class Unprintable:
-        def __str__(self) -> str:
-            raise RuntimeError("no str")
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
 
-        def __repr__(self) -> str:
-            raise RuntimeError("no repr")
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class UnprintableInt(int):
+    __str__ = __repr__ = Unprintable.__repr__
+
+
+def huge_int(digits: int, negative: bool = False) -> int:
+    """An int of ``digits + 1`` digits: past 4,300, ``repr`` raises (built here, not in a
+    strategy's description, which hypothesis prints with repr)."""
+    return -(10**digits) if negative else 10**digits
+
+
+def huge_int_error() -> ValueError:
+    return ValueError(huge_int(5000))
+
+
+def test_unreadable_event_data_still_gives_a_line(captured: list[Any]) -> None:
+    class Unreadable(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("no items")
+
+        def __iter__(self) -> Iterator[str]:
+            raise RuntimeError("no items")
+
+        def __len__(self) -> int:
+            return 1
 
     handler_id = logs.attach_logger("app")
-    vsrtel.execute("app.x", {"n": 1}, {Unprintable(): "hunter2"})
+    vsrtel.execute("app.x", {"n": 1}, {"password": "hunter2", "nested": Unreadable()})
     vsrtel.execute("app.y", {"n": 1})
-    assert captured[0]["event"] == "app.x" and "no str" in captured[0]["log_error"]
+    assert captured[0]["event"] == "app.x" and "no items" in captured[0]["log_error"]
     assert "hunter2" not in str(captured[0])
     assert captured[1]["event"] == "app.y"
     assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+
+
+def test_keys_whose_str_fails_are_rendered(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    vsrtel.execute("app.x", {10**5000: 1}, {Unprintable(): 2, "n": 3})
+    assert captured == [
+        {
+            "event": "app.x",
+            "log_level": "debug",
+            "<unrepresentable Unprintable>": 2,
+            "n": 3,
+            "<int of 5001 digits>": 1,
+        }
+    ]
+
+
+def _odd_values() -> dict[str, Any]:
+    return {
+        "huge": 10**5000,
+        "negative": -(10**6000),
+        "nested": {"ok": 1, "list": [7, 10**5000]},
+        "object": Unprintable(),
+        "int_subclass": UnprintableInt(3),
+        "error": ValueError(10**5000),
+    }
+
+
+def test_huge_ints_and_values_whose_repr_fails_are_rendered_by_debug() -> None:
+    out = io.StringIO()
+    registry = vsrtel.Registry()  # the default policy: a failing handler is detached
+    handle = vsrtel.debug("app", file=out, registry=registry)
+    registry.execute("app.odd", {"count": 10**5000}, _odd_values())
+    registry.execute("app.after", {"n": 1})
+    assert [r.id for r in registry.list_handlers()] == [handle.id]
+    odd, after = out.getvalue().splitlines()
+    assert "count='<int of 5001 digits>'" in odd
+    assert "negative='<negative int of 6001 digits>'" in odd
+    assert "[7, <int of 5001 digits>]" in odd
+    assert "object='<unrepresentable Unprintable>'" in odd
+    assert "int_subclass='<unrepresentable UnprintableInt>'" in odd
+    assert "error='<unrepresentable ValueError>'" in odd
+    assert "app.after" in after and "n=1" in after
+
+
+def test_huge_ints_and_values_whose_repr_fails_are_rendered_as_json() -> None:
+    out = io.StringIO()
+    registry = vsrtel.Registry()
+    handle = logs.attach_logger("app", logger=_json_logger(out), registry=registry)
+    registry.execute("app.odd", {"count": 10**5000}, _odd_values())
+    registry.execute("app.after", {"n": 1})
+    assert [r.id for r in registry.list_handlers()] == [handle.id]
+    odd, after = map(json.loads, out.getvalue().splitlines())
+    assert odd["count"] == odd["huge"] == "<int of 5001 digits>"
+    assert odd["object"] == "<unrepresentable Unprintable>"
+    assert "<int of 5001 digits>" in odd["nested"]
+    assert after == {"event": "app.after", "n": 1}
+
+
+def test_a_huge_int_in_an_exception_event_keeps_the_traceback() -> None:
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+    registry = vsrtel.Registry()
+    logs.attach_logger("app", logger=logger, registry=registry)
+    with pytest.raises(ValueError), registry.span("app.job", {"size": 10**5000}):
+        raise ValueError("bad size")
+    start, exception = map(json.loads, out.getvalue().splitlines())
+    assert start["size"] == exception["size"] == "<int of 5001 digits>"
+    assert "ValueError: bad size" in exception["exception"]
+    assert len(registry.list_handlers()) == 1
 
 
 def test_attaching_again_for_the_same_prefix_and_logger_replaces(captured: list[Any]) -> None:
@@ -357,6 +455,8 @@ def test_handler_id_and_detach(captured: list[Any]) -> None:
         ({"level": "verbose"}, ValueError, "verbose"),
         ({"level": 15}, ValueError, "15"),
         ({"levels": {"app": "loud"}}, ValueError, "loud"),
+        ({"min_level": "verbose"}, ValueError, "min_level 'verbose'"),
+        ({"min_level": 0}, ValueError, "min_level 0"),
         ({"levels": {"": "info"}}, ValueError, "levels key"),
         ({"prefix": ("a", 2)}, TypeError, "prefix"),
         ({"prefix": "a..b"}, ValueError, "prefix"),
@@ -425,6 +525,8 @@ keys = st.one_of(
     st.none(),
     st.tuples(st.integers(), st.text(max_size=3)),
     st.frozensets(st.integers(), max_size=3),
+    st.builds(huge_int, st.just(5000)),
+    st.builds(Unprintable),
 )
 
 
@@ -447,6 +549,11 @@ leaves = st.one_of(
     st.builds(_deep, st.just(1_500)),
     st.just(ValueError("boom")),
     st.just(object()),
+    # Values whose repr raises: ints past the str-conversion limit, broken __repr__/__str__.
+    st.builds(huge_int, st.sampled_from([4300, 5000]), st.booleans()),
+    st.builds(Unprintable),
+    st.builds(UnprintableInt, st.integers()),
+    st.builds(huge_int_error),
 )
 values = st.recursive(
     leaves,
@@ -482,3 +589,124 @@ def test_any_event_is_logged_and_the_handlers_stay_attached(
     *_, last = json_out.getvalue().splitlines()
     assert json.loads(last) == {"event": "app.after", "n": 1}
     assert "app.after" in debug_out.getvalue().splitlines()[-1]
+
+
+def test_debug_shows_metadata_named_level_and_timestamp() -> None:
+    out = io.StringIO()
+    with vsrtel.debug("game", file=out):
+        vsrtel.execute("game.player.joined", {"n": 1}, {"level": "gold", "timestamp": 1234})
+    [line] = out.getvalue().splitlines()
+    assert "level_=gold" in line and "timestamp_=1234" in line
+    assert "[debug" in line  # the line's own level and time are still there
+
+
+@pytest.fixture
+def default_structlog() -> Iterator[None]:
+    """structlog exactly as a new user has it: not configured at all."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def test_level_and_timestamp_survive_structlog_default_processors(
+    default_structlog: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.attach_logger("game")
+    vsrtel.execute("game.player.joined", {"n": 1}, {"level": "gold", "timestamp": 1234})
+    line = capsys.readouterr().out
+    assert "level_=gold" in line and "timestamp_=1234" in line
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_remote_parent_is_shown_as_its_trace_id_by_debug() -> None:
+    out = io.StringIO()
+    with vsrtel.debug("app", file=out):
+        parent = spans.extract({"traceparent": TRACEPARENT})
+        with vsrtel.span("app.request", {"trace_parent": parent}):
+            pass
+    start, stop = out.getvalue().splitlines()
+    for line in (start, stop):
+        assert f"trace_parent={TRACE_ID}" in line
+        assert "SpanContext" not in line and len(line) < 150
+
+
+def test_every_form_of_remote_parent_is_shown_as_its_trace_id(captured: list[Any]) -> None:
+    logs.attach_logger("app")
+    context = spans.extract({"traceparent": TRACEPARENT})
+    span_context = trace.get_current_span(context).get_span_context()
+    parents = [
+        context,
+        span_context,
+        trace.NonRecordingSpan(span_context),
+        TRACEPARENT,
+        spans.extract({}),  # no traceparent header came in
+        "not a traceparent",
+    ]
+    for parent in parents:
+        vsrtel.execute("app.request.start", {"n": 1}, {"trace_parent": parent})
+    assert [entry["trace_parent"] for entry in captured] == [
+        TRACE_ID,
+        TRACE_ID,
+        TRACE_ID,
+        TRACE_ID,
+        None,
+        "not a traceparent",
+    ]
+
+
+def test_min_level_filters_under_structlog_default_configuration(
+    default_structlog: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.attach_logger("app", level="debug", min_level="info", levels={"app.audit": "warning"})
+    for _ in range(3):
+        with vsrtel.span("app.request", {"path": "/x"}):  # start and stop at debug
+            vsrtel.execute("app.audit.login", {"n": 1})
+    with pytest.raises(KeyError), vsrtel.span("app.request", {"path": "/y"}):
+        raise KeyError("gone")
+    lines = capsys.readouterr().out.splitlines()
+    events = [m.group(1) for m in map(re.compile(r".*\[\w+ *\] (\S+)").match, lines) if m]
+    assert events == ["app.audit.login"] * 3 + ["app.request.exception"]
+
+
+def test_min_level_filtered_events_build_nothing() -> None:
+    class Exploding(Mapping[str, Any]):
+        def __getitem__(self, key: str) -> Any:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __iter__(self) -> Iterator[str]:
+            raise AssertionError("metadata was read for a filtered-out event")
+
+        def __len__(self) -> int:
+            return 1
+
+    registry = vsrtel.Registry(on_error="raise")
+    with capture_logs() as entries:
+        logs.attach_logger("app", min_level="warning", level="info", registry=registry)
+        registry.execute("app.tick", {"n": 1}, Exploding())
+    assert entries == []
+
+
+def test_min_level_and_the_loggers_own_level_both_apply() -> None:
+    out = io.StringIO()
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(out),
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    logs.attach_logger(
+        "app", logger=logger, min_level="info", levels={"app.a": "debug", "app.b": "info"}
+    )
+    for name in ("app.a.x", "app.b.x", "app.c.x", "app.c.failure"):
+        vsrtel.execute(name, {"n": 1})
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["app.c.failure"]
+
+
+def test_min_level_accepts_names_and_numbers(captured: list[Any]) -> None:
+    logs.attach_logger("a", min_level="WARNING")
+    logs.attach_logger("b", min_level=logging.INFO, level="info")
+    vsrtel.execute("a.x", {"n": 1})
+    vsrtel.execute("b.x", {"n": 1})
+    assert [entry["event"] for entry in captured] == ["b.x"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-INT64 = range(-(2**63), 2**63)
+INT64 = range(-(2**63), 2**63)  # `in` only for exact ints: an int subclass scans the range
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def scalar(value: Any) -> str | bool | int | float | None:
@@ -13,12 +14,13 @@ def scalar(value: Any) -> str | bool | int | float | None:
 
     Numbers and strings stay (an int outside int64 becomes its text), an enum member becomes its
     name, a class its qualified name, anything else its ``str()``; None, or an object whose
-    ``str()`` fails, has no value.
+    ``str()`` fails (an int too long to print among them), has no value.
     """
     if isinstance(value, str | bool | float):
         return value
     if isinstance(value, int):
-        return value if value in INT64 else str(value)
+        # Compared, not `in INT64`: for an int subclass (an IntEnum) that scans 2**64 numbers.
+        return value if _INT64_MIN <= value <= _INT64_MAX else text(value)
     if value is None:
         return None
     if isinstance(value, Enum):

@@ -2,35 +2,44 @@
 
 >>> from vsrtel.handlers import logs
 >>> handler_id = logs.attach_logger("app", level="info", levels={"app.heartbeat": "debug"})
+>>> handler_id = logs.attach_logger("vsr", min_level="info")  # nothing below info is logged
 
 Each event under the prefix becomes one structlog call whose event is the dotted event name and
 whose key/value pairs are the measurements and metadata: durations (``duration``, ``*_duration``
 and ``*_time`` deltas, integer nanoseconds) become ``<key>_ms`` in milliseconds, the absolute
 ``monotonic_time``/``system_time`` clocks are left out (the log line has its own timestamp),
-secrets are redacted (the rule is in README.md, "Secrets"), and ``trace_id``/``span_id`` are
-added when an OpenTelemetry span is recording. ``exception`` and ``failure`` events (a span's
-exception, the core's handler failures, the poller's) log at error with the exception's
-traceback, scrubbed of secrets, as the ``exception`` text (as structlog's ``format_exc_info``
-would put it; with ``redact=()`` the exception itself is passed as ``exc_info``).
+secrets are redacted (the rule is in README.md, "Secrets"), ``trace_id``/``span_id`` are added
+when an OpenTelemetry span is recording, and a remote parent in ``trace_parent`` (an
+OpenTelemetry ``Context``, ``SpanContext`` or W3C ``traceparent``) is shown as its 32-hex trace
+id. ``exception`` and ``failure`` events (a span's exception, the core's handler failures, the
+poller's) log at error with the exception's traceback, scrubbed of secrets, as the
+``exception`` text (as structlog's ``format_exc_info`` would put it; with ``redact=()`` the
+exception itself is passed as ``exc_info``).
 
-When the logger's level filters an event out, the handler returns before building anything.
+``level``/``levels`` choose the level each event is logged *at*; ``min_level`` is a threshold:
+events below it are not logged, whatever the logger's configuration. When ``min_level`` or the
+logger's own level filters an event out, the handler returns before building anything.
 Any payload becomes a line: odd keys are turned into str, keys that clash with structlog's own
-(``event``, ``self``...) get a trailing ``_``, and values the logger cannot render are logged as
-their repr.
+(``event``, ``level``, ``timestamp``, ``self``...) get a trailing ``_``, and values the logger
+cannot render are logged as their repr, or as ``<int of 5001 digits>`` and
+``<unrepresentable Foo>`` when even ``repr`` fails.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import reprlib
+import string
 import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 import vsrtel
 from vsrtel import EventName
@@ -48,10 +57,14 @@ LEVELS: Mapping[str, int] = {
 }
 _METHODS = {number: name for name, number in LEVELS.items()}
 _CLOCKS = frozenset({"monotonic_time", "system_time"})
-# Keys a structlog call interprets itself or that clash with the parameters of its methods;
-# event data under these names is renamed with "_".
-_RESERVED = frozenset({"event", "exc_info", "stack_info", "self", "method_name"})
+# Keys a structlog call interprets itself, that clash with the parameters of its methods, or
+# that structlog's default processors (add_log_level, TimeStamper) overwrite; event data under
+# these names is renamed with "_".
+_RESERVED = frozenset(
+    {"event", "exc_info", "stack_info", "self", "method_name", "level", "timestamp"}
+)
 _HUGE = 1e300
+_HEX = frozenset(string.hexdigits)
 _MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
 
@@ -60,6 +73,7 @@ def attach_logger(
     prefix: str | Sequence[str] = (),
     *,
     level: str | int = "debug",
+    min_level: str | int | None = None,
     logger: Any = None,
     handler_id: Hashable | None = None,
     redact: Iterable[str] = DEFAULT_SECRET_KEYS,
@@ -68,10 +82,14 @@ def attach_logger(
 ) -> vsrtel.Handle:
     """Attach a handler that logs every event under ``prefix`` (``()`` = all) with structlog.
 
-    ``level`` is the default level (``"debug"``, ``"info"``, ``"warning"``, ``"error"``,
-    ``"critical"`` or a `logging` number); ``levels`` maps event-name prefixes to levels, the
-    longest matching prefix winning (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``).
-    ``exception`` and ``failure`` events always log at error. ``logger`` is a structlog bound logger
+    ``level`` is the level events are logged *at* (``"debug"``, ``"info"``, ``"warning"``,
+    ``"error"``, ``"critical"`` or a `logging` number): the logger method called, not a filter;
+    ``levels`` maps event-name prefixes to levels, the longest matching prefix winning
+    (``{"vsr.heartbeat": "debug", "vsr.view": "info"}``). ``exception`` and ``failure`` events
+    always log at error. ``min_level`` is the minimum level: an event whose level is below it is
+    not logged at all, even when the logger filters nothing (as under structlog's default
+    configuration); the logger's own filter still applies, and ``None`` leaves filtering to it
+    alone. ``logger`` is a structlog bound logger
     (default ``structlog.get_logger("vsrtel")``); a lazy proxy is resolved now, so configure
     structlog before attaching. ``redact`` names the secret keys (see README.md, "Secrets";
     ``DEFAULT_SECRET_KEYS | {"ssn"}`` extends the default, ``()`` turns redaction off).
@@ -82,10 +100,11 @@ def attach_logger(
 
     Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
     ``.detach()`` it, or ``vsrtel.detach(handle)``.
-    Raises ``ValueError``/``TypeError`` naming a bad prefix, level or key.
+    Raises ``ValueError``/``TypeError`` naming a bad prefix, level, min_level or key.
     """
     event_prefix = vsrtel.event_name(prefix, what="prefix", allow_empty=True)
     default = _level(level)
+    threshold = logging.NOTSET if min_level is None else _level(min_level, what="min_level")
     rules = sorted(
         (
             (vsrtel.event_name(key, what="levels key"), _level(value))
@@ -103,7 +122,9 @@ def attach_logger(
         logger = bind()
     if not callable(getattr(logger, "info", None)):
         raise TypeError(f"logger must be a structlog logger, got {logger!r}")
-    handler = _LogHandler(logger, default, rules, Secrets(redact), (event_prefix, source))
+    handler = _LogHandler(
+        logger, default, threshold, rules, Secrets(redact), (event_prefix, source)
+    )
     registry = vsrtel.Registry.or_default(registry)
     if handler_id is None:
         handler_id = _detach_same(registry, handler)
@@ -162,6 +183,7 @@ class _LogHandler:
         self,
         logger: Any,
         default: int,
+        min_level: int,
         rules: list[tuple[EventName, int]],
         secrets: Secrets,
         origin: tuple[EventName, Any],
@@ -172,9 +194,17 @@ class _LogHandler:
         self.secrets = secrets
         # (prefix, the logger argument as given): what makes a second attach a repeat.
         self.origin = origin
-        self.is_enabled_for: Callable[[int], bool] | None = getattr(
+        logger_enabled: Callable[[int], bool] | None = getattr(
             logger, "is_enabled_for", None
         ) or getattr(logger, "isEnabledFor", None)
+        self.is_enabled_for = logger_enabled
+        if min_level > logging.NOTSET:
+            # Folded into the one check the hot path already makes, so that a handler without
+            # a minimum level pays nothing for it.
+            if logger_enabled is None:
+                self.is_enabled_for = min_level.__le__
+            else:
+                self.is_enabled_for = lambda level: level >= min_level and logger_enabled(level)
         self.names: dict[EventName, tuple[int, str, str]] = {}
 
     def resolve(self, name: EventName) -> tuple[int, str, str]:
@@ -211,8 +241,13 @@ class _LogHandler:
             log(dotted, **fields)
         except Exception:
             # The logger could not render a value (a key JSON cannot hold, a cycle inside an
-            # object...): the same line with every value as its repr.
-            log(dotted, **{key: _plain(value) for key, value in fields.items()})
+            # object, an int too long for repr, a broken __repr__...): the same line with every
+            # value as text that cannot fail. The exception itself is left to the logger, whose
+            # traceback formatting survives a broken __str__.
+            try:
+                log(dotted, **{k: v if k == "exc_info" else _plain(v) for k, v in fields.items()})
+            except Exception as error:
+                log(dotted, log_error=f"the logger could not render this event: {_name(error)}")
 
     def fields(
         self, level: int, measurements: Mapping[Any, Any], metadata: Mapping[Any, Any]
@@ -220,6 +255,9 @@ class _LogHandler:
         """The structlog key/value pairs for one event."""
         redact = self.secrets.redact
         fields = {_field(key): value for key, value in redact(metadata).items()}
+        parent = fields.get("trace_parent")
+        if parent is not None:
+            fields["trace_parent"] = _trace_id(parent)
         if level >= logging.ERROR and isinstance(fields.get("reason"), BaseException):
             reason = fields.pop("reason")
             if self.secrets.names:
@@ -248,8 +286,34 @@ class _LogHandler:
 
 
 def _field(key: Any) -> str:
-    key = str(key)
+    try:
+        key = str(key)
+    except Exception:
+        key = _unrepresentable(key)
     return f"{key}_" if key in _RESERVED else key
+
+
+def _trace_id(parent: Any) -> Any:
+    """The trace id (32 hex digits) of a remote parent, None if it holds no valid one.
+
+    A ``Context`` (what ``spans.extract`` returns), a ``SpanContext``, a ``Span`` or a W3C
+    ``traceparent`` string; any other value is returned unchanged.
+    """
+    if isinstance(parent, Context):
+        span_context = trace.get_current_span(parent).get_span_context()
+    elif isinstance(parent, trace.SpanContext):
+        span_context = parent
+    elif isinstance(parent, trace.Span):
+        span_context = parent.get_span_context()
+    elif isinstance(parent, str):
+        # version-trace_id-parent_id-flags; anything else is shown as it is.
+        parts = parent.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and set(parts[1]) <= _HEX:
+            return parts[1].lower()
+        return parent
+    else:
+        return parent
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
 
 
 def _is_duration(key: str, value: Any) -> bool:
@@ -262,22 +326,99 @@ def _is_duration(key: str, value: Any) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` if every logger can render it, else its repr."""
-    if value.__class__ in (str, int, float, bool) or isinstance(value, BaseException):
+    """``value`` if every logger can render it, else text standing for it."""
+    cls = value.__class__
+    if cls is str or cls is float or cls is bool:
         return value
+    if cls is int:
+        text = _int_text(value)
+        return value if text is None else text
     return _repr(value)
 
 
 def _repr(value: Any) -> str:
+    """``repr(value)``, or text standing for it when that fails; never raises."""
     try:
         return repr(value)
-    except Exception:  # a broken __repr__, or nesting too deep for the recursion limit
-        return reprlib.repr(value)
+    except Exception:  # a broken __repr__, an int too long, nesting too deep for the stack
+        pass
+    try:
+        return _SAFE_REPR.repr(value)
+    except Exception:  # an object reprlib misreads by its class name ("list", "int"...)
+        return _unrepresentable(value)
 
 
-def _level(level: str | int) -> int:
+def _int_text(value: int) -> str | None:
+    """``<int of N digits>`` for an int too long for ``repr`` (see `sys.set_int_max_str_digits`),
+    else None."""
+    try:
+        int.__repr__(value)
+    except ValueError:
+        pass
+    else:
+        return None
+    number = int.__int__(value)
+    magnitude = abs(number)
+    # 10**(digits - 1) <= magnitude, and 2**(bits - 1) <= magnitude < 2**bits: the estimate is
+    # exact or one short, checked by one power of ten while that is cheap (< 0.1 s).
+    digits = int((magnitude.bit_length() - 1) * math.log10(2)) + 1
+    about = "about "
+    if digits < 100_000:
+        about = ""
+        if magnitude >= 10**digits:
+            digits += 1
+    sign = "negative " if number < 0 else ""
+    return f"<{sign}int of {about}{digits} digits>"
+
+
+def _unrepresentable(value: Any) -> str:
+    """Text for a value whose ``repr``/``str`` raised."""
+    if isinstance(value, int):
+        text = _int_text(value)
+        if text is not None:
+            return text
+    return f"<unrepresentable {_name(value)}>"
+
+
+def _name(value: Any) -> str:
+    try:
+        return type(value).__qualname__
+    except Exception:
+        return "object"
+
+
+class _SafeRepr(reprlib.Repr):
+    """A ``repr`` for the fallback: bounded in depth and size, and never raising."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 8
+        self.maxdict = self.maxlist = self.maxtuple = 32
+        self.maxset = self.maxfrozenset = self.maxdeque = 32
+        self.maxstring = self.maxother = 400
+
+    def repr_int(self, x: Any, level: int) -> str:
+        # Called for any class named "int", an int or not.
+        text = _int_text(x) if isinstance(x, int) else None
+        return self.repr_instance(x, level) if text is None else text
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            text = repr(x)
+        except Exception:
+            return _unrepresentable(x)
+        if len(text) > self.maxother:
+            keep = self.maxother // 2
+            text = f"{text[:keep]}...{text[-keep:]}"
+        return text
+
+
+_SAFE_REPR = _SafeRepr()
+
+
+def _level(level: str | int, what: str = "log level") -> int:
     if isinstance(level, str) and level.lower() in LEVELS:
         return LEVELS[level.lower()]
     if isinstance(level, int) and not isinstance(level, bool) and level in _METHODS:
         return level
-    raise ValueError(f"unknown log level {level!r}; use one of {', '.join(LEVELS)}")
+    raise ValueError(f"unknown {what} {level!r}; use one of {', '.join(LEVELS)}")
