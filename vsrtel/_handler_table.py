@@ -146,13 +146,15 @@ def build_route(
     """The route of ``name``, or None when nobody would receive it."""
     handlers = [h for h in prefix_handlers if starts_with(name, h.event_name)]
     if signal is not None and signal.receivers and not signal.is_muted:
-        # Connected for any sender, or for this event's own: blinker's rule, by its public API
-        # (it also drops weak receivers found dead).
-        wanted = list(signal.receivers_for(signal.name))
+        wanted: list[Any] | None = None
         for key, receiver in list(signal.receivers.items()):
             if isinstance(receiver, Registration):
                 handlers.append(receiver)
                 continue
+            if wanted is None:
+                # Connected for any sender, or for this event's own: blinker's rule, asked of
+                # blinker's public API (which also drops the weak receivers it finds dead).
+                wanted = list(signal.receivers_for(signal.name))
             target = receiver() if isinstance(receiver, weakref.ref) else receiver
             if target is None or not any(_same(target, w) for w in wanted):
                 continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -372,6 +373,8 @@ class Registry:
 
     def _receiver_died(self, _ref: object) -> None:
         """A weakly held blinker receiver of some route was collected: route around it."""
+        if sys.is_finalizing():
+            return  # the interpreter is going away: nothing will be emitted any more
         with self._lock:
             self._deaths += 1
             self._rebuild()
