@@ -579,3 +579,13 @@ def test_an_empty_list_turns_every_redaction_off(sinks: Sinks) -> None:
 def test_bad_names_raise_naming_the_value(names: Any, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         Secrets(names)
+
+
+def test_the_verdict_cache_follows_the_one_cache_policy() -> None:
+    from vsrtel._names import CACHE_LIMIT
+
+    secrets = Secrets(["password"])
+    for i in range(CACHE_LIMIT + 10):
+        assert secrets.is_secret(f"field_{i}") is False
+    assert secrets.is_secret("db_password") is True
+    assert len(secrets._verdicts) <= CACHE_LIMIT

@@ -69,3 +69,42 @@ def test_bad_scope_names_are_rejected() -> None:
         vsrtel.Scope("", common)
     with pytest.raises(ValueError, match="segment 1 is empty"):
         vsrtel.Scope("vsr", common).execute("a..b", Replica(1, 1), 1)
+
+
+def test_scope_span_does_not_call_metadata_fn_when_nobody_listens() -> None:
+    calls: list[Replica] = []
+
+    def counted(state: Replica) -> dict[str, Any]:
+        calls.append(state)
+        return common(state)
+
+    registry = vsrtel.Registry()
+    scope = vsrtel.Scope("vsr", counted, registry=registry)
+    with scope.span("state_machine.operation", Replica(1, 1), {"op": "put"}):
+        pass
+    assert calls == []
+    with (
+        capture("vsr.state_machine", registry=registry) as events,
+        scope.span("state_machine.operation", Replica(2, 3), {"op": "get"}) as span,
+    ):
+        span.metadata["result"] = "ok"
+    assert len(calls) == 1  # once per span, shared by its events
+    assert [e.metadata for e in events] == [
+        {"node_id": 2, "view_number": 3, "op": "get", "telemetry_span_context": span.context},
+        {
+            "node_id": 2,
+            "view_number": 3,
+            "op": "get",
+            "telemetry_span_context": span.context,
+            "result": "ok",
+        },
+    ]
+
+
+def test_the_scope_name_cache_is_bounded_by_the_one_policy() -> None:
+    from vsrtel._names import CACHE_LIMIT
+
+    scope = vsrtel.Scope("app", common)
+    for i in range(CACHE_LIMIT + 500):
+        assert scope.name(("user", str(i))) == ("app", "user", str(i))
+    assert len(scope._names) <= CACHE_LIMIT

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 import vsrtel
+from vsrtel import _span
+from vsrtel._names import CACHE_LIMIT
 from vsrtel.testing import CapturedEvent, capture
 
 
@@ -557,3 +559,45 @@ def test_an_async_generator_left_with_break_ends_normally_and_leaves_no_stale_sp
         gc.collect()  # reports an exception nobody retrieved from the closing task, if any
     assert names(events) == ["agen.start", "agen.stop"]
     assert loop_errors == []
+
+
+def test_lazy_span_metadata_is_called_once_and_only_when_needed() -> None:
+    registry = vsrtel.Registry()
+    calls: list[int] = []
+
+    def metadata() -> dict[str, Any]:
+        calls.append(1)
+        return {"user": "alice"}
+
+    with registry.span("a", metadata):
+        pass
+    assert calls == []  # nobody listened: never called
+    with capture("a", registry=registry) as events, registry.span("a", metadata) as span:
+        pass
+    assert calls == [1]
+    assert [e.metadata["user"] for e in events] == ["alice", "alice"]
+    assert span.metadata["user"] == "alice" and calls == [1]
+    quiet = registry.span("b", metadata)
+    assert quiet.context is not None and calls == [1, 1]  # read: called
+
+
+def test_lazy_span_metadata_that_is_no_mapping_is_named() -> None:
+    registry = vsrtel.Registry()
+    registry.attach("h", "a.start", lambda *_: None)
+    with (
+        pytest.raises(TypeError, match=r"span a: lazy metadata returned \[1\], not a mapping"),
+        registry.span("a", lambda: [1]),  # type: ignore[arg-type, return-value]
+    ):
+        pass
+    assert vsrtel.current_span() is None
+
+
+def test_many_distinct_span_prefixes_keep_every_cache_bounded() -> None:
+    registry = vsrtel.Registry()
+    registry.attach_prefix("p", "job", lambda *_: None)
+    for i in range(CACHE_LIMIT + 100):
+        with registry.span(("job", str(i))):
+            pass
+    assert len(registry._spans) <= CACHE_LIMIT
+    assert len(registry._span_prefixes) <= CACHE_LIMIT
+    assert len(_span._event_names) <= CACHE_LIMIT

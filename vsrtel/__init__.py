@@ -9,17 +9,10 @@ from __future__ import annotations
 
 import typing as _typing
 
+from vsrtel._handler_table import HandlerRecord
 from vsrtel._names import EventName, event_name, starts_with
-from vsrtel._registry import (
-    FAILURE_EVENT,
-    AlreadyAttachedError,
-    Clock,
-    Handle,
-    HandlerRecord,
-    Registry,
-    default_registry,
-)
-from vsrtel._span import Span, current_span
+from vsrtel._registry import FAILURE_EVENT, AlreadyAttachedError, Handle, Registry, default_registry
+from vsrtel._span import Clock, Span, current_span
 from vsrtel.scope import Scope
 
 if _typing.TYPE_CHECKING:

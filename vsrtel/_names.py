@@ -1,10 +1,14 @@
-"""Event names: tuples of string segments, also written as dotted strings."""
+"""Event names: tuples of string segments, also written as dotted strings; and the one policy
+of vsrtel's caches of what a name resolves to."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import MutableMapping, Sequence
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 EventName = tuple[str, ...]
 #: What callers may pass as a name: a tuple (or list) of segments, or a dotted string.
@@ -44,3 +48,22 @@ def event_name(name: Name, *, what: str = "event name", allow_empty: bool = Fals
 def starts_with(name: EventName, prefix: EventName) -> bool:
     """Whether ``name`` is ``prefix`` or under it (``()`` is a prefix of every name)."""
     return name[: len(prefix)] == prefix
+
+
+#: The bound of every cache of what a name resolves to (a route, a span's event names, a scope's
+#: full name): names are few in a sound program, but a caller that builds them from data (an id
+#: in a segment) must not grow memory without end.
+CACHE_LIMIT = 10_000
+
+
+def remember(cache: MutableMapping[K, V], key: K, value: V) -> V:
+    """Store ``value`` in ``cache`` and return it; a full cache starts over first.
+
+    The one eviction policy of vsrtel's caches: a hit stays one plain dict lookup (an LRU would
+    pay on every hit), memory stays bounded, and a program's working set, far smaller than the
+    bound, is cached again within a few calls of starting over.
+    """
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+    return value

@@ -15,7 +15,8 @@ This module is the only implementation of the rule; README.md states it once, un
   ``key=value``, ``key: value``, ``"key": "value"`` or ``('key', 'value')`` pair whose key is
   secret by the key rule (which covers query parameters such as ``?access_token=``).
 
-Only the standard library is imported: the core registry uses it for its own log lines.
+Only the standard library (and vsrtel._names, for the one cache policy) is imported: the core
+registry uses it for its own log lines.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, AnyStr
+
+from vsrtel._names import remember
 
 REDACTED = "[REDACTED]"
 # Stands for a container met again inside itself, so that the copy has no cycle.
@@ -71,7 +74,6 @@ _COLLECTIONS = (set, frozenset, deque)
 # Containers nested deeper than this are replaced whole: they cannot be checked without
 # risking the interpreter's recursion limit.
 _MAX_DEPTH = 64
-_MAX_CACHED_KEYS = 4096
 _IN_PROGRESS = object()
 
 _QUOTED = r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\""""
@@ -169,9 +171,7 @@ class Secrets:
             if isinstance(key, str | bytes):
                 normalized = _normalize(key)
                 verdict = any(name in normalized for name in self.names)
-            if len(self._verdicts) >= _MAX_CACHED_KEYS:
-                self._verdicts = {}
-            self._verdicts[key] = verdict
+            remember(self._verdicts, key, verdict)
         return verdict
 
     def redact(self, data: Mapping[Any, Any]) -> Mapping[Any, Any]:

@@ -1,17 +1,16 @@
-"""The handler registry: storage, the dispatch snapshot, and failure isolation.
+"""The handler registry: attaching, emitting, and failure isolation.
 
-Storage is one blinker ``NamedSignal`` per event name (our handlers are connected to it, and so
-may anyone's plain blinker receivers), plus an ordered list of prefix handlers. ``execute`` never
-touches that storage: it reads ``_routes``, an immutable-by-convention dict from event name to
-``_Route`` (or ``None`` when nobody listens), rebuilt under a lock on every attach/detach and
-published with one assignment. Names that only prefix handlers (or nobody) receive are resolved
-on first use and cached in the same dict, so the fast path is one dict lookup.
+What is attached where, and the routes built from it, are the handler table's
+(`vsrtel._handler_table`): this module keeps the storage and its lock, and publishes the table's
+routes. ``execute`` never touches the storage: it reads ``_routes``, an immutable-by-convention
+dict from event name to ``Route`` (or ``None`` when nobody listens), rebuilt under the lock on
+every change (attach, detach, a blinker receiver connected, disconnected or collected, a signal
+muted) and published with one assignment. Names that only prefix handlers (or nobody) receive
+are resolved on first use and cached in the same dict, so the fast path is one dict lookup.
 
-Spans (`vsrtel._span`) dispatch through one door, and use nothing else of the registry's
-internals: when a span starts, read ``_spans`` (all three routes of a span by its start name,
-None when nobody listens to any), calling ``_lookup_span`` on a miss; when it ends, read
-``_routes``, calling ``_lookup`` on a miss; ``_dispatch`` a route. ``execute`` inlines
-``_dispatch`` for speed; a test drives failures through both so that the two copies cannot drift.
+Spans (`vsrtel._span`) reach the registry through the ``Dispatcher`` protocol declared there;
+``execute`` inlines ``_dispatch`` for speed, and a test drives failures through both so that
+the two copies cannot drift.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -27,21 +27,44 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, TypeVar
 
-import blinker
-
-from vsrtel._names import EventName, Name, event_name, starts_with
+from vsrtel._handler_table import (
+    EventSignal,
+    HandlerFunction,
+    HandlerRecord,
+    Measurements,
+    Metadata,
+    Registration,
+    Route,
+    SpanRoutes,
+    attached_ids,
+    build_route,
+    build_routes,
+    order_foreign,
+)
+from vsrtel._names import EventName, Name, event_name, remember, starts_with
 from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
-from vsrtel._span import new_span
+from vsrtel._span import Clock, SpanNames, new_span
 
-Measurements = Mapping[str, Any]
-Metadata = Mapping[str, Any]
-HandlerFunction = Callable[[EventName, Measurements, Metadata, Any], object]
+__all__ = [
+    "FAILURE_EVENT",
+    "AlreadyAttachedError",
+    "Clock",
+    "Handle",
+    "HandlerFunction",
+    "HandlerRecord",
+    "Measurements",
+    "Metadata",
+    "OnError",
+    "Registry",
+    "default_registry",
+]
+
 OnError = Literal["detach", "keep", "raise"]
+T = TypeVar("T")
 
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
-_MAX_ROUTES = 10_000  # bound on cached name resolutions; past it the cache starts over
 _STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
 _FAILURE_RESERVE = 100  # frames; detaching, logging and reporting a failure need about 30
 
@@ -50,69 +73,6 @@ log = logging.getLogger("vsrtel")
 
 class AlreadyAttachedError(ValueError):
     """Raised when a handler id is already in use in the registry."""
-
-
-class Clock(Protocol):
-    """A source of time: the ``time`` module, or a simulated clock."""
-
-    def monotonic_ns(self) -> int: ...
-
-    def time_ns(self) -> int: ...
-
-
-class HandlerRecord(NamedTuple):
-    """One attached handler for one event name (or prefix), as ``list_handlers`` returns it."""
-
-    id: Hashable
-    event_name: EventName
-    function: HandlerFunction
-    config: Any
-
-
-class _Handler:
-    """An attached handler on one event (or prefix); also a blinker receiver."""
-
-    __slots__ = (
-        "config", "event_name", "function", "id", "is_prefix", "receiver", "seq", "trusted"
-    )
-
-    def __init__(
-        self,
-        handler_id: Hashable,
-        name: EventName,
-        function: HandlerFunction,
-        config: Any,
-        seq: int,
-        *,
-        is_prefix: bool = False,
-        receiver: Any = None,
-        trusted: bool = False,
-    ) -> None:
-        self.id = handler_id
-        self.event_name = name
-        self.function = function
-        self.config = config
-        self.seq = seq
-        self.is_prefix = is_prefix
-        self.receiver = receiver  # set for plain blinker receivers, which we did not attach
-        self.trusted = trusted
-
-    def __call__(self, sender: EventName, **kwargs: Any) -> None:
-        """Receive a direct ``signal.send(name, measurements=..., metadata=...)``."""
-        measurements, metadata = kwargs.get("measurements", {}), kwargs.get("metadata", {})
-        self.function(sender, measurements, metadata, self.config)
-
-    def record(self) -> HandlerRecord:
-        return HandlerRecord(self.id, self.event_name, self.function, self.config)
-
-
-class _Route(NamedTuple):
-    name: EventName
-    handlers: tuple[tuple[HandlerFunction, Any, _Handler], ...]
-    trusted: bool  # every handler was attached trusted: they get the caller's dicts as they are
-
-
-_SpanRoutes = tuple[_Route | None, _Route | None, _Route | None]  # start, stop, exception
 
 
 class Handle:
@@ -147,17 +107,6 @@ class Handle:
 
     def __repr__(self) -> str:
         return f"<vsrtel.Handle {self.id!r}>"
-
-
-def _blinker_adapter(receiver: Any) -> HandlerFunction:
-    """Call a plain blinker receiver (held strongly or by weakref) the way ``send`` would."""
-
-    def call(name: EventName, measurements: Measurements, metadata: Metadata, _: Any) -> None:
-        target = receiver() if isinstance(receiver, weakref.ref) else receiver
-        if target is not None:
-            target(name, measurements=measurements, metadata=metadata)
-
-    return call
 
 
 # The default metadata: a dict, so that the common call passes the payload checks at one class
@@ -258,13 +207,14 @@ class Registry:
         return default_registry if registry is None else registry
 
     def _reset(self) -> None:
-        self._signals: dict[EventName, blinker.NamedSignal] = {}
-        self._handlers: dict[Hashable, list[_Handler]] = {}
-        self._prefix_handlers: list[_Handler] = []
+        self._signals: dict[EventName, EventSignal] = {}
+        self._handlers: dict[Hashable, list[Registration]] = {}
+        self._prefix_handlers: list[Registration] = []
         self._foreign_seq: dict[tuple[EventName, Hashable], int] = {}
-        self._routes: dict[Any, _Route | None] = {}
-        self._spans: dict[str, _SpanRoutes | None] = {}
-        self._span_prefixes: set[EventName] = set()
+        self._routes: dict[Any, Route | None] = {}
+        self._spans: dict[str, SpanRoutes | None] = {}
+        self._span_prefixes: dict[EventName, None] = {}
+        self._deaths = 0  # blinker receivers collected so far (see _settled)
 
     # -- attaching -------------------------------------------------------------------------
 
@@ -341,13 +291,12 @@ class Registry:
         with self._lock:
             if handler_id in self._handlers:
                 raise AlreadyAttachedError(f"handler id {handler_id!r} is already attached")
-            if not is_prefix:
-                for name in names:
-                    if name in self._span_prefixes:
-                        _warn_span_prefix(handler_id, name)
+            span_prefixes = [] if is_prefix else [n for n in names if n in self._span_prefixes]
             seq = next(self._seq)
             handlers = [
-                _Handler(handler_id, n, function, config, seq, is_prefix=is_prefix, trusted=trusted)
+                Registration(
+                    handler_id, n, function, config, seq, is_prefix=is_prefix, trusted=trusted
+                )
                 for n in names
             ]
             self._handlers[handler_id] = handlers
@@ -357,6 +306,10 @@ class Registry:
                 else:
                     self.signal(handler.event_name).connect(handler, weak=False)
             self._rebuild()
+        # Outside the lock, as all calls out of this module: a warning may take the locks of
+        # logging handlers, and a collected blinker receiver's callback waits for this lock.
+        for name in span_prefixes:
+            _warn_span_prefix(handler_id, name)
 
     def detach(self, handler_id: Hashable) -> bool:
         """Detach a handler (by id or :class:`Handle`) from every event; False if none was.
@@ -388,71 +341,86 @@ class Registry:
                 if starts_with(h.event_name, wanted)
             ]
 
-    def signal(self, event_name_: Name) -> blinker.NamedSignal:
-        """Return the blinker signal of an event.
+    def signal(self, event_name_: Name) -> EventSignal:
+        """Return the blinker signal (a ``blinker.NamedSignal``) of an event.
 
         A receiver connected to it is called as ``receiver(event_name, measurements=...,
-        metadata=...)`` on every ``execute`` of that event, after the handlers attached before it.
+        metadata=...)`` on every ``execute`` of that event, after the handlers attached before it,
+        with blinker's semantics: connected with ``sender=``, it is called only when that sender
+        is the event's dotted name (``"app.request.stop"``), as which ``execute`` sends it; held
+        weakly (blinker's default), it stops receiving, and counting for :meth:`enabled`, when
+        it is garbage-collected. While the signal is muted (``with signal.muted():``) none of its
+        receivers is called: neither blinker receivers nor the handlers attached to this event
+        (handlers attached with a prefix are not its receivers, and still are).
         """
         name = event_name(event_name_)
         with self._lock:
             signal = self._signals.get(name)
             if signal is None:
-                signal = blinker.NamedSignal(".".join(name))
+                signal = EventSignal(".".join(name))
                 signal.receiver_connected.connect(self._on_receivers_changed)
                 signal.receiver_disconnected.connect(self._on_receivers_changed)
+                signal.notify(self._rebuild_locked)
                 self._signals[name] = signal
             return signal
 
     def _on_receivers_changed(self, _signal: Any, **_: Any) -> None:
+        self._rebuild_locked()
+
+    def _rebuild_locked(self) -> None:
         with self._lock:
+            self._rebuild()
+
+    def _receiver_died(self, _ref: object) -> None:
+        """A weakly held blinker receiver of some route was collected: route around it."""
+        if sys.is_finalizing():
+            return  # the interpreter is going away: nothing will be emitted any more
+        with self._lock:
+            self._deaths += 1
             self._rebuild()
 
     # -- the dispatch snapshot -------------------------------------------------------------
 
     def _rebuild(self) -> None:
         """Recompute routes for every event with receivers and publish them (lock held)."""
-        routes: dict[Any, _Route | None] = {}
-        seen: set[tuple[EventName, Hashable]] = set()
-        for name, signal in self._signals.items():
-            if signal.receivers:
-                routes[name] = self._build_route(name, seen)
-        self._foreign_seq = {k: v for k, v in self._foreign_seq.items() if k in seen}
-        self._routes = routes
+        self._foreign_seq = order_foreign(self._signals, self._foreign_seq, self._seq.__next__)
+        self._routes = self._settled(
+            lambda: build_routes(
+                self._signals, self._prefix_handlers, self._foreign_seq, self._receiver_died
+            )
+        )
         self._spans = {}
 
-    def _build_route(self, name: EventName, seen: set[tuple[EventName, Hashable]]) -> _Route | None:
-        handlers = [h for h in self._prefix_handlers if starts_with(name, h.event_name)]
-        signal = self._signals.get(name)
-        if signal is not None:
-            for key, receiver in list(signal.receivers.items()):
-                if isinstance(receiver, _Handler):
-                    handlers.append(receiver)
-                    continue
-                seen.add((name, key))
-                seq = self._foreign_seq.setdefault((name, key), next(self._seq))
-                handler_id = f"blinker:{signal.name}:{key}"
-                adapter = _blinker_adapter(receiver)
-                handlers.append(_Handler(handler_id, name, adapter, None, seq, receiver=receiver))
-        if not handlers:
-            return None
-        handlers.sort(key=lambda h: h.seq)
-        trusted = all(h.trusted for h in handlers)
-        return _Route(name, tuple((h.function, h.config, h) for h in handlers), trusted)
+    def _settled(self, build: Callable[[], T]) -> T:
+        """``build()``, again if a blinker receiver was collected meanwhile (lock held).
 
-    def _lookup(self, name: Any) -> _Route | None:
+        Its callback runs wherever the collector does, in this very build too: the rebuild it
+        publishes then would be overwritten by routes still holding the collected receiver.
+        """
+        while True:
+            deaths = self._deaths
+            built = build()
+            if deaths == self._deaths:
+                return built
+
+    def _lookup(self, name: Any) -> Route | None:
         """A name missing from ``_routes``: validate it, resolve its route and cache it."""
         canonical = event_name(name)
         with self._lock:
-            if canonical in self._routes:
-                route = self._routes[canonical]
-            else:
-                route = self._build_route(canonical, set())
-            if len(self._routes) >= _MAX_ROUTES:
-                self._rebuild()
-            self._routes[canonical] = route
+            route = self._routes.get(canonical)
+            if route is None and canonical not in self._routes:
+                route = self._settled(
+                    lambda: build_route(
+                        canonical,
+                        self._prefix_handlers,
+                        self._signals.get(canonical),
+                        self._foreign_seq,
+                        self._receiver_died,
+                    )
+                )
+            remember(self._routes, canonical, route)
             if isinstance(name, str):
-                self._routes[name] = route
+                remember(self._routes, name, route)
             return route
 
     # -- emitting --------------------------------------------------------------------------
@@ -506,7 +474,7 @@ class Registry:
         except (KeyError, TypeError):
             return self._lookup(event_name) is not None
 
-    def _dispatch(self, route: _Route, measurements: Any, metadata: Any) -> None:
+    def _dispatch(self, route: Route, measurements: Any, metadata: Any) -> None:
         name, handlers, trusted = route
         if measurements.__class__ is dict and metadata.__class__ is dict:
             if not trusted:
@@ -528,7 +496,7 @@ class Registry:
                 if self.on_error == "raise" or self._handler_failed(handler, name, exc):
                     raise
 
-    def _handler_failed(self, handler: _Handler, name: EventName, exc: BaseException) -> bool:
+    def _handler_failed(self, handler: Registration, name: EventName, exc: BaseException) -> bool:
         """Contain a handler's failure (detach per ``on_error``, report); True to propagate it.
 
         ``KeyboardInterrupt`` is the user's, not the handler's: it propagates. So does a
@@ -575,7 +543,7 @@ class Registry:
         return False
 
     def _report_failure(
-        self, handler: _Handler | None, name: EventName, exc: BaseException
+        self, handler: Registration | None, name: EventName, exc: BaseException
     ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
         # The traceback goes into the message as text scrubbed of secrets (the default rule of
@@ -607,7 +575,7 @@ class Registry:
         }
         self.execute(FAILURE_EVENT, self._timestamps, metadata)
 
-    def _disconnect_receiver(self, handler: _Handler) -> None:
+    def _disconnect_receiver(self, handler: Registration) -> None:
         receiver = handler.receiver
         target = receiver() if isinstance(receiver, weakref.ref) else receiver
         if target is not None:
@@ -620,7 +588,7 @@ class Registry:
 
     span = new_span
 
-    def _lookup_span(self, names: tuple[str, str, str, EventName]) -> _SpanRoutes | None:
+    def _lookup_span(self, names: SpanNames) -> SpanRoutes | None:
         """The routes of a span's start, stop and exception events, None when all three are
         None; cached in ``_spans`` by start name until the next attach or detach.
 
@@ -628,19 +596,19 @@ class Registry:
         event has that name).
         """
         start, stop, exception, prefix = names
+        misplaced: list[Hashable] = []
         with self._lock:  # so that no attach can slip between the lookups and the caching
-            if prefix not in self._span_prefixes and len(self._span_prefixes) < _MAX_ROUTES:
-                self._span_prefixes.add(prefix)
-                signal = self._signals.get(prefix)
-                for receiver in list(signal.receivers.values()) if signal is not None else ():
-                    if isinstance(receiver, _Handler):
-                        _warn_span_prefix(receiver.id, prefix)
-            routes = (self._lookup(start), self._lookup(stop), self._lookup(exception))
+            if prefix not in self._span_prefixes:
+                remember(self._span_prefixes, prefix, None)
+                misplaced = attached_ids(self._signals.get(prefix))
+            routes = self._settled(
+                lambda: (self._lookup(start), self._lookup(stop), self._lookup(exception))
+            )
             found = None if routes == (None, None, None) else routes
-            if len(self._spans) >= _MAX_ROUTES:
-                self._spans = {}
-            self._spans[start] = found
-            return found
+            remember(self._spans, start, found)
+        for handler_id in misplaced:  # outside the lock (see _attach)
+            _warn_span_prefix(handler_id, prefix)
+        return found
 
     # -- isolation for tests ---------------------------------------------------------------
 
@@ -659,6 +627,7 @@ class Registry:
         finally:
             with self._lock:
                 vars(self).update(saved)
+                self._rebuild()  # a blinker receiver collected meanwhile is routed around
 
 
 # The frames whose locals _in_loop reads: the two copies of the dispatch loop.

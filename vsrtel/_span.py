@@ -1,4 +1,8 @@
-"""Spans: an operation reported as ``start`` and then ``stop`` or ``exception`` events."""
+"""Spans: an operation reported as ``start`` and then ``stop`` or ``exception`` events.
+
+A span reaches its registry only through the :class:`Dispatcher` protocol declared here, and
+this module imports nothing of the registry's: the registry builds spans, not the other way.
+"""
 
 from __future__ import annotations
 
@@ -7,50 +11,90 @@ import inspect
 import itertools
 import logging
 import traceback
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
-from vsrtel._names import EventName, Name, event_name
-
-if TYPE_CHECKING:
-    from vsrtel._registry import Clock, Metadata, Registry, _SpanRoutes
+from vsrtel._handler_table import Metadata, Route, SpanRoutes
+from vsrtel._names import EventName, Name, event_name, remember
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: A span prefix's start, stop and exception event names, dotted, then the prefix itself.
+SpanNames = tuple[str, str, str, EventName]
+#: A span's start metadata: a mapping, or a zero-argument callable returning one.
+SpanMetadata = Metadata | Callable[[], Metadata] | None
+
+
+class Clock(Protocol):
+    """A source of time: the ``time`` module, or a simulated clock."""
+
+    def monotonic_ns(self) -> int: ...
+
+    def time_ns(self) -> int: ...
+
+
+class Dispatcher(Protocol):
+    """What a span reads of its registry (`vsrtel.Registry` is one), and nothing more.
+
+    When a span starts, ``_spans`` (its three routes by start name, None when nobody listens
+    to any), calling ``_lookup_span`` on a miss; when it ends, ``_routes``, calling ``_lookup``
+    on a miss, so that a handler detached meanwhile is not called; ``_dispatch`` a route.
+    """
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def _routes(self) -> Mapping[Any, Route | None]: ...
+
+    @property
+    def _spans(self) -> Mapping[str, SpanRoutes | None]: ...
+
+    def _lookup(self, name: Any) -> Route | None: ...
+
+    def _lookup_span(self, names: SpanNames) -> SpanRoutes | None: ...
+
+    def _dispatch(self, route: Route, measurements: Any, metadata: Any) -> None: ...
+
 
 _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=None)
 # Bound once for __enter__ and __exit__: a method lookup per call is measurable there.
 _get_current, _set_current, _reset_current = _current.get, _current.set, _current.reset
 _span_ids = itertools.count(1)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
-_MAX_PREFIXES = 10_000  # bound on the cache below
 _log = logging.getLogger("vsrtel")
 
 #: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names,
 #: dotted (a str caches its hash: the cheapest key into the registry's routes), then the prefix.
-_event_names: dict[Any, tuple[str, str, str, EventName]] = {}
+_event_names: dict[Any, SpanNames] = {}
 
 
-def _names_of(prefix: Any) -> tuple[str, str, str, EventName]:
+def _names_of(prefix: Any) -> SpanNames:
     """The event names of a span prefix: validated and computed on first sight, then cached."""
     base = event_name(prefix, what="span prefix")
     dotted = ".".join(base)
     names = (f"{dotted}.start", f"{dotted}.stop", f"{dotted}.exception", base)
-    if len(_event_names) < _MAX_PREFIXES and isinstance(prefix, (str, tuple)):
-        _event_names[prefix] = names
+    if isinstance(prefix, (str, tuple)):
+        remember(_event_names, prefix, names)
     return names
 
 
 def new_span(
-    registry: Registry, prefix: Name, metadata: Metadata | None = None, clock: Clock | None = None
+    registry: Dispatcher,
+    prefix: Name,
+    metadata: SpanMetadata = None,
+    clock: Clock | None = None,
 ) -> Span:
     """Return a span emitting ``prefix + ("start" | "stop" | "exception")``.
 
     Use it as ``with``/``async with`` (the target is the span), as a decorator of sync or async
     functions (each call is one span), or call ``.start()`` and later ``.stop()``. ``clock``
-    times this span instead of the registry's clock.
+    times this span instead of the registry's clock. ``metadata`` may be a zero-argument
+    callable returning the mapping: it is called once, when the span first needs it (it starts
+    and somebody listens, or you read its ``metadata`` or ``context``), and what it raises
+    propagates there.
     """
     # Span has no __init__ (its call would be over 10% of a span nobody listens to): the fields
     # are set here.
@@ -106,10 +150,10 @@ class Span:
         "_token",
     )
 
-    _registry: Registry
+    _registry: Dispatcher
     _clock: Clock
-    _names: tuple[str, str, str, EventName]
-    _template: Metadata | None
+    _names: SpanNames
+    _template: SpanMetadata
     _started_at: int | None  # None: not running; 0: running, not timed
     _timed: bool  # whether anybody listened when it started: only then are its events emitted
     _metadata: dict[str, Any] | None
@@ -127,7 +171,10 @@ class Span:
         """The span's metadata: the start metadata, plus what the body adds for the stop event."""
         metadata = self._metadata
         if metadata is None:
-            metadata = self._metadata = {**self._template} if self._template else {}
+            template = self._template
+            if callable(template) and not isinstance(template, Mapping):
+                template = _lazy_metadata(template, self._dotted)
+            metadata = self._metadata = {**template} if template else {}
             context = metadata.get("telemetry_span_context")
             if context is None or self._is_ancestor_context(context):
                 metadata["telemetry_span_context"] = next(_span_ids)
@@ -174,7 +221,7 @@ class Span:
             self._start_timed(routes)
         return self
 
-    def _start_timed(self, routes: _SpanRoutes) -> None:
+    def _start_timed(self, routes: SpanRoutes) -> None:
         self._timed = True
         self._started_at = now = self._clock.monotonic_ns()
         route = routes[0]
@@ -422,6 +469,13 @@ class Span:
                 return function(*args, **kwargs)
 
         return cast(F, wrapper)
+
+
+def _lazy_metadata(make: Callable[[], Metadata], dotted: str) -> Metadata:
+    metadata = make()
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"span {dotted}: lazy metadata returned {metadata!r}, not a mapping")
+    return metadata
 
 
 @contextmanager

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from vsrtel._names import EventName, Name, event_name
-from vsrtel._registry import Clock, Metadata, Registry
-from vsrtel._span import Span
+from vsrtel._handler_table import Metadata
+from vsrtel._names import EventName, Name, event_name, remember
+from vsrtel._registry import Registry
+from vsrtel._span import Clock, Span
 
 __all__ = ["Scope"]
 
@@ -20,8 +21,9 @@ class Scope(Generic[State]):
     This is the pattern of Elixir's ``Vsr.Telemetry``: one scope per component, and every event
     carries the same context (node id, view, role...) without repeating it at each call site.
     Extra metadata given at the call wins over ``metadata_fn``'s on a clash. ``metadata_fn`` is
-    only called when some handler receives the event. ``clock`` times the scope's spans
-    (default: the registry's clock).
+    only called when some handler receives the event (for a span: when it starts and somebody
+    listens, or its metadata is read). ``clock`` times the scope's spans (default: the
+    registry's clock).
     """
 
     def __init__(
@@ -44,7 +46,7 @@ class Scope(Generic[State]):
         except (KeyError, TypeError):
             full = self.prefix + event_name(event)
             if isinstance(event, (str, tuple)):
-                self._names[event] = full
+                remember(self._names, event, full)
             return full
 
     def execute(
@@ -56,8 +58,14 @@ class Scope(Generic[State]):
             self.registry.execute(name, measurements, self.metadata(state, metadata))
 
     def span(self, event: Name, state: State, metadata: Metadata | None = None) -> Span:
-        """Return a span for ``prefix + event`` whose metadata starts from the state's."""
-        return self.registry.span(self.name(event), self.metadata(state, metadata), self.clock)
+        """Return a span for ``prefix + event`` whose metadata starts from the state's.
+
+        ``metadata_fn(state)`` is called when the span first needs its metadata: never for a
+        span nobody listens to.
+        """
+        return self.registry.span(
+            self.name(event), lambda: self.metadata(state, metadata), self.clock
+        )
 
     def metadata(self, state: State, extra: Metadata | None = None) -> dict[str, Any]:
         """Return the common metadata of ``state`` with ``extra`` merged over it."""

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from vsrtel._handler_table import Measurements, Metadata
 from vsrtel._names import EventName, Name, event_name, starts_with
-from vsrtel._registry import Measurements, Metadata, Registry
+from vsrtel._registry import Registry
 
 __all__ = ["CapturedEvent", "capture"]
 

@@ -1,0 +1,221 @@
+"""The handler table: what is attached where, and the routes ``execute`` reads.
+
+The registry owns the storage and the lock; this module owns what the storage means. Storage is
+one :class:`EventSignal` (a blinker ``NamedSignal``) per event name, to which the registry's
+:class:`Registration` objects and anyone's plain blinker receivers are connected, plus an
+ordered list of prefix registrations. The functions here are pure over that storage, the way
+Erlang's ``telemetry_pt`` is pure over its map: they read it and return new routes, and never
+change it. The registry publishes what they return.
+
+A :class:`Route` is what one event name dispatches to: every handler that receives it, in
+attach order, with the flag that lets trusted handlers get the caller's dicts.
+
+Plain blinker receivers get blinker's own semantics: one connected with ``sender=X`` receives
+the event only when ``X`` is its dotted name (the name ``execute`` sends it as); one held
+weakly that has been garbage-collected receives nothing, and the registry is told so that it
+rebuilds its routes; a muted signal (``with signal.muted():``) calls none of its receivers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import blinker
+
+from vsrtel._names import EventName, starts_with
+
+Measurements = Mapping[str, Any]
+Metadata = Mapping[str, Any]
+HandlerFunction = Callable[[EventName, Measurements, Metadata, Any], object]
+#: The attach order of the plain blinker receivers, by (event name, blinker's receiver key).
+ForeignOrder = Mapping[tuple[EventName, Hashable], int]
+#: Told when a weakly held blinker receiver in some route has been garbage-collected.
+OnDeath = Callable[[Any], object]
+
+_LAST = 1 << 62  # the order of a blinker receiver never seen by order_foreign (none, in practice)
+
+
+class HandlerRecord(NamedTuple):
+    """One attached handler for one event name (or prefix), as ``list_handlers`` returns it."""
+
+    id: Hashable
+    event_name: EventName
+    function: HandlerFunction
+    config: Any
+
+
+class Registration:
+    """One handler attached to one event (or prefix); also a blinker receiver of its signal."""
+
+    __slots__ = (
+        "config", "event_name", "function", "id", "is_prefix", "receiver", "seq", "trusted"
+    )
+
+    def __init__(
+        self,
+        handler_id: Hashable,
+        name: EventName,
+        function: HandlerFunction,
+        config: Any,
+        seq: int,
+        *,
+        is_prefix: bool = False,
+        receiver: Any = None,
+        trusted: bool = False,
+    ) -> None:
+        self.id = handler_id
+        self.event_name = name
+        self.function = function
+        self.config = config
+        self.seq = seq  # attach order, across exact, prefix and blinker registrations
+        self.is_prefix = is_prefix
+        self.receiver = receiver  # set for plain blinker receivers, which we did not attach
+        self.trusted = trusted
+
+    def __call__(self, sender: Any, **kwargs: Any) -> None:
+        """Receive a direct ``signal.send(name, measurements=..., metadata=...)``."""
+        measurements, metadata = kwargs.get("measurements", {}), kwargs.get("metadata", {})
+        self.function(sender, measurements, metadata, self.config)
+
+    def record(self) -> HandlerRecord:
+        return HandlerRecord(self.id, self.event_name, self.function, self.config)
+
+
+class Route(NamedTuple):
+    """What one event name dispatches to."""
+
+    name: EventName
+    handlers: tuple[tuple[HandlerFunction, Any, Registration], ...]
+    trusted: bool  # every handler was attached trusted: they get the caller's dicts as they are
+
+
+#: The routes of a span's start, stop and exception events.
+SpanRoutes = tuple[Route | None, Route | None, Route | None]
+
+
+class EventSignal(blinker.NamedSignal):
+    """An event's blinker signal. Muting it (``with signal.muted():``, or setting
+    ``is_muted``) tells the registry, which re-routes the event at once: ``execute`` never has
+    to ask."""
+
+    _muted = False
+    _on_change: weakref.WeakMethod[Callable[[], object]] | None = None
+
+    def notify(self, on_change: Callable[[], object]) -> None:
+        """Call the bound method ``on_change`` (held weakly) when the signal is (un)muted."""
+        self._on_change = weakref.WeakMethod(on_change)
+
+    @property
+    def is_muted(self) -> bool:
+        """Whether the signal is muted: then none of its receivers is called."""
+        return self._muted
+
+    @is_muted.setter
+    def is_muted(self, muted: bool) -> None:
+        self._muted = muted
+        on_change = self._on_change() if self._on_change is not None else None
+        if on_change is not None:
+            on_change()
+
+
+def order_foreign(
+    signals: Mapping[EventName, EventSignal], known: ForeignOrder, next_seq: Callable[[], int]
+) -> dict[tuple[EventName, Hashable], int]:
+    """The attach order of every plain blinker receiver now connected: kept for those seen
+    before, the next number of the registry's sequence for new ones; disconnected ones forgotten.
+    """
+    order: dict[tuple[EventName, Hashable], int] = {}
+    for name, signal in signals.items():
+        for key, receiver in list(signal.receivers.items()):
+            if not isinstance(receiver, Registration):
+                seq = known.get((name, key))
+                order[name, key] = next_seq() if seq is None else seq
+    return order
+
+
+def build_route(
+    name: EventName,
+    prefix_handlers: Iterable[Registration],
+    signal: EventSignal | None,
+    foreign_order: ForeignOrder,
+    on_death: OnDeath,
+) -> Route | None:
+    """The route of ``name``, or None when nobody would receive it."""
+    handlers = [h for h in prefix_handlers if starts_with(name, h.event_name)]
+    if signal is not None and signal.receivers and not signal.is_muted:
+        wanted: list[Any] | None = None
+        for key, receiver in list(signal.receivers.items()):
+            if isinstance(receiver, Registration):
+                handlers.append(receiver)
+                continue
+            if wanted is None:
+                # Connected for any sender, or for this event's own: blinker's rule, asked of
+                # blinker's public API (which also drops the weak receivers it finds dead).
+                wanted = list(signal.receivers_for(signal.name))
+            target = receiver() if isinstance(receiver, weakref.ref) else receiver
+            if target is None or not any(_same(target, w) for w in wanted):
+                continue
+            seq = foreign_order.get((name, key), _LAST)
+            handler_id = f"blinker:{signal.name}:{key}"
+            held = _watch(target, on_death) if isinstance(receiver, weakref.ref) else target
+            handlers.append(
+                Registration(handler_id, name, _adapter(held), None, seq, receiver=receiver)
+            )
+    if not handlers:
+        return None
+    handlers.sort(key=lambda h: h.seq)
+    trusted = all(h.trusted for h in handlers)
+    return Route(name, tuple((h.function, h.config, h) for h in handlers), trusted)
+
+
+def build_routes(
+    signals: Mapping[EventName, EventSignal],
+    prefix_handlers: Iterable[Registration],
+    foreign_order: ForeignOrder,
+    on_death: OnDeath,
+) -> dict[Any, Route | None]:
+    """The routes of every event whose signal has receivers.
+
+    The names only prefix handlers (or nobody) receive are left out: the registry resolves them
+    with :func:`build_route` on first use.
+    """
+    prefix_handlers = list(prefix_handlers)
+    return {
+        name: build_route(name, prefix_handlers, signal, foreign_order, on_death)
+        for name, signal in signals.items()
+        if signal.receivers
+    }
+
+
+def attached_ids(signal: EventSignal | None) -> list[Hashable]:
+    """The ids of the registrations (not plain blinker receivers) connected to ``signal``."""
+    if signal is None:
+        return []
+    return [r.id for r in list(signal.receivers.values()) if isinstance(r, Registration)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # A bound method is made anew by each weakref call: equal, not identical.
+    return a is b or (inspect.ismethod(a) and a == b)
+
+
+def _watch(target: Any, on_death: OnDeath) -> weakref.ref[Any]:
+    """A weak reference to a blinker receiver that tells ``on_death`` when it is collected
+    (blinker drops it silently then, without ``receiver_disconnected``)."""
+    if inspect.ismethod(target):
+        return weakref.WeakMethod(target, on_death)
+    return weakref.ref(target, on_death)
+
+
+def _adapter(receiver: Any) -> HandlerFunction:
+    """Call a plain blinker receiver (held strongly or by weakref) the way ``send`` would."""
+
+    def call(name: EventName, measurements: Measurements, metadata: Metadata, _: Any) -> None:
+        target = receiver() if isinstance(receiver, weakref.ref) else receiver
+        if target is not None:
+            target(name, measurements=measurements, metadata=metadata)
+
+    return call
