@@ -1256,3 +1256,99 @@ def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
     names = [x.name for rm in data.resource_metrics for sm in rm.scope_metrics for x in sm.metrics]
     assert names == ["x.e.count"]
     assert sum("x.e.count" in r.getMessage() for r in caplog.records) == 1  # warned once
+
+
+# ----------------------------------------------------------------------------- as the peers do
+
+
+def test_a_tag_value_without_text_drops_its_event_counted_and_reported_once(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # telemetry_metrics_prometheus_core drops such a series and logs it; exporting it under ""
+    # would merge it with genuinely empty values.
+    caplog.set_level(logging.DEBUG, logger="vsrtel")
+    reporter = report(
+        sink, registry,
+        m.counter("t.e.count", tags=["a"]),
+        m.counter("t.e.called", tags=lambda md: {"a": md["a"]}),
+    )
+    for value in (NoText(), NoText(), 10**5000, ""):
+        registry.execute("t.e", {}, {"a": value})
+    assert {key: p.value for key, p in sink.points("t.e.count").items()} == {
+        frozenset({("a", "")}): 1
+    }
+    assert {key: p.value for key, p in sink.points("t.e.called").items()} == {frozenset(): 1}
+    assert reporter.skipped == {"t.e.count": 3, "t.e.called": 3}
+    warned = [r for r in caplog.records if "cannot be turned into text" in r.getMessage()]
+    assert [r.levelno for r in warned].count(logging.WARNING) == 2  # once per metric
+    assert reporter.attached
+
+
+def test_a_unit_vsrtel_does_not_convert_is_exported_and_named_as_given(
+    registry: vsrtel.Registry,
+) -> None:
+    reader, prometheus = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    defs = [
+        m.sum("jobs.done.n", unit="each"),
+        m.last_value("queue.size.depth", unit="{job}"),
+        m.sum("disk.written.size", unit="bytes"),
+    ]
+    with MetricsReporter(defs, meter_provider=provider, registry=registry):
+        registry.execute("jobs.done", {"n": 2})
+        registry.execute("queue.size", {"depth": 5})
+        registry.execute("disk.written", {"size": 100})
+        text = generate_latest(prometheus).decode()
+    provider.shutdown()
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert samples["jobs_done_n_each_total"] == 2
+    assert samples["queue_size_depth"] == 5  # an annotation names no suffix, as in OTel
+    assert samples["disk_written_size_bytes_total"] == 100
+
+
+def test_a_new_kind_is_a_row_of_facts_and_maybe_a_cell_shape(
+    registry: vsrtel.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test-only kind, "maximum" (the largest value seen), added as the design notes say: a
+    `MetricKind` row (and its constructor, here `_define` with the row), and a new cell shape
+    row since no shape keeps a maximum. Nothing else changes: names, checks, the recorder (which
+    calls the shape's `record`, not inlined) and the collection follow from the rows."""
+
+    def record_max(cell: list[Any], value: Any, bounds: Any, stamp: Any) -> None:
+        if value > cell[0]:
+            cell[0] = value
+
+    def merge_max(total: list[Any], cell: list[Any], bounds: Any) -> None:
+        total[0] = max(total[0], cell[0])
+
+    last = _aggregation.SHAPES["last"]
+    shape = _aggregation.Shape("max", lambda bounds: [-math.inf], record_max, merge_max, last.read)
+    monkeypatch.setitem(_aggregation.SHAPES, "max", shape)
+    maximum = m.MetricKind(
+        "maximum", measured=True, monotonic=False, non_negative=False, prometheus_type="gauge",
+        instrument="create_gauge", labels=frozenset(), cell="max", options=frozenset(),
+        description="Largest value of",
+    )
+    definition = m._define(maximum, "t.e.latency", tags=["route"])
+    assert definition.description == "Largest value of measurement 'latency' of events t.e"
+    reader, prometheus = prometheus_reader()
+    sink = Sink(readers=(reader,))
+    reporter = report(sink, registry, definition)
+    for value, route in ((3, "/a"), (9, "/a"), (4, "/a"), (-2, "/b")):
+        registry.execute("t.e", {"latency": value}, {"route": route})
+    assert sink.value("t.e.latency", route="/a") == 9
+    assert sink.value("t.e.latency", route="/b") == -2
+    [family] = [
+        f for f in text_string_to_metric_families(generate_latest(prometheus).decode())
+        if f.name == "t_e_latency"
+    ]
+    assert family.type == "gauge"
+    with pytest.raises(ValueError, match="would both use"):  # its names are checked too
+        MetricsReporter(
+            [definition, m.last_value("t_e.latency", event_name="t.e")],
+            meter_provider=sink.provider,
+        )
+    reporter.detach()
+    sink.provider.shutdown()

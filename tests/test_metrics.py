@@ -238,3 +238,123 @@ def test_bounded(values: set[str], probe: str) -> None:
     assert norm(["unhashable"]) == "<other>"
 
 
+
+
+# ----------------------------------------------------------------------------- the kinds table
+
+
+def test_every_kind_is_one_row_with_a_constructor_of_its_name() -> None:
+    for name, kind in m.KINDS.items():
+        assert kind.name == name and name in m.__all__
+        assert getattr(m, name)("a.b").kind is kind
+
+
+def test_one_name_for_a_metric_kind() -> None:
+    from vsrtel import catalog
+
+    assert not hasattr(m, "MetricType") and not hasattr(m, "Kind")
+    assert not hasattr(m.counter("a.b"), "type")
+    assert not hasattr(catalog, "Kind") and "EventKind" in catalog.__all__
+
+
+@pytest.mark.parametrize(
+    ("definition", "monotonic", "non_negative", "prometheus_type"),
+    [
+        (m.counter("a.b"), True, True, "counter"),
+        (m.sum("a.b"), True, True, "counter"),
+        (m.sum("a.b", reporter_options={"monotonic": True}), True, True, "counter"),
+        (m.sum("a.b", reporter_options={"monotonic": False}), False, False, "gauge"),
+        (m.last_value("a.b"), False, False, "gauge"),
+        (m.distribution("a.b"), False, True, "histogram"),
+        (m.summary("a.b"), False, True, "histogram"),
+    ],
+)
+def test_a_definition_carries_its_kinds_facts(
+    definition: m.Metric, monotonic: bool, non_negative: bool, prometheus_type: str
+) -> None:
+    assert definition.kind.monotonic is monotonic
+    assert definition.kind.non_negative is non_negative
+    assert definition.kind.prometheus_type == prometheus_type
+
+
+def test_a_sum_that_may_go_down_is_its_row_going_down() -> None:
+    down = m.sum("a.b", reporter_options={"monotonic": False}).kind
+    assert down == m.KINDS["sum"].going_down()
+    assert down.name == "sum" and down.instrument == "create_up_down_counter"
+    assert m.KINDS["sum"].monotonic  # the table's row is unchanged
+
+
+def test_a_definition_keeps_its_callables_in_their_normalised_form() -> None:
+    d = m.sum("a.b", measurement=lambda ms: ms["x"] * 2, keep=lambda md: md["ok"])
+    assert d.measure is not None and d.measure({"x": 2}, {}) == 4
+    assert d.accepts is not None and d.accepts({"ok": 0}, {}) is False
+    two = m.sum("a.b", measurement=lambda ms, md: md["y"], drop=lambda md, ms: ms["x"] > 1)
+    assert two.measure is not None and two.measure({}, {"y": 7}) == 7
+    assert two.accepts is not None and two.accepts({}, {"x": 2}) is False
+    assert m.sum("a.b").measure is None and m.sum("a.b").accepts is None
+
+
+# ----------------------------------------------------------------------------- as the peers do
+
+
+def test_reporter_options_vsrtel_does_not_read_are_kept_as_given() -> None:
+    # Telemetry.Metrics keeps reporter_options for whichever reporter reads them.
+    d = m.sum("a.b.c", reporter_options={"sample_rate": 0.1})
+    assert d.reporter_options == {"sample_rate": 0.1}
+    both = m.distribution("a.b", reporter_options={"buckets": [1, 2], "prefix": "x"})
+    assert both.reporter_options == {"buckets": (1.0, 2.0), "prefix": "x"}
+    assert m.buckets_for(both) == (1.0, 2.0)
+
+
+def test_vsrtels_own_reporter_options_are_still_checked() -> None:
+    with pytest.raises(ValueError, match="'buckets' does not apply to counter"):
+        m.counter("a.b", reporter_options={"buckets": [1]})
+    with pytest.raises(ValueError, match=re.escape("did you mean 'max_series'?")):
+        m.counter("a.b", reporter_options={"max_serie": 10})
+    with pytest.raises(TypeError, match="reporter_options must be a mapping"):
+        m.counter("a.b", reporter_options=[("max_series", 1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("unit", "factor", "export"),
+    [
+        (("second", "native"), 1e9, "ns"),
+        (("millisecond", "native"), 1e6, "ns"),
+        (("native", "native"), 1, "ns"),
+        (("nanosecond", "native"), 1, "ns"),
+    ],
+)
+def test_native_is_a_unit_to_convert_into(unit: Any, factor: float, export: str) -> None:
+    d = m.distribution("a.b", unit=unit)
+    assert d.factor == pytest.approx(factor) and d.export_unit == export
+
+
+@pytest.mark.parametrize(
+    ("unit", "factor", "export"),
+    [
+        ("each", 1, "each"),
+        ("{request}", 1, "{request}"),
+        ("byte/s", 1, "byte/s"),
+        ("sec", 1, "sec"),
+        (("each", "each"), 1, "each"),
+        # Plurals of the units vsrtel knows are those units.
+        ("bytes", 1, "By"),
+        ("seconds", 1, "s"),
+        (("bytes", "kilobytes"), 1e-3, "KBy"),
+        (("native", "seconds"), 1e-9, "s"),
+    ],
+)
+def test_any_unit_name_is_accepted(unit: Any, factor: float, export: str) -> None:
+    d = m.sum("a.b", unit=unit)
+    assert d.factor == pytest.approx(factor) and d.export_unit == export
+    assert d.unit == unit
+
+
+@given(
+    st.sampled_from(["native", "nanosecond", "microsecond", "millisecond", "second"]),
+    st.sampled_from(["native", "nanosecond", "microsecond", "millisecond", "second"]),
+)
+def test_a_conversion_into_native_and_back_is_none(a: str, b: str) -> None:
+    there = m.sum("a.b", unit=(a, "native")).factor
+    back = m.sum("a.b", unit=("native", b)).factor
+    assert there * back == pytest.approx(m.sum("a.b", unit=(a, b)).factor)
