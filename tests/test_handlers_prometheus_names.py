@@ -54,3 +54,28 @@ def test_the_labels_of_a_tags_callable_come_from_stand_in_metadata() -> None:
     assert _prometheus_names.labels(refusing, {"y": 1}) == ("le", "x")
     with pytest.raises(ValueError, match="tags callable"):
         exposition([m.counter("a.d.count", tags=lambda md: 1 / 0)])  # type: ignore[arg-type, return-value]
+
+
+def test_of_the_handlers_only_this_module_imports_prometheus_naming() -> None:
+    """The layer rule of docs/design.md: handlers import OpenTelemetry, and of Prometheus only
+    the names a scrape will use, here."""
+    import ast
+    from pathlib import Path
+
+    import vsrtel.handlers
+
+    found = {}
+    for path in Path(vsrtel.handlers.__file__).parent.glob("*.py"):
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module)
+        prometheus = {
+            name for name in modules
+            if name.startswith(("prometheus_client", "opentelemetry.exporter.prometheus"))
+        }
+        if prometheus:
+            found[path.name] = prometheus
+    assert set(found) == {"_prometheus_names.py"}, found

@@ -127,8 +127,9 @@ class MetricsReporter:
     or `__float__` (`Decimal`, `Fraction`, numpy's numbers); a bool is 0 or 1, as OpenTelemetry
     records it. Events lacking a measurement or tag, or whose value the SDK would drop (not a
     number, not finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped
-    (debug log) and counted in `skipped`; a user callable that raises is logged and counted too.
-    Neither ever detaches the reporter.
+    (debug log) and counted in `skipped`; so are events with a tag value that cannot be turned
+    into text (a warning the first time), and a user callable that raises is logged and counted
+    too. None of these ever detaches the reporter.
     """
 
     def __init__(
