@@ -24,10 +24,11 @@ from prometheus_client import Counter as PromCounter
 import vsrtel
 from benchmarks._harness import Case, Target, now
 from benchmarks.bench_core import FLOOR
+from vsrtel import metrics as m
 from vsrtel.export.prometheus import prometheus_reader
-from vsrtel.handlers import metrics as m
+from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.vsr import simulate
-from vsrtel.vsr.metrics import METRICS as VSR_METRICS
+from vsrtel.vsr.recommended import METRICS as VSR_METRICS
 
 Aggregation = Literal["vsrtel", "otel"]
 
@@ -92,7 +93,7 @@ def prometheus_bound_inc(loops: int) -> int:
 def reporter_case(metric: m.Metric, aggregation: Aggregation) -> Callable[[int], int]:
     def run(loops: int) -> int:
         registry = vsrtel.Registry()
-        m.MetricsReporter(
+        MetricsReporter(
             [metric], meter_provider=_provider(), registry=registry, aggregation=aggregation
         ).attach()
         execute = registry.execute
@@ -125,7 +126,7 @@ def scrape_case(aggregation: Aggregation, *, collect_only: bool = False) -> Call
                                unit=("native", "second"), tags=["id"])
                 for i in range(5, 10)
             ]
-            m.MetricsReporter(
+            MetricsReporter(
                 defs, meter_provider=provider, registry=registry, aggregation=aggregation
             ).attach()
             for i in range(10):
@@ -149,7 +150,7 @@ def vsr_request_otel(loops: int) -> int:
     total = done = 0
     while done < loops:
         registry = vsrtel.Registry()
-        reporter = m.MetricsReporter(
+        reporter = MetricsReporter(
             VSR_METRICS, meter_provider=_provider(), registry=registry, aggregation="otel"
         ).attach()
         start = now()

@@ -18,7 +18,7 @@ import vsrtel
 from benchmarks._harness import Case, Target, now
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.vsr import simulate
-from vsrtel.vsr.metrics import METRICS
+from vsrtel.vsr.recommended import METRICS
 from vsrtel.vsr.sweep import Run, check
 
 REQUESTS = 200

@@ -18,7 +18,7 @@ MARKER = "-->\n"
 
 @pytest.mark.parametrize(
     ("doc", "command"),
-    [("events.md", ["catalog", "--format", "markdown"]), ("metrics.md", ["metrics"])],
+    [("events.md", ["catalog", "--format", "markdown"]), ("vsr-metrics.md", ["metrics"])],
 )
 def test_generated_docs_are_current(doc: str, command: list[str]) -> None:
     text = (DOCS / doc).read_text()

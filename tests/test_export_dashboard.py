@@ -20,8 +20,9 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 
 import vsrtel
+from vsrtel import metrics as m
 from vsrtel.export.prometheus import MetricsServer, serve_metrics
-from vsrtel.handlers import metrics as m
+from vsrtel.handlers.metrics import MetricsReporter
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -74,7 +75,7 @@ def value(family: dict[str, Any], name: str, **labels: str) -> Any:
 def test_the_json_snapshot_holds_each_family_with_its_values(
     server: MetricsServer, registry: vsrtel.Registry
 ) -> None:
-    with m.MetricsReporter(shop_metrics(), meter_provider=server.meter_provider,
+    with MetricsReporter(shop_metrics(), meter_provider=server.meter_provider,
                            registry=registry):
         for seq in range(1, 4):
             order(registry, seq)
@@ -222,7 +223,7 @@ def test_headless_chromium_draws_live_charts(
             seq += 1
             order(registry, seq, region=("eu", "us")[seq % 2])
 
-    reporter = m.MetricsReporter(shop_metrics(), meter_provider=server.meter_provider,
+    reporter = MetricsReporter(shop_metrics(), meter_provider=server.meter_provider,
                                  registry=registry).attach()
     emitter = threading.Thread(target=emit, daemon=True)
     emitter.start()

@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
+from vsrtel import metrics as m
 from vsrtel.export.prometheus import (
     MAX_WAITING,
     MetricsServer,
@@ -33,7 +34,7 @@ from vsrtel.export.prometheus import (
     serve_metrics,
     serve_registry,
 )
-from vsrtel.handlers import metrics as m
+from vsrtel.handlers.metrics import MetricsReporter
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 T = TypeVar("T")
@@ -118,7 +119,7 @@ def test_endpoints(server: MetricsServer) -> None:
 def test_openmetrics_when_the_scraper_asks(
     server: MetricsServer, registry: vsrtel.Registry
 ) -> None:
-    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                            registry=registry):
         emit_orders(registry)
         _, ctype, body = fetch(server.url, accept="application/openmetrics-text;version=1.0.0")
@@ -130,7 +131,7 @@ def test_openmetrics_when_the_scraper_asks(
 def test_head_answers_like_get_without_a_body(
     server: MetricsServer, registry: vsrtel.Registry
 ) -> None:
-    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                            registry=registry):
         emit_orders(registry)
         for path in ("/metrics", "/health"):
@@ -194,7 +195,7 @@ def test_200_concurrent_scrapes_are_all_answered(
         except OSError as exc:  # a refused or timed-out connection is a lost scrape
             answers.append(exc)
 
-    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                            registry=registry):
         emit_orders(registry)
         threads = [threading.Thread(target=scrape) for _ in range(clients)]
@@ -388,7 +389,7 @@ def test_serve_registry_for_an_external_provider(registry: vsrtel.Registry) -> N
     provider = MeterProvider(metric_readers=[reader])
     with serve_registry(prom_registry, port=0, meter_provider=provider) as s:
         assert s.meter_provider is provider
-        with m.MetricsReporter([m.counter("ext.e.n")], meter_provider=provider,
+        with MetricsReporter([m.counter("ext.e.n")], meter_provider=provider,
                                registry=registry):
             registry.execute("ext.e", {})
             assert samples(fetch(s.url)[2])[("ext_e_n_total", frozenset())] == 1
@@ -403,7 +404,7 @@ def test_serve_registry_for_an_external_provider(registry: vsrtel.Registry) -> N
 def test_prometheus_names_units_and_values(
     server: MetricsServer, registry: vsrtel.Registry
 ) -> None:
-    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                            registry=registry):
         emit_orders(registry)
         text = fetch(server.url)[2]
@@ -442,7 +443,7 @@ def test_a_tag_value_utf8_cannot_encode_fails_no_scrape(
     server: MetricsServer, registry: vsrtel.Registry
 ) -> None:
     bad = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 file name: a lone surrogate in UTF-8 mode
-    with m.MetricsReporter([m.counter("files.read.count", tags=["name"])],
+    with MetricsReporter([m.counter("files.read.count", tags=["name"])],
                            meter_provider=server.meter_provider, registry=registry):
         registry.execute("files.read", {}, {"name": "ok.txt"})
         registry.execute("files.read", {}, {"name": bad})
@@ -461,7 +462,7 @@ def test_series_carry_only_their_tags_unless_scope_labels_are_asked_for(
     registry: vsrtel.Registry,
 ) -> None:
     for scope_labels in (False, True):
-        with serve_metrics(port=0, scope_labels=scope_labels) as server, m.MetricsReporter(
+        with serve_metrics(port=0, scope_labels=scope_labels) as server, MetricsReporter(
             one_of_each(), meter_provider=server.meter_provider, registry=registry
         ):
             emit_orders(registry)
@@ -487,11 +488,12 @@ SHOW_TARGET_INFO = """
 import urllib.request
 from vsrtel.export import otel
 from vsrtel.export.prometheus import serve_metrics
-from vsrtel.handlers import metrics as m
+from vsrtel import metrics as m
+from vsrtel.handlers.metrics import MetricsReporter
 import vsrtel
 {setup}
 with serve_metrics(port=0) as server:
-    m.MetricsReporter([m.counter("a.b.n")], meter_provider=server.meter_provider).attach()
+    MetricsReporter([m.counter("a.b.n")], meter_provider=server.meter_provider).attach()
     vsrtel.execute("a.b", {{}})
     text = urllib.request.urlopen(server.url, timeout=10).read().decode()
 print([line for line in text.splitlines() if line.startswith("target_info")][0])
@@ -514,7 +516,7 @@ def test_serve_metrics_names_the_service_configure_named() -> None:
 
 def test_overflow_series_is_exposed(server: MetricsServer, registry: vsrtel.Registry) -> None:
     defs = [m.counter("ov.e.n", tags=["id"], reporter_options={"max_series": 2})]
-    with m.MetricsReporter(defs, meter_provider=server.meter_provider, registry=registry):
+    with MetricsReporter(defs, meter_provider=server.meter_provider, registry=registry):
         for i in range(5):
             registry.execute("ov.e", {}, {"id": str(i)})
         s = samples(fetch(server.url)[2])
@@ -529,7 +531,7 @@ def test_promtool_check_metrics_is_clean(
         if IN_CI:
             pytest.fail("promtool is not on PATH; CI must install it (Debian package prometheus)")
         pytest.skip("promtool not installed")
-    with m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                            registry=registry):
         emit_orders(registry)
         text = fetch(server.url)[2]
@@ -595,7 +597,7 @@ def test_real_prometheus_scrapes_the_endpoint(
             )
         pytest.skip("prometheus not installed (apt-get install prometheus)")
 
-    reporter = m.MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
+    reporter = MetricsReporter(one_of_each(), meter_provider=server.meter_provider,
                                  registry=registry).attach()
     emit_orders(registry)
 

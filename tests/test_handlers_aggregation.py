@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from vsrtel.handlers._aggregation import COUNTER, HISTOGRAM, LAST_VALUE, Cells, Series
+from vsrtel.handlers._aggregation import BUCKETS, LAST, TOTAL, Cells, Series
 
 
 def test_threads_that_end_are_folded_and_still_count() -> None:
-    cells = Cells(COUNTER, per_thread=True)
+    cells = Cells(TOTAL, per_thread=True)
     series = Series({"a": "1"})
 
     def once() -> None:
@@ -24,8 +24,8 @@ def test_threads_that_end_are_folded_and_still_count() -> None:
 
 
 def test_histogram_and_last_value_cells_add_up_across_threads() -> None:
-    histogram = Cells(HISTOGRAM, (1.0, 10.0), per_thread=True)
-    last = Cells(LAST_VALUE, per_thread=True)
+    histogram = Cells(BUCKETS, (1.0, 10.0), per_thread=True)
+    last = Cells(LAST, per_thread=True)
     series = Series({})
 
     def record(value: float) -> None:
@@ -46,7 +46,7 @@ def test_histogram_and_last_value_cells_add_up_across_threads() -> None:
 
 
 def test_shared_cells_are_created_once_per_series() -> None:
-    cells = Cells(COUNTER, per_thread=False)
+    cells = Cells(TOTAL, per_thread=False)
     series = Series({})
     found: list[list[object]] = []
     threads = [threading.Thread(target=lambda: found.append(cells.cell(series))) for _ in range(8)]

@@ -19,8 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import vsrtel
+from vsrtel import metrics as m
 from vsrtel.handlers import logs, spans
-from vsrtel.handlers import metrics as m
+from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.testing import capture
 
 
@@ -114,7 +115,7 @@ class World:
         logs.attach_logger("app", logger=logger, registry=self.registry)
         logs.debug("app", file=self.debug, registry=self.registry)
         spans.attach_tracer(["app"], tracer_provider=self.tracer_provider, registry=self.registry)
-        self.reporter = m.MetricsReporter(
+        self.reporter = MetricsReporter(
             [
                 m.counter("app.event.count", tags=["route"]),
                 m.distribution("app.event.size", tags=["route"]),

@@ -1,4 +1,4 @@
-"""Metric definitions, tag normalisers and the OpenTelemetry MetricsReporter."""
+"""The MetricsReporter: metric definitions recorded from events onto OpenTelemetry."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
+from vsrtel import metrics as m
 from vsrtel.export.prometheus import prometheus_reader
 from vsrtel.handlers import _aggregation
-from vsrtel.handlers import metrics as m
+from vsrtel.handlers.metrics import METER_NAME, OVERFLOW_ATTRIBUTE, MetricsReporter, metric_views
 from vsrtel.testing import capture
 
 # ----------------------------------------------------------------------------- helpers
@@ -59,7 +60,7 @@ class Sink:
             return out
         for rm in data.resource_metrics:
             for sm in rm.scope_metrics:
-                assert sm.scope.name == m.METER_NAME
+                assert sm.scope.name == METER_NAME
                 for metric in sm.metrics:
                     out[metric.name] = metric
         return out
@@ -86,231 +87,16 @@ def registry() -> vsrtel.Registry:
 
 def report(
     sink: Sink, registry: vsrtel.Registry, *defs: m.Metric
-) -> m.MetricsReporter:
-    return m.MetricsReporter(defs, meter_provider=sink.provider, registry=registry).attach()
+) -> MetricsReporter:
+    return MetricsReporter(defs, meter_provider=sink.provider, registry=registry).attach()
 
 
-# ----------------------------------------------------------------------------- definitions
-
-
-@given(names)
-def test_name_splits_into_event_and_measurement(parts: list[str]) -> None:
-    for name in (".".join(parts), tuple(parts)):
-        d = m.sum(name)
-        assert d.name == ".".join(parts)
-        assert d.event_name == tuple(parts[:-1])
-        assert d.measurement == parts[-1]
-
-
-@given(names, names)
-def test_event_name_override_keeps_the_whole_name_as_metric_name(
-    parts: list[str], event: list[str]
-) -> None:
-    d = m.counter(".".join(parts), event_name=".".join(event))
-    assert d.event_name == tuple(event)
-    assert d.name == ".".join(parts)
-    assert d.measurement == parts[-1]
-
-
-def test_one_segment_name_needs_event_name() -> None:
-    with pytest.raises(ValueError, match=r"'requests'.*event_name"):
-        m.counter("requests")
-    d = m.counter("requests", event_name="http.request.stop")
-    assert d.event_name == ("http", "request", "stop")
-
-
-@pytest.mark.parametrize(
-    ("name", "error"),
-    [
-        ("", ValueError),
-        ((), ValueError),
-        ("a..b", ValueError),
-        (("a", ""), ValueError),
-        (("a", 3), TypeError),
-        (42, TypeError),
-        ("1abc.def", ValueError),  # not a valid OTel instrument name
-        ("a.b c", ValueError),
-    ],
-)
-def test_bad_names_raise_at_definition(name: Any, error: type[Exception]) -> None:
-    with pytest.raises(error):
-        m.counter(name)
-
-
-@pytest.mark.parametrize("kind", [m.counter, m.sum, m.last_value, m.summary, m.distribution])
-def test_every_constructor_validates_the_same_options(kind: Any) -> None:
-    with pytest.raises(ValueError, match="unknown unit 'parsec'"):
-        kind("a.b", unit="parsec")
-    with pytest.raises(ValueError, match="either keep or drop"):
-        kind("a.b", keep=lambda md: True, drop=lambda md: False)
-    with pytest.raises(ValueError, match="reporter option 'nope'"):
-        kind("a.b", reporter_options={"nope": 1})
-    with pytest.raises(TypeError, match="tags"):
-        kind("a.b", tags="reason")
-    with pytest.raises(ValueError, match="duplicate tag"):
-        kind("a.b", tags=["x", "x"])
-    with pytest.raises(ValueError, match="max_series"):
-        kind("a.b", reporter_options={"max_series": 0})
-    d = kind("a.b", description="explicit")
-    assert d.description == "explicit"
-    assert kind("a.b").description  # a default help text (promtool wants one)
-
-
-@pytest.mark.parametrize(
-    ("unit", "suggestion"),
-    [
-        ("seconds", "second"),
-        ("milisecond", "millisecond"),
-        (("native", "seconds"), "second"),
-        (("bytes", "kilobyte"), "byte"),
-    ],
-)
-def test_a_unit_typo_suggests_the_closest_unit(unit: Any, suggestion: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"did you mean {suggestion!r}?")):
-        m.distribution("a.b", unit=unit)
-
-
-@pytest.mark.parametrize(
-    ("unit", "message"),
-    [
-        (("native", "parsec"), "unknown target unit 'parsec'"),
-        (("furlong", "second"), "unknown unit 'furlong'"),
-        (("byte", "second"), "cannot convert 'byte'"),
-        (("second", "native"), "unknown target unit 'native'"),
-        (("native",), "unit must be"),
-        (5, "unit must be"),
-    ],
-)
-def test_bad_units(unit: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
-        m.sum("a.b", unit=unit)
-
-
-def test_bucket_and_option_validation() -> None:
-    with pytest.raises(ValueError, match="strictly increasing"):
-        m.distribution("a.b", reporter_options={"buckets": [1, 1, 2]})
-    with pytest.raises(ValueError, match="finite"):
-        m.distribution("a.b", reporter_options={"buckets": [1, math.inf]})
-    with pytest.raises(ValueError, match="buckets"):
-        m.distribution("a.b", reporter_options={"buckets": []})
-    with pytest.raises(ValueError, match="'buckets' does not apply to sum"):
-        m.sum("a.b", reporter_options={"buckets": [1]})
-    with pytest.raises(ValueError, match="monotonic"):
-        m.sum("a.b", reporter_options={"monotonic": "no"})
-    with pytest.raises(ValueError, match="max_scale"):
-        m.summary("a.b", reporter_options={"max_scale": 99})
-    with pytest.raises(ValueError, match="max_size"):
-        m.summary("a.b", reporter_options={"max_size": 1})
-    d = m.distribution("a.b", reporter_options={"buckets": [1, 2.5, 10]})
-    assert m.buckets_for(d) == (1.0, 2.5, 10.0)
-
-
-def test_callables_with_wrong_arity_are_rejected() -> None:
-    with pytest.raises(ValueError, match="measurement"):
-        m.sum("a.b", measurement=lambda: 1)
-    with pytest.raises(ValueError, match="keep"):
-        m.sum("a.b", keep=lambda a, b, c: True)
-    with pytest.raises(TypeError, match="drop must be callable"):
-        m.sum("a.b", drop=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="tag_values"):
-        m.sum("a.b", tag_values=lambda a, b: a)
-
-
-@pytest.mark.parametrize(
-    ("unit", "factor", "export"),
-    [
-        (None, 1, ""),
-        ("native", 1e-9, "s"),  # native time is exported in base units
-        ("second", 1, "s"),
-        ("millisecond", 1, "ms"),
-        ("byte", 1, "By"),
-        ("1", 1, "1"),
-        (("native", "second"), 1e-9, "s"),
-        (("native", "millisecond"), 1e-6, "ms"),
-        (("native", "microsecond"), 1e-3, "us"),
-        (("byte", "kilobyte"), 1e-3, "KBy"),
-        (("byte", "megabyte"), 1e-6, "MBy"),
-        (("second", "millisecond"), 1e3, "ms"),
-    ],
-)
-def test_unit_resolution(unit: Any, factor: float, export: str) -> None:
-    d = m.distribution("a.b", unit=unit)
-    assert d.factor == pytest.approx(factor)
-    assert d.export_unit == export
-
-
-time_units = st.sampled_from(["native", "nanosecond", "microsecond", "millisecond", "second"])
-target_time_units = st.sampled_from(["nanosecond", "microsecond", "millisecond", "second"])
-
-
-@given(time_units, target_time_units, target_time_units)
-def test_conversions_compose(a: str, b: str, c: str) -> None:
-    ab = m.sum("a.b", unit=(a, b)).factor
-    bc = m.sum("a.b", unit=(b, c)).factor
-    ac = m.sum("a.b", unit=(a, c)).factor
-    assert ab * bc == pytest.approx(ac)
-    assert m.sum("a.b", unit=(a, c)).export_unit == m.sum("a.b", unit=c).export_unit
-
-
-def test_counter_ignores_units() -> None:
-    d = m.counter("a.b", unit=("native", "second"))
-    assert d.factor == 1 and d.export_unit == "{event}"
-
-
-def test_default_buckets_follow_the_unit() -> None:
-    sec = m.buckets_for(m.distribution("a.b", unit=("native", "second")))
-    ms = m.buckets_for(m.distribution("a.b", unit=("native", "millisecond")))
-    assert sec[0] == 0.0005 and sec[-1] == 10.0
-    assert ms == tuple(pytest.approx(b * 1000) for b in sec)
-    assert m.buckets_for(m.distribution("a.b", unit="byte"))[0] == 64.0
-    assert m.buckets_for(m.distribution("a.b"))[:3] == (0.0, 5.0, 10.0)
-
-
-# ----------------------------------------------------------------------------- normalisers
+# ----------------------------------------------------------------------------- reporter
 
 
 class Color(enum.Enum):
     RED = 1
 
-
-@pytest.mark.parametrize(
-    ("reason", "expected"),
-    [
-        ("timeout", "timeout"),
-        (Color.RED, "RED"),
-        (TimeoutError("slow"), "TimeoutError"),
-        (KeyError, "KeyError"),
-        (("timeout", {"after": 5}), "timeout"),
-        ((Color.RED, "detail"), "RED"),
-        ((1, 2), "other"),
-        (None, "other"),
-        (42, "other"),
-        (("a", "b", "c"), "other"),
-    ],
-)
-def test_normalize_reason(reason: Any, expected: str) -> None:
-    assert m.normalize_reason(reason) == expected
-
-
-@given(st.integers(100, 599))
-def test_status_class_of_valid_codes(code: int) -> None:
-    assert m.status_class(code) == f"{code // 100}xx"
-    assert m.status_class(str(code)) == f"{code // 100}xx"
-
-
-@pytest.mark.parametrize("code", [99, 600, -1, "abc", None, 2.5, True])
-def test_status_class_other(code: Any) -> None:
-    assert m.status_class(code) == "other"
-
-
-@given(st.sets(st.text(max_size=5), max_size=5), st.text(max_size=5))
-def test_bounded(values: set[str], probe: str) -> None:
-    norm = m.bounded(values, other="<other>")
-    assert norm(probe) == (probe if probe in values else "<other>")
-    assert norm(["unhashable"]) == "<other>"
-
-
-# ----------------------------------------------------------------------------- reporter
 
 
 def test_one_metric_of_each_type_maps_to_the_right_instrument(
@@ -360,7 +146,7 @@ def test_summary_is_exponential_with_metric_views(registry: vsrtel.Registry) -> 
                   reporter_options={"max_size": 40}),
         m.distribution("rpc.call.stop.other", measurement="duration"),
     ]
-    views = m.metric_views(defs)
+    views = metric_views(defs)
     assert len(views) == 1
     sink = Sink(views=views)
     report(sink, registry, *defs)
@@ -589,9 +375,9 @@ def test_overflow_series_past_max_series(
         frozenset({("id", "0")}): 2,
         frozenset({("id", "1")}): 1,
         frozenset({("id", "2")}): 1,
-        frozenset({(m.OVERFLOW_ATTRIBUTE, "true")}): 7,
+        frozenset({(OVERFLOW_ATTRIBUTE, "true")}): 7,
     }
-    assert sink.value("o.e.fn", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 8
+    assert sink.value("o.e.fn", **{OVERFLOW_ATTRIBUTE: "true"}) == 8
     assert reporter.series_count("o.e.n") == 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2  # once per metric, not once per event
@@ -603,7 +389,7 @@ def test_default_cap_is_1000(sink: Sink, registry: vsrtel.Registry) -> None:
     for i in range(1005):
         registry.execute("c.e", {}, {"id": i})
     assert reporter.series_count("c.e.n") == 1000
-    assert sink.value("c.e.n", **{m.OVERFLOW_ATTRIBUTE: "true"}) == 5
+    assert sink.value("c.e.n", **{OVERFLOW_ATTRIBUTE: "true"}) == 5
 
 
 def test_max_series_up_to_the_sdk_limit_is_exact(sink: Sink, registry: vsrtel.Registry) -> None:
@@ -614,7 +400,7 @@ def test_max_series_up_to_the_sdk_limit_is_exact(sink: Sink, registry: vsrtel.Re
     for i in range(limit + 3):
         registry.execute("l.e", {}, {"id": f"s{i}"})
     points = sink.points("l.e.n")
-    overflow = frozenset({(m.OVERFLOW_ATTRIBUTE, "true")})
+    overflow = frozenset({(OVERFLOW_ATTRIBUTE, "true")})
     assert len(points) == limit + 1  # every series the reporter kept, plus its overflow series
     assert points[overflow].value == 3
     assert reporter.series_count("l.e.n") == limit
@@ -636,7 +422,7 @@ def test_unhashable_tag_values_are_keyed_by_text(sink: Sink, registry: vsrtel.Re
 
 
 def test_one_handler_per_event_name(sink: Sink, registry: vsrtel.Registry) -> None:
-    reporter = m.MetricsReporter(
+    reporter = MetricsReporter(
         [m.counter("a.b.one"), m.sum("a.b.two"), m.counter("a.c.one")],
         meter_provider=sink.provider,
         registry=registry,
@@ -653,13 +439,13 @@ def test_one_handler_per_event_name(sink: Sink, registry: vsrtel.Registry) -> No
 
 def test_reporter_rejects_duplicates_and_non_metrics(sink: Sink) -> None:
     with pytest.raises(ValueError, match=r"'a\.b'"):
-        m.MetricsReporter([m.counter("a.b"), m.sum("a.b")], meter_provider=sink.provider)
+        MetricsReporter([m.counter("a.b"), m.sum("a.b")], meter_provider=sink.provider)
     with pytest.raises(TypeError, match="metric definition"):
-        m.MetricsReporter(["a.b"], meter_provider=sink.provider)  # type: ignore[list-item]
+        MetricsReporter(["a.b"], meter_provider=sink.provider)  # type: ignore[list-item]
 
 
 def test_default_registry_and_concurrent_events(sink: Sink, vsrtel_registry: Any) -> None:
-    reporter = m.MetricsReporter(
+    reporter = MetricsReporter(
         [m.counter("p.e.n", tags=["t"])], meter_provider=sink.provider
     ).attach()
 
@@ -737,10 +523,10 @@ def test_definitions_sharing_a_prometheus_name_are_rejected(
     sink: Sink, defs: list[m.Metric], message: str | None
 ) -> None:
     if message is None:
-        m.MetricsReporter(defs, meter_provider=sink.provider)
+        MetricsReporter(defs, meter_provider=sink.provider)
         return
     with pytest.raises(ValueError, match=re.escape(message)):
-        m.MetricsReporter(defs, meter_provider=sink.provider)
+        MetricsReporter(defs, meter_provider=sink.provider)
 
 
 def test_a_scrape_passes_a_strict_openmetrics_parser(
@@ -754,7 +540,7 @@ def test_a_scrape_passes_a_strict_openmetrics_parser(
     reader, prometheus = prometheus_reader()
     provider = MeterProvider(metric_readers=[reader])
     # Gauges whose names would be a counter's or histogram's series if those existed.
-    reporter = m.MetricsReporter(
+    reporter = MetricsReporter(
         [m.counter("jobs.run.count"), m.distribution("jobs.run.size"),
          m.last_value("jobs.run.other_created", measurement="size")],
         meter_provider=provider, registry=registry,
@@ -785,21 +571,21 @@ def test_a_second_reporter_of_a_prometheus_name_on_one_provider_is_rejected(
     sink: Sink, registry: vsrtel.Registry, first: m.Metric, second: m.Metric, message: str,
     aggregation: Any,
 ) -> None:
-    one = m.MetricsReporter(
+    one = MetricsReporter(
         [first], meter_provider=sink.provider, registry=registry, aggregation=aggregation
     ).attach()
     with pytest.raises(ValueError, match=re.escape(message)):
-        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry)
+        MetricsReporter([second], meter_provider=sink.provider, registry=registry)
     with pytest.raises(ValueError, match=re.escape(message)):  # whichever way it aggregates
-        m.MetricsReporter([second], meter_provider=sink.provider, registry=registry,
+        MetricsReporter([second], meter_provider=sink.provider, registry=registry,
                           aggregation="otel" if aggregation == "vsrtel" else "vsrtel")
     # Another provider is another scrape.
     other = Sink()
-    m.MetricsReporter([second], meter_provider=other.provider, registry=registry).attach()
+    MetricsReporter([second], meter_provider=other.provider, registry=registry).attach()
     other.provider.shutdown()
     # A detached reporter's names can be taken.
     one.detach()
-    m.MetricsReporter([second], meter_provider=sink.provider, registry=registry).attach()
+    MetricsReporter([second], meter_provider=sink.provider, registry=registry).attach()
     with pytest.raises(ValueError, match=re.escape(message.split(" of another")[0])):
         one.attach()  # now the other way round
     assert not one.attached
@@ -808,9 +594,9 @@ def test_a_second_reporter_of_a_prometheus_name_on_one_provider_is_rejected(
 def test_of_two_reporters_built_first_the_second_to_attach_is_rejected(
     sink: Sink, registry: vsrtel.Registry
 ) -> None:
-    one = m.MetricsReporter([m.counter("j.e.count")], meter_provider=sink.provider,
+    one = MetricsReporter([m.counter("j.e.count")], meter_provider=sink.provider,
                             registry=registry)
-    two = m.MetricsReporter([m.last_value("j.e.count_total")], meter_provider=sink.provider,
+    two = MetricsReporter([m.last_value("j.e.count_total")], meter_provider=sink.provider,
                             registry=registry)
     one.attach()
     with pytest.raises(ValueError, match=r"'j\.e\.count_total' and metric 'j\.e\.count'"):
@@ -839,7 +625,7 @@ def test_a_reporter_replaces_the_leftover_series_its_names_clash_with(
 
 def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
     with pytest.raises(ValueError, match=r"'App\.req\.n' and 'app\.req\.n'.*ignore case"):
-        m.MetricsReporter([m.counter("App.req.n"), m.counter("app.req.n")],
+        MetricsReporter([m.counter("App.req.n"), m.counter("app.req.n")],
                           meter_provider=sink.provider)
 
 
@@ -855,14 +641,14 @@ def test_instrument_names_differing_in_case_are_rejected(sink: Sink) -> None:
         (m.counter("d.e.v", tags=["x-y", "x y"]), "tags 'x-y' and 'x y'"),
         (m.counter("d.e.v", tags=["a__b", "a_b"]), "tags 'a__b' and 'a_b'"),
         (m.counter("d.e.v", tags=["otel.scope.name"]), "the exporter adds the label"),
-        (m.counter("d.e.v", tags=[m.OVERFLOW_ATTRIBUTE]), "the exporter adds the label"),
+        (m.counter("d.e.v", tags=[OVERFLOW_ATTRIBUTE]), "the exporter adds the label"),
     ],
 )
 def test_tags_that_break_a_prometheus_family_are_rejected(
     sink: Sink, metric: m.Metric, message: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        m.MetricsReporter([metric], meter_provider=sink.provider)
+        MetricsReporter([metric], meter_provider=sink.provider)
 
 
 def test_le_is_an_ordinary_tag_on_a_counter(sink: Sink, registry: vsrtel.Registry) -> None:
@@ -986,7 +772,7 @@ def test_any_real_number_is_recorded(
     from decimal import Decimal
     from fractions import Fraction
 
-    reporter = m.MetricsReporter(
+    reporter = MetricsReporter(
         [m.sum("r.e.n"), m.distribution("r.e.n_ms", measurement="n", unit=("second", "millisecond"),
                                         reporter_options={"buckets": [100, 1000]}),
          m.last_value("r.e.n_last", measurement="n")],
@@ -1013,7 +799,7 @@ def test_numpy_numbers_are_recorded(
     sink: Sink, registry: vsrtel.Registry, aggregation: Any
 ) -> None:
     np = pytest.importorskip("numpy")
-    reporter = m.MetricsReporter(
+    reporter = MetricsReporter(
         [m.sum("np.e.n"), m.distribution("np.e.n_hist", measurement="n")],
         meter_provider=sink.provider, registry=registry, aggregation=aggregation,
     ).attach()
@@ -1043,9 +829,10 @@ def test_true_1_and_1_0_are_three_series(
 def test_no_meter_provider_and_no_global_one_warns_loudly() -> None:
     # A fresh interpreter: the global MeterProvider is not set there.
     code = (
-        "from vsrtel.handlers import metrics as m\n"
+        "from vsrtel import metrics as m\n"
+        "from vsrtel.handlers.metrics import MetricsReporter\n"
         "from vsrtel.export.prometheus import serve_metrics\n"
-        "m.MetricsReporter([m.counter('app.req.count')]).attach()\n"
+        "MetricsReporter([m.counter('app.req.count')]).attach()\n"
         "serve_metrics(port=0).close()\n"
     )
     result = subprocess.run(
@@ -1057,10 +844,10 @@ def test_no_meter_provider_and_no_global_one_warns_loudly() -> None:
 
 def test_a_no_op_meter_provider_warns_and_an_sdk_one_does_not(sink: Sink) -> None:
     with pytest.warns(RuntimeWarning, match="no working MeterProvider"):
-        m.MetricsReporter([m.counter("a.b.n")], meter_provider=NoOpMeterProvider())
+        MetricsReporter([m.counter("a.b.n")], meter_provider=NoOpMeterProvider())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        m.MetricsReporter([m.counter("a.b.n")], meter_provider=sink.provider)
+        MetricsReporter([m.counter("a.b.n")], meter_provider=sink.provider)
 
 
 # ----------------------------------------------------------------------------- any event
@@ -1201,7 +988,7 @@ def test_both_aggregations_export_the_same_data(
     for aggregation in ("vsrtel", "otel"):
         sink = Sink()
         registry = vsrtel.Registry(on_error="raise")
-        reporter = m.MetricsReporter(
+        reporter = MetricsReporter(
             every_kind(), meter_provider=sink.provider, registry=registry,
             aggregation=aggregation,  # type: ignore[arg-type]
         ).attach()
@@ -1215,12 +1002,12 @@ def test_both_aggregations_export_the_same_data(
 
 def test_aggregation_must_be_known(sink: Sink) -> None:
     with pytest.raises(ValueError, match="aggregation"):
-        m.MetricsReporter([], meter_provider=sink.provider, aggregation="fast")  # type: ignore[arg-type]
+        MetricsReporter([], meter_provider=sink.provider, aggregation="fast")  # type: ignore[arg-type]
 
 
 def test_a_provider_that_is_not_the_sdks_falls_back_to_instruments() -> None:
     with pytest.warns(RuntimeWarning):
-        reporter = m.MetricsReporter([m.counter("a.b.c")], meter_provider=NoOpMeterProvider())
+        reporter = MetricsReporter([m.counter("a.b.c")], meter_provider=NoOpMeterProvider())
     assert reporter.aggregation == "otel"
 
 
@@ -1233,7 +1020,7 @@ def test_a_provider_that_is_not_the_sdks_falls_back_to_instruments() -> None:
         m.sum("h.e.n", tags=["who"]),
         m.distribution("h.e.n", reporter_options={"buckets": [1, 10]}),
     ],
-    ids=lambda metric: f"{metric.type}-{len(metric.tags)}-tags",
+    ids=lambda metric: f"{metric.kind.name}-{len(metric.tags)}-tags",
 )
 @pytest.mark.parametrize("per_thread", [False, True], ids=["shared cells", "per-thread cells"])
 def test_four_threads_on_one_series_lose_nothing(
@@ -1271,11 +1058,11 @@ def check_four_threads(metric: m.Metric) -> None:
     for th in threads:
         th.join()
     (point,) = sink.collect()[metric.name].data.data_points
-    if metric.type == "distribution":
+    if metric.kind.name == "distribution":
         assert point.count == 4 * per_thread and point.sum == 2 * 4 * per_thread
         assert tuple(point.bucket_counts) == (0, 4 * per_thread, 0)
     else:
-        assert point.value == 4 * per_thread * (1 if metric.type == "counter" else 2)
+        assert point.value == 4 * per_thread * (1 if metric.kind.name == "counter" else 2)
     sink.provider.shutdown()
 
 
@@ -1365,7 +1152,7 @@ def test_a_delta_histograms_min_and_max_are_its_intervals(
         for _ in range(2)
     )
     sink = Sink(readers=(delta, rare))  # its own reader is cumulative
-    m.MetricsReporter([m.distribution("d.e.n", tags=["t"])], meter_provider=sink.provider,
+    MetricsReporter([m.distribution("d.e.n", tags=["t"])], meter_provider=sink.provider,
                       registry=registry, aggregation=aggregation).attach()
 
     def extremes(reader: InMemoryMetricReader) -> list[tuple[float, float, float]]:
@@ -1397,7 +1184,7 @@ def test_a_delta_histograms_min_and_max_are_its_intervals(
 def test_a_provider_is_freed_once_its_reporters_are_gone(detach: bool) -> None:
     registry = vsrtel.Registry()
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
-    reporter = m.MetricsReporter([m.distribution("f.e.n")], meter_provider=provider,
+    reporter = MetricsReporter([m.distribution("f.e.n")], meter_provider=provider,
                                  registry=registry).attach()
     registry.execute("f.e", {"n": 1})
     if detach:
@@ -1412,11 +1199,11 @@ def test_a_provider_is_freed_once_its_reporters_are_gone(detach: bool) -> None:
 def test_an_attached_reporter_keeps_its_names_when_dropped(
     sink: Sink, registry: vsrtel.Registry
 ) -> None:
-    m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+    MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
                       registry=registry).attach()  # no reference kept: its handlers keep it
     gc.collect()
     with pytest.raises(ValueError, match="another MetricsReporter attached"):
-        m.MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
+        MetricsReporter([m.counter("g.e.count")], meter_provider=sink.provider,
                           registry=registry)
     registry.execute("g.e", {})
     assert sink.value("g.e.count") == 1
@@ -1452,12 +1239,12 @@ def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
 ) -> None:
     # Two attached reporters of one name are refused, but a detached one's series stay exported
     # and the SDK's instruments of the other report the same name.
-    first = m.MetricsReporter(
+    first = MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry
     ).attach()
     registry.execute("x.e", {})
     first.detach()
-    m.MetricsReporter(
+    MetricsReporter(
         [m.counter("x.e.count")], meter_provider=sink.provider, registry=registry,
         aggregation="otel",
     ).attach()
@@ -1469,3 +1256,99 @@ def test_one_metric_by_both_aggregations_on_one_provider_exports_once(
     names = [x.name for rm in data.resource_metrics for sm in rm.scope_metrics for x in sm.metrics]
     assert names == ["x.e.count"]
     assert sum("x.e.count" in r.getMessage() for r in caplog.records) == 1  # warned once
+
+
+# ----------------------------------------------------------------------------- as the peers do
+
+
+def test_a_tag_value_without_text_drops_its_event_counted_and_reported_once(
+    sink: Sink, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    # telemetry_metrics_prometheus_core drops such a series and logs it; exporting it under ""
+    # would merge it with genuinely empty values.
+    caplog.set_level(logging.DEBUG, logger="vsrtel")
+    reporter = report(
+        sink, registry,
+        m.counter("t.e.count", tags=["a"]),
+        m.counter("t.e.called", tags=lambda md: {"a": md["a"]}),
+    )
+    for value in (NoText(), NoText(), 10**5000, ""):
+        registry.execute("t.e", {}, {"a": value})
+    assert {key: p.value for key, p in sink.points("t.e.count").items()} == {
+        frozenset({("a", "")}): 1
+    }
+    assert {key: p.value for key, p in sink.points("t.e.called").items()} == {frozenset(): 1}
+    assert reporter.skipped == {"t.e.count": 3, "t.e.called": 3}
+    warned = [r for r in caplog.records if "cannot be turned into text" in r.getMessage()]
+    assert [r.levelno for r in warned].count(logging.WARNING) == 2  # once per metric
+    assert reporter.attached
+
+
+def test_a_unit_vsrtel_does_not_convert_is_exported_and_named_as_given(
+    registry: vsrtel.Registry,
+) -> None:
+    reader, prometheus = prometheus_reader()
+    provider = MeterProvider(metric_readers=[reader])
+    defs = [
+        m.sum("jobs.done.n", unit="each"),
+        m.last_value("queue.size.depth", unit="{job}"),
+        m.sum("disk.written.size", unit="bytes"),
+    ]
+    with MetricsReporter(defs, meter_provider=provider, registry=registry):
+        registry.execute("jobs.done", {"n": 2})
+        registry.execute("queue.size", {"depth": 5})
+        registry.execute("disk.written", {"size": 100})
+        text = generate_latest(prometheus).decode()
+    provider.shutdown()
+    samples = {
+        s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert samples["jobs_done_n_each_total"] == 2
+    assert samples["queue_size_depth"] == 5  # an annotation names no suffix, as in OTel
+    assert samples["disk_written_size_bytes_total"] == 100
+
+
+def test_a_new_kind_is_a_row_of_facts_and_maybe_a_cell_shape(
+    registry: vsrtel.Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test-only kind, "maximum" (the largest value seen), added as the design notes say: a
+    `MetricKind` row (and its constructor, here `_define` with the row), and a new cell shape
+    row since no shape keeps a maximum. Nothing else changes: names, checks, the recorder (which
+    calls the shape's `record`, not inlined) and the collection follow from the rows."""
+
+    def record_max(cell: list[Any], value: Any, bounds: Any, stamp: Any) -> None:
+        if value > cell[0]:
+            cell[0] = value
+
+    def merge_max(total: list[Any], cell: list[Any], bounds: Any) -> None:
+        total[0] = max(total[0], cell[0])
+
+    last = _aggregation.SHAPES["last"]
+    shape = _aggregation.Shape("max", lambda bounds: [-math.inf], record_max, merge_max, last.read)
+    monkeypatch.setitem(_aggregation.SHAPES, "max", shape)
+    maximum = m.MetricKind(
+        "maximum", measured=True, monotonic=False, non_negative=False, prometheus_type="gauge",
+        instrument="create_gauge", labels=frozenset(), cell="max", options=frozenset(),
+        description="Largest value of",
+    )
+    definition = m._define(maximum, "t.e.latency", tags=["route"])
+    assert definition.description == "Largest value of measurement 'latency' of events t.e"
+    reader, prometheus = prometheus_reader()
+    sink = Sink(readers=(reader,))
+    reporter = report(sink, registry, definition)
+    for value, route in ((3, "/a"), (9, "/a"), (4, "/a"), (-2, "/b")):
+        registry.execute("t.e", {"latency": value}, {"route": route})
+    assert sink.value("t.e.latency", route="/a") == 9
+    assert sink.value("t.e.latency", route="/b") == -2
+    [family] = [
+        f for f in text_string_to_metric_families(generate_latest(prometheus).decode())
+        if f.name == "t_e_latency"
+    ]
+    assert family.type == "gauge"
+    with pytest.raises(ValueError, match="would both use"):  # its names are checked too
+        MetricsReporter(
+            [definition, m.last_value("t_e.latency", event_name="t.e")],
+            meter_provider=sink.provider,
+        )
+    reporter.detach()
+    sink.provider.shutdown()

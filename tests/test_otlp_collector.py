@@ -35,7 +35,7 @@ from vsrtel.export import otel
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.handlers.spans import attach_tracer
 from vsrtel.vsr import demo, simulate
-from vsrtel.vsr.metrics import METRICS
+from vsrtel.vsr.recommended import METRICS
 
 pytestmark = pytest.mark.integration
 

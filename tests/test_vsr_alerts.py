@@ -21,7 +21,7 @@ import vsrtel.vsr
 from vsrtel.export.prometheus import exposition, prometheus_reader
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.vsr import Simulation
-from vsrtel.vsr.metrics import METRICS
+from vsrtel.vsr.recommended import METRICS
 
 pytestmark = pytest.mark.integration
 

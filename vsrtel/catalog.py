@@ -22,9 +22,12 @@ from typing import Any, Literal
 from vsrtel._names import EventName, Name, event_name, starts_with
 from vsrtel._registry import Registry
 
-__all__ = ["SPAN_SUFFIXES", "Catalog", "CatalogCheck", "CatalogViolation", "EventSpec", "Kind"]
+__all__ = [
+    "SPAN_SUFFIXES", "Catalog", "CatalogCheck", "CatalogViolation", "EventKind", "EventSpec",
+]
 
-Kind = Literal["event", "span"]
+EventKind = Literal["event", "span"]
+"""What a catalogue entry declares: one event, or a span (its start, stop and exception)."""
 SPAN_SUFFIXES = ("start", "stop", "exception")
 
 _SPAN_MEASUREMENTS: dict[str, dict[str, str]] = {
@@ -77,7 +80,7 @@ class EventSpec:
     """
 
     name: EventName
-    kind: Kind
+    kind: EventKind
     description: str
     measurements: Mapping[str, str]
     metadata: Mapping[str, str]
@@ -87,7 +90,7 @@ class EventSpec:
     def __init__(
         self,
         name: Name,
-        kind: Kind,
+        kind: EventKind,
         description: str,
         measurements: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,

@@ -177,7 +177,7 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def _metrics(args: argparse.Namespace) -> int:
-    from vsrtel.vsr.metrics import render_markdown
+    from vsrtel.vsr.recommended import render_markdown
 
     print(render_markdown())
     return 0

@@ -12,13 +12,16 @@ lists the metrics it wants from them::
     ]
 
 A definition is validated when it is built and never changes; a reporter turns definitions into
-metrics (`vsrtel.handlers.metrics.MetricsReporter`, which also re-exports everything here). This
-module needs neither OpenTelemetry nor Prometheus. Also here: the units, the default buckets and
-the tag normalisers (`status_class`, `normalize_reason`, `bounded`) that keep labels bounded.
+metrics (`vsrtel.handlers.metrics.MetricsReporter`). Each kind of metric is one row of `KINDS`
+(a `MetricKind`): whether it only goes up, whether it refuses negative values, its Prometheus
+type, how vsrtel aggregates it; a definition carries its row as `Metric.kind`. This module needs
+neither OpenTelemetry nor Prometheus. Also here: the units, the default buckets and the tag
+normalisers (`status_class`, `normalize_reason`, `bounded`) that keep labels bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import inspect
@@ -38,23 +41,20 @@ __all__ = [
     "DEFAULT_MAX_SERIES",
     "KINDS",
     "MAX_SERIES_LIMIT",
-    "Kind",
     "Metric",
+    "MetricKind",
     "MetricOptions",
     "bounded",
     "buckets_for",
     "counter",
     "distribution",
-    "filter_fn",
     "last_value",
-    "measure_fn",
     "normalize_reason",
     "status_class",
     "sum",
     "summary",
 ]
 
-MetricType: TypeAlias = Literal["counter", "sum", "last_value", "summary", "distribution"]
 Measurements: TypeAlias = Mapping[str, Any]
 Metadata: TypeAlias = Mapping[str, Any]
 UnitSpec: TypeAlias = "str | tuple[str, str] | None"
@@ -126,33 +126,72 @@ class _Unit:
     otel: str  # exported unit
 
 
-def _unknown_unit(unit: object, what: str = "unit", where: str = "") -> ValueError:
-    candidates = [u for u in _UNITS if u != unit]
-    close = difflib.get_close_matches(unit, candidates, n=1) if isinstance(unit, str) else []
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown {what} {unit!r}{where}{hint}; known units: {', '.join(_UNITS)}")
+def _known_unit(unit: str) -> str | None:
+    """The known unit `unit` names (itself, or the singular of its plural: "seconds"), or None."""
+    if unit in _UNITS:
+        return unit
+    if unit.endswith("s") and unit[:-1] in _UNITS and unit != "1s":
+        return unit[:-1]
+    return None
+
+
+def _near_miss(unit: str, cutoff: float = 0.85) -> str | None:
+    """The known unit that `unit`, not a known one, looks like a typo of ("secnd"), or None.
+
+    A ratio ("byte/s") or an annotation ("{request}") is never one.
+    """
+    if "/" in unit or "{" in unit:
+        return None
+    close = difflib.get_close_matches(unit.lower(), list(_UNITS), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def _free_unit(unit: str, where: str = "") -> str:
+    """`unit`, a unit vsrtel does not convert, as it is exported; ValueError for a typo."""
+    if not unit:
+        raise ValueError(f"unit must not be empty{where}; leave it out for no unit")
+    close = _near_miss(unit)
+    if close is not None:
+        raise ValueError(
+            f"unknown unit {unit!r}{where} (did you mean {close!r}?); known units, which "
+            f"convert: {', '.join(_UNITS)}; any other name is exported as it is"
+        )
+    return unit
 
 
 def _parse_unit(unit: object) -> _Unit:
-    """Resolve a unit option into a conversion factor and the exported OTel unit."""
+    """Resolve a unit option into a conversion factor and the exported OTel unit.
+
+    A known unit (or its plural) converts; any other string is exported as it is, as
+    OpenTelemetry and `Telemetry.Metrics` do, unless it looks like a typo of a known one.
+    """
     if unit is None:
         return _Unit(1, "")
     if isinstance(unit, str):
-        info = _UNITS.get(unit)
-        if info is None:
-            raise _unknown_unit(unit)
-        if unit == "native":
+        known = _known_unit(unit)
+        if known is None:
+            return _Unit(1, _free_unit(unit))
+        if known == "native":
             # Native time is nanoseconds; Prometheus and OTel want base units (seconds).
             return _Unit(1e-9, "s")
-        return _Unit(1, info.otel)
+        return _Unit(1, _UNITS[known].otel)
     if isinstance(unit, tuple) and len(unit) == 2:
         src, dst = unit
-        src_info = _UNITS.get(src) if isinstance(src, str) else None
-        dst_info = _UNITS.get(dst) if isinstance(dst, str) and dst != "native" else None
-        if src_info is None:
-            raise _unknown_unit(src, where=f" in conversion {unit!r}")
-        if dst_info is None:
-            raise _unknown_unit(dst, "target unit", f" in conversion {unit!r}")
+        for end in (src, dst):
+            if not isinstance(end, str):
+                raise ValueError(f"unit {end!r} in conversion {unit!r} is not a string")
+        src_known, dst_known = _known_unit(src), _known_unit(dst)
+        if src_known is None or dst_known is None:
+            if src == dst:  # no conversion: a free-form unit, as for `unit=src`
+                return _Unit(1, _free_unit(src, f" in conversion {unit!r}"))
+            bad = src if src_known is None else dst
+            close = _near_miss(bad, cutoff=0.6)  # it must be a known unit: any hint helps
+            hint = f" (did you mean {close!r}?)" if close else ""
+            raise ValueError(
+                f"cannot convert {src!r} to {dst!r}: {bad!r} is not a unit vsrtel converts{hint}; "
+                f"known units: {', '.join(_UNITS)}"
+            )
+        src_info, dst_info = _UNITS[src_known], _UNITS[dst_known]
         if src_info.dimension != dst_info.dimension:
             raise ValueError(
                 f"cannot convert {src!r} ({src_info.dimension}) to {dst!r} ({dst_info.dimension})"
@@ -168,34 +207,98 @@ def _parse_unit(unit: object) -> _Unit:
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Kind:
-    """What a metric type is: its reporter options and how its default description starts."""
+class MetricKind:
+    """What a kind of metric is, as one row of facts: everything vsrtel derives from a kind.
 
+    - `name`: the kind (`"counter"`, ...), also the name of its constructor.
+    - `measured`: whether a measurement is read (False: it counts events, ignoring the
+      measurement and the unit).
+    - `monotonic`: whether it only goes up (a sum's `monotonic` option can say it does not).
+    - `non_negative`: whether a negative value is skipped (the SDK would drop it).
+    - `prometheus_type`: the type of its family in a scrape (`"counter"`, `"gauge"`,
+      `"histogram"`).
+    - `instrument`: the OpenTelemetry meter method making its instrument
+      (`aggregation="otel"`), whose update method is `add`, `set` or `record`.
+    - `labels`: the labels its Prometheus family uses itself, which no tag may take.
+    - `cell`: the cell shape vsrtel aggregates it in (`vsrtel.handlers._aggregation.SHAPES`),
+      or None when the MeterProvider's views aggregate it (a summary).
+    - `options`: the reporter options it takes beside `max_series`; `description`: how its
+      default description starts.
+    """
+
+    name: str
+    measured: bool
+    monotonic: bool
+    non_negative: bool
+    prometheus_type: Literal["counter", "gauge", "histogram"]
+    instrument: Literal["create_counter", "create_up_down_counter", "create_gauge",
+                        "create_histogram"]
+    labels: frozenset[str]
+    cell: str | None
     options: frozenset[str]
     description: str
 
+    def going_down(self) -> MetricKind:
+        """This kind when told it may go down (`monotonic=False`): a gauge in a scrape, an
+        up-down counter in OpenTelemetry, negative values kept."""
+        return dataclasses.replace(
+            self,
+            monotonic=False,
+            non_negative=False,
+            prometheus_type="gauge" if self.prometheus_type == "counter" else self.prometheus_type,
+            instrument=(
+                "create_up_down_counter" if self.instrument == "create_counter"
+                else self.instrument
+            ),
+        )
 
-KINDS: Final[Mapping[MetricType, Kind]] = {
-    "counter": Kind(frozenset({"max_series"}), "Number of"),
-    "sum": Kind(frozenset({"max_series", "monotonic"}), "Sum of"),
-    "last_value": Kind(frozenset({"max_series"}), "Last value of"),
-    "distribution": Kind(frozenset({"max_series", "buckets"}), "Distribution of"),
-    "summary": Kind(frozenset({"max_series", "max_size", "max_scale"}), "Summary of"),
+
+KINDS: Final[Mapping[str, MetricKind]] = {
+    kind.name: kind
+    for kind in (
+        MetricKind("counter", measured=False, monotonic=True, non_negative=True,
+                   prometheus_type="counter", instrument="create_counter",
+                   labels=frozenset(), cell="total", options=frozenset(), description="Number of"),
+        MetricKind("sum", measured=True, monotonic=True, non_negative=True,
+                   prometheus_type="counter", instrument="create_counter",
+                   labels=frozenset(), cell="total", options=frozenset({"monotonic"}),
+                   description="Sum of"),
+        MetricKind("last_value", measured=True, monotonic=False, non_negative=False,
+                   prometheus_type="gauge", instrument="create_gauge",
+                   labels=frozenset(), cell="last", options=frozenset(),
+                   description="Last value of"),
+        MetricKind("distribution", measured=True, monotonic=False, non_negative=True,
+                   prometheus_type="histogram", instrument="create_histogram",
+                   labels=frozenset({"le"}), cell="buckets", options=frozenset({"buckets"}),
+                   description="Distribution of"),
+        MetricKind("summary", measured=True, monotonic=False, non_negative=True,
+                   prometheus_type="histogram", instrument="create_histogram",
+                   labels=frozenset({"le", "quantile"}), cell=None,
+                   options=frozenset({"max_size", "max_scale"}), description="Summary of"),
+    )
 }
-"""The metric types, one row each: a reporter implements every one."""
+"""The kinds of metric, one row each, by name: a reporter implements every one."""
+
+# The reporter options vsrtel's reporter reads (each checked where given); any other option is
+# kept as given, for another reporter.
+_OPTIONS: Final = frozenset({"max_series", "monotonic", "buckets", "max_size", "max_scale"})
 
 
 @dataclass(frozen=True, eq=False)
 class Metric:
     """One metric definition; build it with `counter`, `sum`, `last_value`, `summary`, ...
 
-    Attributes are normalised: `name` is the dotted metric (and OTel instrument) name,
+    Attributes are normalised: `kind` is the kind's row (`KINDS`, or `going_down()` of it for
+    a sum with `monotonic=False`), `name` the dotted metric (and OTel instrument) name,
     `event_name` the event tuple it listens to, `measurement` the key or callable as given,
     `tags` a tuple of metadata keys or a callable, `unit` the unit option as given and
-    `export_unit` the OTel unit the values are exported in.
+    `export_unit` the OTel unit the values are exported in. For reporters, `measure` is a
+    measurement callable in its `(measurements, metadata)` form (None for a key) and `accepts`
+    the `keep` or `drop` predicate as one `(metadata, measurements)` test of the events to
+    record (None for all).
     """
 
-    type: MetricType
+    kind: MetricKind
     name: str
     event_name: tuple[str, ...]
     measurement: str | Callable[..., Any]
@@ -209,9 +312,11 @@ class Metric:
     description: str
     reporter_options: Mapping[str, Any]
     max_series: int
+    measure: Callable[[Measurements, Metadata], Any] | None
+    accepts: Callable[[Metadata, Measurements], bool] | None
 
     def __repr__(self) -> str:
-        return f"<vsrtel metric {self.type} {self.name!r} on {'.'.join(self.event_name)}>"
+        return f"<vsrtel metric {self.kind.name} {self.name!r} on {'.'.join(self.event_name)}>"
 
 
 def _arity(fn: Callable[..., Any], choices: tuple[int, ...], what: str) -> int:
@@ -236,13 +341,10 @@ def _arity(fn: Callable[..., Any], choices: tuple[int, ...], what: str) -> int:
     )
 
 
-def measure_fn(
+def _measure_fn(
     measurement: str | Callable[..., Any],
 ) -> Callable[[Measurements, Metadata], Any] | None:
-    """A `measurement` callable in its `(measurements, metadata)` form; None for a key.
-
-    For reporters; raises ValueError or TypeError for a bad measurement.
-    """
+    """A `measurement` callable in its `(measurements, metadata)` form; None for a key."""
     if isinstance(measurement, str):
         if not measurement:
             raise ValueError("measurement key must not be empty")
@@ -253,12 +355,12 @@ def measure_fn(
     return measurement
 
 
-def filter_fn(
+def _filter_fn(
     keep: Callable[..., bool] | None, drop: Callable[..., bool] | None
 ) -> Callable[[Metadata, Measurements], bool] | None:
     """`keep` or `drop` as one `(metadata, measurements)` predicate of the events to record.
 
-    None when both are None; for reporters; raises ValueError when both are given.
+    None when both are None; raises ValueError when both are given.
     """
     if keep is not None and drop is not None:
         raise ValueError("give either keep or drop, not both")
@@ -276,14 +378,26 @@ def filter_fn(
     return lambda md, ms: not pred(md)
 
 
-def _check_options(kind: MetricType, options: Mapping[str, Any] | None) -> dict[str, Any]:
+def _check_options(kind: MetricKind, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The reporter options, each one vsrtel's reporter reads checked; any other kept as given
+    (another reporter's), unless its name looks like a typo of one vsrtel reads."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"reporter_options must be a mapping, got {options!r}")
     opts = dict(options or {})
-    allowed = KINDS[kind].options
+    allowed = kind.options | {"max_series"}
     for key in opts:
-        if key not in allowed:
+        if key in _OPTIONS and key not in allowed:
             raise ValueError(
-                f"reporter option {key!r} does not apply to {kind}; allowed: {sorted(allowed)}"
+                f"reporter option {key!r} does not apply to {kind.name}; vsrtel's options for "
+                f"it: {sorted(allowed)}"
             )
+        if key not in _OPTIONS and isinstance(key, str):
+            close = difflib.get_close_matches(key, sorted(_OPTIONS), n=1, cutoff=0.85)
+            if close:
+                raise ValueError(
+                    f"unknown reporter option {key!r} (did you mean {close[0]!r}?); vsrtel's "
+                    f"options for {kind.name}: {sorted(allowed)}"
+                )
     if "max_series" in opts:
         n = opts["max_series"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -321,7 +435,7 @@ def _check_options(kind: MetricType, options: Mapping[str, Any] | None) -> dict[
 
 
 def _define(
-    kind: MetricType,
+    kind: MetricKind,
     name: str | Sequence[str],
     *,
     event_name: str | Sequence[str] | None = None,
@@ -352,7 +466,7 @@ def _define(
         )
     if measurement is None:
         measurement = parts[-1]
-    measure_fn(measurement)  # validates it
+    measure = _measure_fn(measurement)
 
     tag_spec: tuple[str, ...] | Callable[[Metadata], Mapping[str, Any]]
     if callable(tags):
@@ -370,19 +484,21 @@ def _define(
     if tag_values is not None:
         _arity(tag_values, (1,), "tag_values")
 
-    filter_fn(keep, drop)  # validates them
+    accepts = _filter_fn(keep, drop)
     converted = _parse_unit(unit)
     opts = _check_options(kind, reporter_options)
+    if opts.get("monotonic", True) is False:
+        kind = kind.going_down()
     if description is None:
-        what = "events" if kind == "counter" else f"measurement {parts[-1]!r} of events"
-        if kind != "counter" and not isinstance(measurement, str):
+        what = "events" if not kind.measured else f"measurement {parts[-1]!r} of events"
+        if kind.measured and not isinstance(measurement, str):
             what = "a computed measurement of events"
-        description = f"{KINDS[kind].description} {what} {'.'.join(event)}"
+        description = f"{kind.description} {what} {'.'.join(event)}"
     elif not isinstance(description, str):
         raise TypeError(f"description must be a string, got {description!r}")
 
     return Metric(
-        type=kind,
+        kind=kind,
         name=dotted,
         event_name=event,
         measurement=measurement,
@@ -391,11 +507,13 @@ def _define(
         keep=keep,
         drop=drop,
         unit=unit,
-        export_unit="{event}" if kind == "counter" else converted.otel,
-        factor=1 if kind == "counter" else converted.factor,
+        export_unit=converted.otel if kind.measured else "{event}",
+        factor=converted.factor if kind.measured else 1,
         description=description,
         reporter_options=opts,
         max_series=opts.get("max_series", DEFAULT_MAX_SERIES),
+        measure=measure,
+        accepts=accepts,
     )
 
 
@@ -410,13 +528,16 @@ class MetricOptions(TypedDict, total=False):
       tag mapping; `tag_values`: a callable applied to metadata before tags are taken.
     - `keep` / `drop`: a predicate of `(metadata)` or `(metadata, measurements)` choosing which
       events count (not both).
-    - `unit`: a unit name (`"native"` = nanoseconds, exported in seconds; `"second"`,
-      `"millisecond"`, `"microsecond"`, `"nanosecond"`, `"byte"`, `"kilobyte"`, `"megabyte"`,
-      `"1"`) or a conversion pair such as `("native", "second")` or `("byte", "kilobyte")`.
+    - `unit`: a unit name or a conversion pair such as `("native", "second")` or
+      `("byte", "kilobyte")`. vsrtel converts `"native"` (nanoseconds; alone, exported in
+      seconds), `"second"`, `"millisecond"`, `"microsecond"`, `"nanosecond"`, `"byte"`,
+      `"kilobyte"`, `"megabyte"` and `"1"` (plurals too); any other name (`"each"`,
+      `"{request}"`) is exported as it is, unless it looks like a typo of one of these.
     - `description`: help text (a default is derived from the definition).
     - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000, at most
       1999 so the OpenTelemetry SDK's own limit of 2000 never merges series silently), and per
-      type `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
+      kind `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
+      These are checked; any other option is kept as given, for another reporter.
     """
 
     event_name: str | Sequence[str] | None
@@ -436,29 +557,29 @@ class MetricOptions(TypedDict, total=False):
 
 def counter(name: str | Sequence[str], **options: Unpack[MetricOptions]) -> Metric:
     """Count events (the measurement's value is ignored; it need not even be present)."""
-    return _define("counter", name, **options)
+    return _define(KINDS["counter"], name, **options)
 
 
 def sum(name: str | Sequence[str], **options: Unpack[MetricOptions]) -> Metric:  # Elixir's name
     """Add up a measurement (`reporter_options={"monotonic": False}` for one that goes down)."""
-    return _define("sum", name, **options)
+    return _define(KINDS["sum"], name, **options)
 
 
 def last_value(name: str | Sequence[str], **options: Unpack[MetricOptions]) -> Metric:
     """Keep the most recent value of a measurement (a gauge)."""
-    return _define("last_value", name, **options)
+    return _define(KINDS["last_value"], name, **options)
 
 
 def distribution(name: str | Sequence[str], **options: Unpack[MetricOptions]) -> Metric:
     """Bucket a measurement: `reporter_options={"buckets": [...]}` in the exported unit, by
     default per unit (seconds: 0.5 ms .. 10 s; bytes: 64 B .. 256 MiB; else OTel's)."""
-    return _define("distribution", name, **options)
+    return _define(KINDS["distribution"], name, **options)
 
 
 def summary(name: str | Sequence[str], **options: Unpack[MetricOptions]) -> Metric:
     """Summarise a measurement without choosing buckets: exponential buckets where the reporter
     can (OpenTelemetry with `metric_views`), else the unit's default explicit buckets."""
-    return _define("summary", name, **options)
+    return _define(KINDS["summary"], name, **options)
 
 
 def buckets_for(metric: Metric) -> tuple[float, ...]:

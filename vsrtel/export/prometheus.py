@@ -1,10 +1,10 @@
 """A Prometheus scrape endpoint for vsrtel metrics, built on OpenTelemetry's Prometheus exporter.
 
-    from vsrtel.handlers import metrics as m
     from vsrtel.export.prometheus import serve_metrics
+    from vsrtel.handlers.metrics import MetricsReporter
 
     server = serve_metrics(port=9464)
-    m.MetricsReporter(defs, meter_provider=server.meter_provider).attach()
+    MetricsReporter(defs, meter_provider=server.meter_provider).attach()
     # Prometheus scrapes server.url; server.close() when done.
 
 The exposition format (Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it) is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import errno
 import inspect
 import io
@@ -39,9 +38,9 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.metrics_core import Metric as PromMetric
 
-import vsrtel
 from vsrtel.export import _dashboard
-from vsrtel.handlers.metrics import Metric, MetricsReporter
+from vsrtel.handlers import _prometheus_names
+from vsrtel.metrics import Metric
 
 __all__ = [
     "Exposition",
@@ -638,7 +637,7 @@ class Exposition:
 
 
 class _Anything(Mapping[str, int]):
-    """Measurements or metadata that hold every key, each with the value 1."""
+    """Metadata that holds every key, each with the value 1."""
 
     def __getitem__(self, key: str) -> int:
         return 1
@@ -650,41 +649,34 @@ class _Anything(Mapping[str, int]):
         return 0
 
 
-def _one(*_: Any) -> int:
-    return 1
-
-
 def exposition(metrics: Iterable[Metric]) -> list[Exposition]:
     """Return the Prometheus name, type, unit, labels and series of each metric definition.
 
-    Each metric records one synthetic event through a real `MetricsReporter` and
-    OpenTelemetry's Prometheus reader, so the names are the exporter's own (for reference docs
-    and alert rules), never re-derived here. Raises ValueError when a metric's ``tags``
-    callable rejects the synthetic metadata (every key present, each value 1).
+    The names are those the metrics reporter checks (`vsrtel.handlers._prometheus_names`, by
+    the OpenTelemetry exporter's own rules), for reference docs and alert rules. A ``tags``
+    callable is given stand-in metadata (every key present, each value 1) for its label names;
+    ValueError when it rejects it.
     """
     found = []
     for metric in metrics:
-        # The probe always records: filters and measurement callables could reject the stand-ins.
-        probe = dataclasses.replace(metric, measurement=_one, keep=None, drop=None, tag_values=None)
-        reader, registry = prometheus_reader()
-        provider = MeterProvider(metric_readers=[reader])
-        events = vsrtel.Registry(on_error="raise")
-        with MetricsReporter([probe], meter_provider=provider, registry=events):
-            events.execute(metric.event_name, _Anything(), _Anything())
-        families = [f for f in registry.collect() if f.type != "info"]  # not target_info
-        provider.shutdown()
-        if len(families) != 1:
-            raise ValueError(f"metric {metric.name!r}: its tags callable rejects stand-in metadata")
-        [family] = families
-        labels = {k for s in family.samples for k in s.labels if not k.startswith("otel_scope")}
+        family = _prometheus_names.family(metric)
+        try:
+            labels = _prometheus_names.labels(metric, _Anything())
+        except Exception as exc:
+            raise ValueError(
+                f"metric {metric.name!r}: its tags callable rejects stand-in metadata: {exc!r}"
+            ) from exc
+        problem = _prometheus_names.tag_check(metric.kind)(labels)
+        if problem is not None:
+            raise ValueError(f"metric {metric.name!r}: its tags callable returns {problem}")
         found.append(
             Exposition(
                 metric=metric,
                 name=family.name,
                 type=family.type,
                 unit=family.unit,
-                labels=tuple(sorted(labels - {"le"})),
-                samples=tuple(dict.fromkeys(s.name for s in family.samples)),
+                labels=labels,
+                samples=family.samples,
             )
         )
     return found

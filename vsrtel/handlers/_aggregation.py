@@ -15,6 +15,11 @@ Each metric keeps its series in *cells*: plain lists a handler updates in place
 
 A collection copies each cell (one C call) and adds up a series' cells.
 
+A cell has a *shape* (`SHAPES`, one row each: how a cell is made, recorded into, added up and
+read out); a metric kind names the shape it aggregates in (`vsrtel.metrics.MetricKind.cell`).
+The metric's handler (`_recorders`) inlines each shape's `record` for speed; a shape it does not
+inline is recorded by calling `record`, and a test holds the inlined code to the rows.
+
 OpenTelemetry's Python SDK has no public way to hand it data aggregated elsewhere (no
 MetricProducer). The route taken here: the SDK's collect callback of each reader of the
 MeterProvider is wrapped, so that after the SDK's own collection the reporter's series are added
@@ -34,7 +39,9 @@ import platform
 import sys
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from time import time_ns
 from typing import Any, Final
 
@@ -59,13 +66,6 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 _log = logging.getLogger("vsrtel")
 
-# What a cell holds, by kind: counter and sum [total]; last value [value, stamp];
-# histogram [bucket counts..., sum, min, max].
-COUNTER: Final = 0
-SUM: Final = 1
-LAST_VALUE: Final = 2
-HISTOGRAM: Final = 3
-
 PER_THREAD: Final = platform.python_implementation() != "CPython" or not getattr(
     sys, "_is_gil_enabled", lambda: True
 )()
@@ -88,8 +88,8 @@ class Series:
 
 
 class Cells:
-    """The cells of one metric: a dict from tag key (or `Series`) to its cell, one per thread
-    when `per_thread`.
+    """The cells of one metric, of one `Shape`: a dict from tag key (or `Series`) to its cell,
+    one per thread when `per_thread`.
 
     `local.cells` is the calling thread's dict (a thread-local attribute is the cheapest way to
     reach it; without `per_thread`, `local` is a plain object all threads share); `threads`
@@ -97,14 +97,14 @@ class Cells:
     """
 
     __slots__ = (
-        "__weakref__", "bounds", "kind", "local", "lock", "per_thread", "retired", "stamp",
+        "__weakref__", "bounds", "local", "lock", "per_thread", "retired", "shape", "stamp",
         "threads",
     )
 
     def __init__(
-        self, kind: int, bounds: tuple[float, ...] = (), *, per_thread: bool = PER_THREAD
+        self, shape: Shape, bounds: tuple[float, ...] = (), *, per_thread: bool = PER_THREAD
     ) -> None:
-        self.kind = kind
+        self.shape = shape
         self.bounds = bounds
         self.per_thread = per_thread
         self.local: Any = threading.local() if per_thread else _Shared()
@@ -142,7 +142,7 @@ class Cells:
                 if total is None:
                     self.retired[cell[-1]] = cell
                 else:
-                    self._add(total, cell)
+                    self.shape.merge(total, cell, self.bounds)
 
     def cell(self, series: Series) -> list[Any]:
         """The calling thread's cell of `series`, created empty if needed."""
@@ -152,12 +152,7 @@ class Cells:
             with self.lock:
                 cell = cells.get(series)
                 if cell is None:
-                    if self.kind == HISTOGRAM:
-                        cell = [0] * (len(self.bounds) + 1) + [0, _INF, _NEG_INF]
-                    elif self.kind == LAST_VALUE:
-                        cell = [0, -1]
-                    else:
-                        cell = [0]
+                    cell = self.shape.new(self.bounds)
                     cell.append(series)  # the last item: whose cell it is
                     cells[series] = cell
         return cell
@@ -169,7 +164,7 @@ class Cells:
         its cell as the cell is read.
         """
         merged: dict[Series, list[Any]] = {}
-        at_min = len(self.bounds) + 2 if self.kind == HISTOGRAM else 0
+        at_min = len(self.bounds) + 2 if self.shape.extremes else 0
         with self.lock:
             for cells in [*self.threads.values(), self.retired]:
                 for cell in _unique(cells):
@@ -185,22 +180,8 @@ class Cells:
                     if total is None:
                         merged[copy[-1]] = copy
                     else:
-                        self._add(total, copy)
+                        self.shape.merge(total, copy, self.bounds)
         return {series: total[:-1] for series, total in merged.items()}
-
-    def _add(self, total: list[Any], cell: list[Any]) -> None:
-        """Add `cell` to `total`, a cell of the same series."""
-        if self.kind == HISTOGRAM:
-            n = len(self.bounds) + 1
-            for i in range(n + 1):
-                total[i] += cell[i]
-            total[n + 1] = min(total[n + 1], cell[n + 1])
-            total[n + 2] = max(total[n + 2], cell[n + 2])
-        elif self.kind == LAST_VALUE:
-            if cell[1] > total[1]:
-                total[:2] = cell[:2]
-        else:
-            total[0] += cell[0]
 
 
 def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
@@ -348,65 +329,12 @@ class Hook:
         now: int,
         previous: dict[tuple[str, Series], tuple[list[Any], int]],
     ) -> Metric | None:
-        cells = export.cells
-        totals = cells.totals()
+        totals = export.cells.totals()
         if not totals:
             return None
-        data: Sum | Gauge | Histogram
-        if cells.kind == LAST_VALUE:
-            points = [
-                NumberDataPoint(
-                    attributes=s.attrs, start_time_unix_nano=s.start_ns, time_unix_nano=now,
-                    value=total[0],
-                )
-                for s, total in totals.items()
-            ]
-            data = Gauge(data_points=points)
-        elif cells.kind == HISTOGRAM:
-            temporality = _temporality(reader, SdkHistogram)
-            pending = self._pending.setdefault(reader, {}) if temporality is _DELTA else None
-            hpoints = []
-            n = len(cells.bounds) + 1
-            for s, total in totals.items():
-                key = (export.name, s)
-                first = key not in previous
-                # Counts and sum subtract; min and max are folded (see `_extremes`).
-                start, value = self._since(export, s, total[:n + 1], temporality, previous, now)
-                low, high = self._fold(key, total[n + 1], total[n + 2])
-                if pending is not None:
-                    since = pending.pop(key, (_INF, _NEG_INF))
-                    if not first:  # a first delta point runs from the series' start
-                        low, high = since
-                counts = value[:n]
-                count = sum(counts)
-                if temporality is _DELTA and not count:
-                    continue
-                hpoints.append(HistogramDataPoint(
-                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
-                    count=count, sum=value[n], bucket_counts=counts,
-                    explicit_bounds=cells.bounds, min=low, max=high,
-                ))
-            if not hpoints:
-                return None
-            data = Histogram(data_points=hpoints, aggregation_temporality=temporality)
-        else:
-            kind = SdkCounter if export.monotonic else SdkUpDownCounter
-            temporality = _temporality(reader, kind)
-            spoints = []
-            for s, total in totals.items():
-                start, value = self._since(export, s, total, temporality, previous, now)
-                if temporality is _DELTA and not value[0]:
-                    continue
-                spoints.append(NumberDataPoint(
-                    attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
-                    value=value[0],
-                ))
-            if not spoints:
-                return None
-            data = Sum(
-                data_points=spoints, aggregation_temporality=temporality,
-                is_monotonic=export.monotonic,
-            )
+        data = export.cells.shape.read(self, export, reader, now, previous, totals)
+        if data is None:
+            return None
         return Metric(name=export.name, description=export.description, unit=export.unit, data=data)
 
     def _fold(self, key: tuple[str, Series], low: float, high: float) -> tuple[float, float]:
@@ -451,6 +379,159 @@ def _temporality(reader: MetricReader, kind: type) -> AggregationTemporality:
         if issubclass(cls, kind):
             return temporality
     return _CUMULATIVE
+
+
+# --------------------------------------------------------------------------------------------
+# Cell shapes: one row each
+# --------------------------------------------------------------------------------------------
+
+_Totals = dict[Series, list[Any]]
+_Previous = dict[tuple[str, Series], tuple[list[Any], int]]
+
+
+def _read_total(
+    hook: Hook, export: Export, reader: MetricReader, now: int, previous: _Previous,
+    totals: _Totals,
+) -> Sum | None:
+    temporality = _temporality(reader, SdkCounter if export.monotonic else SdkUpDownCounter)
+    points = []
+    for s, total in totals.items():
+        start, value = hook._since(export, s, total, temporality, previous, now)
+        if temporality is _DELTA and not value[0]:
+            continue
+        points.append(NumberDataPoint(
+            attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now, value=value[0],
+        ))
+    if not points:
+        return None
+    return Sum(
+        data_points=points, aggregation_temporality=temporality, is_monotonic=export.monotonic
+    )
+
+
+def _read_last(
+    hook: Hook, export: Export, reader: MetricReader, now: int, previous: _Previous,
+    totals: _Totals,
+) -> Gauge:
+    return Gauge(data_points=[
+        NumberDataPoint(
+            attributes=s.attrs, start_time_unix_nano=s.start_ns, time_unix_nano=now,
+            value=total[0],
+        )
+        for s, total in totals.items()
+    ])
+
+
+def _read_buckets(
+    hook: Hook, export: Export, reader: MetricReader, now: int, previous: _Previous,
+    totals: _Totals,
+) -> Histogram | None:
+    temporality = _temporality(reader, SdkHistogram)
+    pending = hook._pending.setdefault(reader, {}) if temporality is _DELTA else None
+    bounds = export.cells.bounds
+    points = []
+    n = len(bounds) + 1
+    for s, total in totals.items():
+        key = (export.name, s)
+        first = key not in previous
+        # Counts and sum subtract; min and max are folded (see `Hook._extremes`).
+        start, value = hook._since(export, s, total[:n + 1], temporality, previous, now)
+        low, high = hook._fold(key, total[n + 1], total[n + 2])
+        if pending is not None:
+            since = pending.pop(key, (_INF, _NEG_INF))
+            if not first:  # a first delta point runs from the series' start
+                low, high = since
+        counts = value[:n]
+        count = sum(counts)
+        if temporality is _DELTA and not count:
+            continue
+        points.append(HistogramDataPoint(
+            attributes=s.attrs, start_time_unix_nano=start, time_unix_nano=now,
+            count=count, sum=value[n], bucket_counts=counts, explicit_bounds=bounds,
+            min=low, max=high,
+        ))
+    if not points:
+        return None
+    return Histogram(data_points=points, aggregation_temporality=temporality)
+
+
+def _merge_total(total: list[Any], cell: list[Any], bounds: tuple[float, ...]) -> None:
+    total[0] += cell[0]
+
+
+def _merge_last(total: list[Any], cell: list[Any], bounds: tuple[float, ...]) -> None:
+    if cell[1] > total[1]:
+        total[:2] = cell[:2]
+
+
+def _merge_buckets(total: list[Any], cell: list[Any], bounds: tuple[float, ...]) -> None:
+    n = len(bounds) + 1
+    for i in range(n + 1):
+        total[i] += cell[i]
+    total[n + 1] = min(total[n + 1], cell[n + 1])
+    total[n + 2] = max(total[n + 2], cell[n + 2])
+
+
+def _record_total(
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+) -> None:
+    cell[0] += value
+
+
+def _record_last(
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+) -> None:
+    cell[0] = value
+    cell[1] = stamp()
+
+
+def _record_buckets(
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+) -> None:
+    at_sum = len(bounds) + 1
+    cell[bisect_left(bounds, value)] += 1
+    cell[at_sum] += value
+    if value < cell[at_sum + 1]:
+        cell[at_sum + 1] = value
+    if value > cell[at_sum + 2]:
+        cell[at_sum + 2] = value
+
+
+@dataclass(frozen=True, eq=False)
+class Shape:
+    """How one shape of cell is made (`new`, given the bucket bounds), recorded into (`record`
+    of one value; a metric's handler inlines it), added up (`merge` of a cell into a total of
+    the same series) and read out (`read`: the OpenTelemetry data of a metric's totals).
+
+    `extremes`: its last two numbers are a min and a max, reset as a collection reads them.
+    """
+
+    name: str
+    new: Callable[[tuple[float, ...]], list[Any]]
+    record: Callable[[list[Any], Any, tuple[float, ...], Callable[[], int]], None]
+    merge: Callable[[list[Any], list[Any], tuple[float, ...]], None]
+    read: Callable[
+        [Hook, Export, MetricReader, int, _Previous, _Totals], Sum | Gauge | Histogram | None
+    ]
+    extremes: bool = False
+
+
+TOTAL: Final = Shape("total", lambda bounds: [0], _record_total, _merge_total, _read_total)
+"""[total]: a counter's or a sum's."""
+LAST: Final = Shape("last", lambda bounds: [0, -1], _record_last, _merge_last, _read_last)
+"""[value, stamp]: a last value's (the latest stamp wins)."""
+BUCKETS: Final = Shape(
+    "buckets",
+    lambda bounds: [0] * (len(bounds) + 1) + [0, _INF, _NEG_INF],
+    _record_buckets,
+    _merge_buckets,
+    _read_buckets,
+    extremes=True,
+)
+"""[bucket counts..., sum, min, max]: a distribution's."""
+
+SHAPES: Final[dict[str, Shape]] = {shape.name: shape for shape in (TOTAL, LAST, BUCKETS)}
+"""The cell shapes, by the name a `MetricKind.cell` gives."""
 
 
 _HOOKS: weakref.WeakKeyDictionary[MeterProvider, Hook] = weakref.WeakKeyDictionary()

@@ -1,8 +1,9 @@
 """The metrics reporter: metric definitions turned into OpenTelemetry metrics, from events.
 
-    from vsrtel.handlers import metrics as m
+    from vsrtel import metrics as m
+    from vsrtel.handlers.metrics import MetricsReporter
 
-    reporter = m.MetricsReporter([
+    reporter = MetricsReporter([
         m.counter("vsr.protocol.client_request.stop.count"),
         m.distribution("vsr.protocol.client_request.stop.duration",
                        unit=("native", "second"), tags=["operation"]),
@@ -10,24 +11,20 @@
     reporter.attach()
 
 The definitions (`counter`, `sum`, `last_value`, `summary`, `distribution`, the units and the
-tag normalisers) live in `vsrtel.metrics`, free of OpenTelemetry; they are re-exported here.
-`MetricsReporter` attaches one handler per event name. By default each metric aggregates its
-series in vsrtel (`vsrtel.handlers._aggregation`) and hands them to the MeterProvider's readers
-when they collect; `aggregation="otel"` records every event on OpenTelemetry instruments instead.
+tag normalisers) live in `vsrtel.metrics`, free of OpenTelemetry. `MetricsReporter` attaches one
+handler per event name (built by `_recorders`). By default each metric aggregates its series in
+vsrtel (`_aggregation`) and hands them to the MeterProvider's readers when they collect;
+`aggregation="otel"` records every event on OpenTelemetry instruments instead. Definitions a
+Prometheus scrape could not hold are refused by their names (`_prometheus_names`).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import operator
 import threading
 import uuid
 import warnings
 import weakref
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable
 from typing import Any, Final, Literal, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
@@ -36,72 +33,27 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 import vsrtel
-from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
-from vsrtel.handlers import _aggregation
-from vsrtel.handlers._aggregation import (
-    COUNTER,
-    HISTOGRAM,
-    LAST_VALUE,
-    SUM,
-    Cells,
-    Export,
-    Series,
-    install,
+from vsrtel.handlers import _prometheus_names
+from vsrtel.handlers._aggregation import TOTAL, Cells, Export, install
+from vsrtel.handlers._prometheus_names import Name, describe
+from vsrtel.handlers._recorders import (
+    OVERFLOW_ATTRIBUTE,
+    Record,
+    State,
+    cells,
+    dispatch,
+    instrument,
+    reads_only,
+    recorder,
 )
-from vsrtel.handlers._attributes import scalar
-from vsrtel.metrics import (
-    DEFAULT_MAX_SERIES,
-    Measurements,
-    Metadata,
-    Metric,
-    MetricType,
-    UnitSpec,
-    bounded,
-    buckets_for,
-    counter,
-    distribution,
-    filter_fn,
-    last_value,
-    measure_fn,
-    normalize_reason,
-    status_class,
-    sum,
-    summary,
-)
+from vsrtel.metrics import Metric
 
-__all__ = [
-    "DEFAULT_MAX_SERIES",
-    "METER_NAME",
-    "OVERFLOW_ATTRIBUTE",
-    "Measurements",
-    "Metadata",
-    "Metric",
-    "MetricType",
-    "MetricsReporter",
-    "UnitSpec",
-    "bounded",
-    "buckets_for",
-    "counter",
-    "distribution",
-    "last_value",
-    "metric_views",
-    "normalize_reason",
-    "status_class",
-    "sum",
-    "summary",
-]
-
-_log = logging.getLogger("vsrtel")
+__all__ = ["METER_NAME", "OVERFLOW_ATTRIBUTE", "MetricsReporter", "metric_views"]
 
 METER_NAME: Final = "vsrtel.handlers.metrics"
 """Name of the OpenTelemetry meter (instrumentation scope) the reporter creates instruments on."""
 
 _SCOPE: Final = InstrumentationScope(METER_NAME)
-
-OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
-"""Tag carried by the one series that collects observations past a metric's `max_series` cap."""
-
-TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]  # a problem with tag names
 
 
 def metric_views(metrics: Iterable[Metric]) -> list[View]:
@@ -113,7 +65,7 @@ def metric_views(metrics: Iterable[Metric]) -> list[View]:
     """
     views = []
     for metric in metrics:
-        if metric.type != "summary":
+        if metric.kind.cell is not None:  # aggregated by the views: a summary
             continue
         opts = metric.reporter_options
         views.append(
@@ -129,147 +81,10 @@ def metric_views(metrics: Iterable[Metric]) -> list[View]:
     return views
 
 
-# --------------------------------------------------------------------------------------------
-# Prometheus compatibility: what would make a scrape invalid is refused when a reporter is built
-# --------------------------------------------------------------------------------------------
-
-# Labels the Prometheus exporter adds itself (instrumentation scope, our overflow series).
-_EXPORTER_LABEL_PREFIX: Final = "otel_scope_"
-_OVERFLOW_LABEL: Final = "otel_metric_overflow"
-# The family and sample name of the exporter's `target_info`.
-_EXPORTER_NAMES: Final = frozenset({"target", "target_info"})
-
-
-@functools.lru_cache(maxsize=4096)
-def _label_name(name: str) -> str:
-    """The Prometheus label a tag name becomes, by the OpenTelemetry exporter's own rule."""
-    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
-
-    return sanitize_attribute(name)
-
-
-def _tag_check(kind: MetricType) -> TagCheck:
-    """A check of one metric's tag names against the labels its Prometheus family may carry.
-
-    Names are sanitised by the OpenTelemetry exporter's own rule. The check returns a sentence
-    naming the bad tag(s), or None.
-    """
-    reserved = {"distribution": {"le"}, "summary": {"le", "quantile"}}.get(kind, set())
-
-    def check(names: Sequence[object]) -> str | None:
-        seen: dict[str, object] = {}
-        for name in names:
-            if not isinstance(name, str) or not name:
-                return f"tag name {name!r}, which is not a non-empty string"
-            label = _label_name(name)
-            if label in reserved:
-                return f"tag {name!r}, but a Prometheus {kind} uses the label {label!r} itself"
-            if label.startswith(_EXPORTER_LABEL_PREFIX) or label == _OVERFLOW_LABEL:
-                return f"tag {name!r}: the exporter adds the label {label!r} itself"
-            if label in seen:
-                return (
-                    f"tags {seen[label]!r} and {name!r}, which both become the Prometheus "
-                    f"label {label!r}"
-                )
-            seen[label] = name
-        return None
-
-    return check
-
-
-# The series names OpenMetrics reserves for a family of each type, whether exported or not: a
-# strict parser refuses a scrape where another family has one (`x_created` beside counter `x`).
-_RESERVED_SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
-    "counter": ("_total", "_created"),
-    "histogram": ("_bucket", "_count", "_sum", "_created"),
-}
-
-
-def _exposed_names(metric: Metric) -> tuple[str, ...]:
-    """The family name and series names `metric` has or reserves in a Prometheus scrape.
-
-    Named by the OpenTelemetry exporter's rules and prometheus_client's own metric families, so
-    the names are a scrape's, never re-derived here; then the series names OpenMetrics reserves
-    for the family's type.
-    """
-    from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
-    from prometheus_client.core import (
-        CounterMetricFamily,
-        GaugeMetricFamily,
-        HistogramMetricFamily,
-    )
-
-    name, unit = sanitize_full_name(metric.name), map_unit(metric.export_unit)
-    family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
-    if metric.type in ("distribution", "summary"):
-        family = HistogramMetricFamily(name, "", unit=unit)
-        family.add_metric([], buckets=[("+Inf", 0)], sum_value=0)
-    elif metric.type == "counter" or (
-        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
-    ):
-        family = CounterMetricFamily(name, "", unit=unit)
-        family.add_metric([], 0)
-    else:  # a gauge; so is a non-monotonic sum, as the exporter shows it
-        family = GaugeMetricFamily(name, "", unit=unit)
-        family.add_metric([], 0)
-    reserved = (family.name + suffix for suffix in _RESERVED_SUFFIXES.get(family.type, ()))
-    return tuple(dict.fromkeys([family.name, *(s.name for s in family.samples), *reserved]))
-
-
-_Name: TypeAlias = tuple[str, str]
-"""A name a metric takes on a MeterProvider: ("instrument", casefolded) or ("Prometheus", ...)."""
-
-
-def _names(metric: Metric) -> list[_Name]:
-    """Every name `metric` takes on a MeterProvider: its Prometheus names (see
-    `_exposed_names`) and its OpenTelemetry instrument name (which ignores case)."""
-    return [
-        *(("Prometheus", name) for name in _exposed_names(metric)),
-        ("instrument", metric.name.casefold()),
-    ]
-
-
-def _describe(name: _Name) -> str:
-    kind, text = name
-    if kind == "instrument":
-        return "one OpenTelemetry instrument name (names ignore case)"
-    return f"the Prometheus name {text!r}"
-
-
-def _check_prometheus(metrics: Sequence[Metric]) -> tuple[list[TagCheck], dict[_Name, Metric]]:
-    """Raise ValueError for definitions that would break a scrape; return each one's tag check
-    and the names they take.
-
-    Two definitions sharing a Prometheus name (a family's, or a series name its type has or
-    reserves), a static tag whose label a metric type reserves, and two tags sanitised to one
-    label are refused, naming the culprits.
-    """
-    owners: dict[_Name, Metric] = {}
-    checks = []
-    for metric in metrics:
-        check = _tag_check(metric.type)
-        if isinstance(metric.tags, tuple) and (problem := check(metric.tags)) is not None:
-            raise ValueError(f"metric {metric.name!r} has {problem}")
-        for name in _names(metric):
-            if name[0] == "Prometheus" and name[1] in _EXPORTER_NAMES:
-                raise ValueError(
-                    f"metric {metric.name!r} would export the Prometheus name {name[1]!r}, "
-                    "which the exporter uses for its target_info"
-                )
-            other = owners.setdefault(name, metric)
-            if other is not metric:
-                raise ValueError(
-                    f"metrics {other.name!r} and {metric.name!r} would both use "
-                    f"{_describe(name)}"
-                )
-        checks.append(check)
-    return checks, owners
-
-
 # Per MeterProvider, the names its attached reporters take, with the metric and reporter taking
 # each: a second reporter of one would give a scrape two families of one name. All weak: an
 # entry goes with its provider, a name with its reporter (which its attached handlers keep).
-_Claims: TypeAlias = "dict[_Name, tuple[Metric, weakref.ref[MetricsReporter]]]"
+_Claims: TypeAlias = "dict[Name, tuple[Metric, weakref.ref[MetricsReporter]]]"
 _CLAIMS: weakref.WeakKeyDictionary[Any, _Claims] = weakref.WeakKeyDictionary()
 _CLAIMS_LOCK: Final = threading.Lock()
 
@@ -281,349 +96,6 @@ def _claims(provider: object) -> _Claims | None:
         return _CLAIMS.setdefault(provider, {})
     except TypeError:
         return None
-
-
-# --------------------------------------------------------------------------------------------
-# Reporter
-# --------------------------------------------------------------------------------------------
-
-_OVERFLOW_ATTRS: Final[Mapping[str, str]] = {OVERFLOW_ATTRIBUTE: "true"}
-_INT64: Final = range(-(2**63), 2**63)
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-# No value of one of these types equals a value of the other, so a tag key made of them alone is
-# its own series key. True == 1 == 1.0 (one hash), so a bool or float key must go by its text.
-_PLAIN: Final = frozenset({str, int})
-_NONFINITE: Final[Mapping[str, str]] = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def _label(value: Any) -> str:
-    """The text a tag value is exported as: its Prometheus label, and its series' identity.
-
-    Converted as span attributes are (an enum member is its name), then to text as the Prometheus
-    exporter would: `True` is "true", `1` is "1", `1.0` is "1.0". None, or a value without text
-    (its `__str__` raises, an int too long to print), is "".
-    """
-    try:
-        converted = scalar(value)
-        if converted is None:
-            return ""
-        if isinstance(converted, str):
-            return str.__str__(converted)
-        if isinstance(converted, bool):
-            return "true" if converted else "false"
-        if isinstance(converted, float):
-            text = float.__repr__(converted)
-            return _NONFINITE.get(text, text)
-        return int.__repr__(converted)
-    except Exception:
-        return ""
-
-
-def _number(value: Any) -> int | float | None:
-    """`value` as an int or float the SDK records, or None.
-
-    Any real number converts: an int (a bool is 0 or 1, as OpenTelemetry records it) or an
-    integer type of another library (`__index__`: numpy's) to an int, and a float or anything
-    else with `__float__` (`Decimal`, `Fraction`, numpy's floats) to a float. None for a value
-    that is none of these or fails to convert, and for an int beyond 64 bits (OTLP cannot carry
-    it).
-    """
-    if isinstance(value, float):
-        return float(value)
-    cls = type(value)
-    try:
-        if isinstance(value, int) or hasattr(cls, "__index__"):
-            number = operator.index(value)  # an exact int: `in range` of a subclass would scan
-            return number if number in _INT64 else None
-        if hasattr(cls, "__float__"):
-            return float(value)
-    except Exception:  # a value that cannot convert is not a number
-        pass
-    return None
-
-
-class _State:
-    """Per-metric state: its series (shared by all threads), cells (per thread), skip counts."""
-
-    __slots__ = (
-        "bad_tags", "by_label", "cells", "check", "failed", "lock", "metric", "overflow",
-        "owner", "skipped", "warned",
-    )
-
-    def __init__(
-        self, metric: Metric, check: TagCheck, cells: Cells, owner: MetricsReporter
-    ) -> None:
-        self.metric = metric
-        # The reporter: its attached handlers hold this state, so they keep it alive, and with
-        # it the names it takes (held weakly in `_CLAIMS`).
-        self.owner = owner
-        # Every series, keyed by its label values (a tuple, or a frozenset of (name, label) pairs
-        # for a tags callable).
-        self.by_label: dict[Any, Series] = {}
-        self.overflow = Series(_OVERFLOW_ATTRS)
-        self.cells = cells
-        self.check = check
-        self.skipped = 0
-        self.warned = False
-        self.failed = False
-        self.bad_tags = False
-        self.lock = threading.Lock()
-
-    def skip(self, why: str, *args: Any) -> None:
-        with self.lock:
-            self.skipped += 1
-        _log.debug("metric %s: event skipped: " + why, self.metric.name, *args)
-
-    def cell(self, key: Any, names: tuple[str, ...]) -> list[Any]:
-        """The calling thread's cell for tag key `key`: raw tag values (a tuple when there are
-        several tags) or the `Series` a tags callable's result was found to be."""
-        if isinstance(key, Series):
-            return self.cells.cell(key)
-        values = key if len(names) != 1 else (key,)
-        labels = tuple(map(_label, values))
-        series = self.by_label.get(labels)
-        if series is None:
-            series = self.new_series(labels, dict(zip(names, labels, strict=True)))
-        cell = self.cells.cell(series)
-        # No value of these types equals one of another, so such raw values are the series.
-        if series is not self.overflow and _PLAIN.issuperset(map(type, values)):
-            self.cells.mine()[key] = cell
-        return cell
-
-    def find_tags(self, tags: Mapping[Any, Any]) -> Series | None:
-        """The series for a tags callable's result; None if its names are bad.
-
-        The series is what Prometheus tells apart: labels by their sanitised names, an empty
-        label the same as a missing one (the exporter fills missing labels with ""), so those
-        are left out.
-        """
-        labels = {name: text for name, value in tags.items() if (text := _label(value))}
-        try:
-            key: frozenset[tuple[str, str]] | None = frozenset(
-                (_label_name(name), text) for name, text in labels.items()
-            )
-        except TypeError:  # a name that is not a string
-            key = None
-        series = None if key is None else self.by_label.get(key)
-        if series is not None:
-            return series
-        problem = self.check(list(labels))
-        if problem is not None:
-            with self.lock:
-                self.skipped += 1
-                first, self.bad_tags = not self.bad_tags, True
-            _log.log(
-                logging.WARNING if first else logging.DEBUG,
-                "metric %s: event skipped: its tags callable returned %s",
-                self.metric.name, problem,
-            )
-            return None
-        assert key is not None
-        return self.new_series(key, labels)
-
-    def new_series(self, key: Any, attrs: Mapping[str, str]) -> Series:
-        if self.warned:  # the cap was reached: series never grows again, no lock needed
-            return self.overflow
-        with self.lock:
-            known = self.by_label.get(key)
-            if known is not None:
-                return known
-            if len(self.by_label) >= self.metric.max_series:
-                if not self.warned:
-                    self.warned = True
-                    _log.warning(
-                        "metric %s reached %d distinct tag sets; further new tag sets are "
-                        "recorded in one series tagged %s=\"true\"",
-                        self.metric.name, self.metric.max_series, OVERFLOW_ATTRIBUTE,
-                    )
-                return self.overflow
-            series = Series(attrs)
-            self.by_label[key] = series
-            return series
-
-
-_Record: TypeAlias = Callable[[tuple[str, ...], Measurements, Metadata, Any], None]
-
-
-def _recorder(
-    metric: Metric, state: _State, sink: Callable[[Any, Mapping[str, Any]], None] | None
-) -> _Record:
-    """Build the handler of one metric, specialised on its options.
-
-    With `sink` None, it updates the metric's cells in vsrtel (see `_aggregation`); else it
-    calls `sink(value, attributes)`, an OpenTelemetry instrument's update method.
-    """
-    is_counter = metric.type == "counter"
-    key = metric.measurement if isinstance(metric.measurement, str) else None
-    measure = measure_fn(metric.measurement)
-    filt = filter_fn(metric.keep, metric.drop)
-    tag_values = metric.tag_values
-    factor = metric.factor
-    scale = factor != 1
-    # The SDK drops these silently; checked here so they are counted in `skipped`.
-    no_negative = metric.type in ("distribution", "summary") or (
-        metric.type == "sum" and metric.reporter_options.get("monotonic", True)
-    )
-    tag_fn = metric.tags if callable(metric.tags) else None
-    tag_keys = metric.tags if isinstance(metric.tags, tuple) else ()
-    getter = itemgetter(*tag_keys) if tag_keys else None
-    single = len(tag_keys) == 1
-    pair = len(tag_keys) == 2
-    local = state.cells.local
-    kind = state.cells.kind if sink is None else -1
-    bounds = state.cells.bounds
-    at_sum = len(bounds) + 1  # a histogram cell: bucket counts, then sum, min, max
-    stamp = state.cells.stamp
-
-    def record(
-        event_name: tuple[str, ...], measurements: Measurements, metadata: Metadata, _: Any
-    ) -> None:
-        try:
-            if filt is not None and not filt(metadata, measurements):
-                return
-            if is_counter:
-                value: Any = 1
-            else:
-                if key is not None:
-                    try:
-                        value = measurements[key]
-                    except KeyError:
-                        state.skip("measurement %r missing", key)
-                        return
-                else:
-                    assert measure is not None
-                    value = measure(measurements, metadata)
-                cls = value.__class__
-                if cls is int and _INT64_MIN <= value <= _INT64_MAX:
-                    if scale:  # an int this size times a unit factor is finite
-                        value = value * factor
-                else:
-                    if cls is not float:
-                        number = _number(value)
-                        if number is None:
-                            state.skip("measurement value %r is not a number", value)
-                            return
-                        value = number
-                    if scale:
-                        value = value * factor
-                    if value - value != 0:  # inf or NaN, also after scaling
-                        state.skip("measurement value %r is not finite", value)
-                        return
-                if no_negative and value < 0:
-                    state.skip("negative value %r for a %s", value, metric.type)
-                    return
-            md = metadata if tag_values is None else tag_values(metadata)
-            tag_key: Any
-            if getter is not None:
-                try:
-                    tag_key = getter(md)
-                except (LookupError, TypeError) as exc:
-                    state.skip("tag %s missing from metadata", exc)
-                    return
-                # True == 1 == 1.0: only str and int values are their series' key (see _PLAIN).
-                # Spelled out for one and two tags: `is` tests are the cheapest.
-                if pair:
-                    first, second = tag_key
-                    plain = (first.__class__ is str or first.__class__ is int) and (
-                        second.__class__ is str or second.__class__ is int
-                    )
-                elif single:
-                    plain = tag_key.__class__ is str or tag_key.__class__ is int
-                else:
-                    plain = _PLAIN.issuperset(map(type, tag_key))
-                if plain:
-                    try:
-                        cell = local.cells[tag_key]
-                    except (AttributeError, KeyError):  # a new thread or series
-                        cell = state.cell(tag_key, tag_keys)
-                else:
-                    cell = state.cell(tag_key, tag_keys)
-            elif tag_fn is not None:
-                series = state.find_tags(tag_fn(md))
-                if series is None:
-                    return
-                if sink is not None:
-                    sink(value, series.attrs)
-                    return
-                cell = state.cells.cell(series)
-            else:
-                try:
-                    cell = local.cells[()]
-                except (AttributeError, KeyError):
-                    cell = state.cell((), ())
-            # No lock, and no call nor backward jump until the update is done (_aggregation).
-            if kind == COUNTER:
-                cell[0] += 1
-            elif kind == SUM:
-                cell[0] += value
-            elif kind == HISTOGRAM:
-                cell[bisect_left(bounds, value)] += 1
-                cell[at_sum] += value
-                if value < cell[at_sum + 1]:
-                    cell[at_sum + 1] = value
-                if value > cell[at_sum + 2]:
-                    cell[at_sum + 2] = value
-            elif kind == LAST_VALUE:
-                cell[0] = value
-                cell[1] = stamp()
-            else:
-                assert sink is not None
-                sink(value, cell[-1].attrs)
-        except Exception as exc:
-            # A faulty user callable must not detach the whole reporter: count and report it,
-            # at ERROR the first time only so a hot event cannot flood the log. The traceback is
-            # text scrubbed of secrets, as in every report of the "vsrtel" logger.
-            with state.lock:
-                state.skipped += 1
-                first, state.failed = not state.failed, True
-            _log.log(
-                logging.ERROR if first else logging.DEBUG,
-                "metric %s: failed to record an event; skipped (further failures log at DEBUG)"
-                "\n%s",
-                metric.name,
-                DEFAULT_SECRETS.format_exception(exc),
-            )
-
-    if kind != COUNTER or filt is not None or tag_values is not None or getter is None or not (
-        single or pair
-    ):
-        return record
-    tags_of = getter
-
-    def count(
-        event_name: tuple[str, ...], measurements: Measurements, metadata: Metadata, config: Any
-    ) -> None:
-        """`record` for a counter with one or two tags, when the event's series is known: one
-        lookup and one increment (no call nor backward jump in between: see `_aggregation`)."""
-        try:
-            tag_key = tags_of(metadata)
-            # The test of `record`, for one or two tags.
-            if pair:
-                first, second = tag_key
-                plain = (first.__class__ is str or first.__class__ is int) and (
-                    second.__class__ is str or second.__class__ is int
-                )
-            else:
-                plain = tag_key.__class__ is str or tag_key.__class__ is int
-            if plain:
-                local.cells[tag_key][0] += 1
-                return
-        except Exception:
-            pass  # a missing tag, a new series or a new thread: `record` sees to them
-        record(event_name, measurements, metadata, config)
-
-    return count
-
-
-def _dispatch(
-    event_name: tuple[str, ...],
-    measurements: Measurements,
-    metadata: Metadata,
-    config: tuple[_Record, ...],
-) -> None:
-    for record in config:
-        record(event_name, measurements, metadata, None)
 
 
 class MetricsReporter:
@@ -655,8 +127,9 @@ class MetricsReporter:
     or `__float__` (`Decimal`, `Fraction`, numpy's numbers); a bool is 0 or 1, as OpenTelemetry
     records it. Events lacking a measurement or tag, or whose value the SDK would drop (not a
     number, not finite, beyond 64 bits, negative on a histogram or monotonic sum), are skipped
-    (debug log) and counted in `skipped`; a user callable that raises is logged and counted too.
-    Neither ever detaches the reporter.
+    (debug log) and counted in `skipped`; so are events with a tag value that cannot be turned
+    into text (a warning the first time), and a user callable that raises is logged and counted
+    too. None of these ever detaches the reporter.
     """
 
     def __init__(
@@ -682,7 +155,7 @@ class MetricsReporter:
                     + ("" if other.name == metric.name else f" and {metric.name!r}")
                     + " (OpenTelemetry instrument names ignore case)"
                 )
-        checks, self._names = _check_prometheus(self.metrics)
+        checks, self._names = _prometheus_names.check(self.metrics)
         provider = meter_provider or otel_metrics.get_meter_provider()
         # The API package holds only the no-op provider and the proxy that stands in for a global
         # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
@@ -701,22 +174,21 @@ class MetricsReporter:
         hook = install(provider, _SCOPE) if aggregation == "vsrtel" else None
         self.aggregation: Literal["vsrtel", "otel"] = "vsrtel" if hook is not None else "otel"
         self._registry = registry if registry is not None else vsrtel.default_registry
-        self._states = []
+        self._states: list[State] = []
         exports = []
-        by_event: dict[tuple[str, ...], list[_Record]] = {}
+        by_event: dict[tuple[str, ...], list[Record]] = {}
         for metric, check in zip(self.metrics, checks, strict=True):
-            # A summary's aggregation is the provider's (its views): it stays an SDK histogram.
-            if hook is None or metric.type == "summary":
-                state = _State(metric, check, Cells(COUNTER), self)
-                record = _recorder(metric, state, _instrument(meter, metric))
+            # A kind without a cell (a summary) is aggregated by the provider's views: it stays
+            # an SDK instrument.
+            if hook is None or metric.kind.cell is None:
+                state = State(metric, check, Cells(TOTAL), self)
+                record = recorder(metric, state, instrument(meter, metric))
             else:
-                state = _State(metric, check, _cells(metric), self)
-                record = _recorder(metric, state, None)
-                monotonic = metric.type == "counter" or (
-                    metric.type == "sum" and metric.reporter_options.get("monotonic", True)
-                )
+                state = State(metric, check, cells(metric), self)
+                record = recorder(metric, state, None)
                 exports.append(Export(
-                    metric.name, metric.description, metric.export_unit, state.cells, monotonic,
+                    metric.name, metric.description, metric.export_unit, state.cells,
+                    metric.kind.monotonic,
                     frozenset(name for name, owner in self._names.items() if owner is metric),
                 ))
             self._states.append(state)
@@ -727,7 +199,7 @@ class MetricsReporter:
         # An event whose metrics call no user code with the payload is attached trusted (see
         # `Registry.attach`): the records only read it.
         self._trusted = {
-            event: all(_reads_only(m) for m in self.metrics if m.event_name == event)
+            event: all(reads_only(m) for m in self.metrics if m.event_name == event)
             for event in by_event
         }
         self._id = f"vsrtel.handlers.metrics/{uuid.uuid4().hex[:12]}"
@@ -769,7 +241,7 @@ class MetricsReporter:
                 if len(records) == 1:  # the metric's own handler, without a dispatch loop
                     self._registry.attach(handler_id, event, records[0], trusted=trusted)
                 else:
-                    self._registry.attach(handler_id, event, _dispatch, records, trusted=trusted)
+                    self._registry.attach(handler_id, event, dispatch, records, trusted=trusted)
                 self._attached.append(handler_id)
         except BaseException:
             self.detach()
@@ -803,7 +275,7 @@ class MetricsReporter:
                     raise ValueError(
                         f"metric {metric.name!r} and metric {held[0].name!r} of another "
                         "MetricsReporter attached to this MeterProvider would both use "
-                        f"{_describe(name)}; detach that reporter first, or rename one"
+                        f"{describe(name)}; detach that reporter first, or rename one"
                     )
             if take:
                 mine = weakref.ref(self)
@@ -816,44 +288,3 @@ class MetricsReporter:
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
 
-
-def _reads_only(metric: Metric) -> bool:
-    """Whether `metric`'s handler calls no user code with the event's payload."""
-    return (
-        isinstance(metric.measurement, str)
-        and isinstance(metric.tags, tuple)
-        and metric.tag_values is None
-        and metric.keep is None
-        and metric.drop is None
-    )
-
-
-def _cells(metric: Metric) -> Cells:
-    """Empty cells of the kind `metric` aggregates into."""
-    per_thread = _aggregation.PER_THREAD  # read here, so a test can choose
-    if metric.type == "distribution":
-        return Cells(HISTOGRAM, buckets_for(metric), per_thread=per_thread)
-    if metric.type == "last_value":
-        return Cells(LAST_VALUE, per_thread=per_thread)
-    return Cells(COUNTER if metric.type == "counter" else SUM, per_thread=per_thread)
-
-
-def _instrument(
-    meter: otel_metrics.Meter, metric: Metric
-) -> Callable[[Any, Mapping[str, Any]], None]:
-    """Create the OTel instrument for `metric` and return its bound update method."""
-    name, unit, desc = metric.name, metric.export_unit, metric.description
-    if metric.type == "counter":
-        return meter.create_counter(name, unit=unit, description=desc).add
-    if metric.type == "sum":
-        if metric.reporter_options.get("monotonic", True):
-            return meter.create_counter(name, unit=unit, description=desc).add
-        return meter.create_up_down_counter(name, unit=unit, description=desc).add
-    if metric.type == "last_value":
-        return meter.create_gauge(name, unit=unit, description=desc).set
-    return meter.create_histogram(
-        name,
-        unit=unit,
-        description=desc,
-        explicit_bucket_boundaries_advisory=buckets_for(metric),
-    ).record

@@ -43,9 +43,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    # METRICS needs the metrics handler (OpenTelemetry): load it only when asked for.
+    # METRICS is loaded only when asked for: most uses of the simulation need no metrics.
     if name == "METRICS":
-        from vsrtel.vsr.metrics import METRICS
+        from vsrtel.vsr.recommended import METRICS
 
         return METRICS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -137,7 +137,7 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
     from vsrtel.export import otel
     from vsrtel.export.prometheus import serve_metrics as serve
     from vsrtel.handlers.metrics import MetricsReporter
-    from vsrtel.vsr.metrics import METRICS
+    from vsrtel.vsr.recommended import METRICS
 
     server = serve(port, resource=otel.resource(SERVICE_NAME), dashboard=True)
     reporter = MetricsReporter(METRICS, meter_provider=server.meter_provider, registry=registry)
@@ -169,7 +169,7 @@ def export_to_otlp(
     from vsrtel.export import otel
     from vsrtel.handlers.metrics import MetricsReporter
     from vsrtel.handlers.spans import attach_tracer
-    from vsrtel.vsr.metrics import METRICS
+    from vsrtel.vsr.recommended import METRICS
 
     setup = otel.configure(configure.pop("service_name", SERVICE_NAME), **configure)
     handler_ids: list[Hashable] = []

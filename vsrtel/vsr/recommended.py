@@ -121,8 +121,8 @@ def render_markdown(metrics: list[m.Metric] | None = None) -> str:
         metric = found.metric
         series = "<br>".join(f"`{name}`" for name in found.samples)
         labels = ", ".join(f"`{label}`" for label in found.labels) or "-"
-        how = f"{metric.type} of `{_measured(metric)}`"
-        if metric.type == "counter":
+        how = f"{metric.kind.name} of `{_measured(metric)}`"
+        if not metric.kind.measured:
             how = "each event"
         source = f"`{'.'.join(metric.event_name)}` ({how})"
         rows.append(
