@@ -10,11 +10,11 @@ libraries are imported when first needed: `import vsrtel.handlers.metrics` does 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from vsrtel._names import remember
 from vsrtel.metrics import Metric, MetricKind
 
 TagCheck: TypeAlias = Callable[[Sequence[object]], "str | None"]
@@ -34,12 +34,17 @@ _RESERVED_SUFFIXES: Final[Mapping[str, tuple[str, ...]]] = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
+_labels: dict[str, str] = {}  # tag name -> label (the caches' one policy: vsrtel._names)
+
+
 def label_name(name: str) -> str:
     """The Prometheus label a tag name becomes, by the OpenTelemetry exporter's own rule."""
-    from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
+    try:
+        return _labels[name]
+    except KeyError:
+        from opentelemetry.exporter.prometheus._mapping import sanitize_attribute
 
-    return sanitize_attribute(name)
+        return remember(_labels, name, sanitize_attribute(name))
 
 
 def tag_check(kind: MetricKind) -> TagCheck:
@@ -79,8 +84,16 @@ class Family:
     reserves: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=4096)
+_families: dict[tuple[str, str, str], Family] = {}
+
+
 def _family(name: str, prometheus_type: str, export_unit: str) -> Family:
+    key = (name, prometheus_type, export_unit)
+    found = _families.get(key)
+    return found if found is not None else remember(_families, key, _new_family(*key))
+
+
+def _new_family(name: str, prometheus_type: str, export_unit: str) -> Family:
     from opentelemetry.exporter.prometheus._mapping import map_unit, sanitize_full_name
     from prometheus_client.core import (
         CounterMetricFamily,

@@ -15,7 +15,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
 
@@ -25,9 +25,6 @@ from vsrtel.handlers._aggregation import BUCKETS, LAST, SHAPES, TOTAL, Cells, Se
 from vsrtel.handlers._attributes import scalar
 from vsrtel.handlers._prometheus_names import TagCheck, label_name
 from vsrtel.metrics import Measurements, Metadata, Metric, buckets_for
-
-if TYPE_CHECKING:
-    from vsrtel.handlers.metrics import MetricsReporter
 
 _log = logging.getLogger("vsrtel")
 
@@ -102,7 +99,7 @@ class State:
     )
 
     def __init__(
-        self, metric: Metric, check: TagCheck, cells: Cells, owner: MetricsReporter
+        self, metric: Metric, check: TagCheck, cells: Cells, owner: object
     ) -> None:
         self.metric = metric
         # The reporter: its attached handlers hold this state, so they keep it alive, and with
