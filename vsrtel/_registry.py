@@ -46,6 +46,7 @@ from vsrtel._handler_table import (
 from vsrtel._names import EventName, Name, event_name, remember, starts_with
 from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 from vsrtel._span import Clock, SpanNames, new_span
+from vsrtel._views import view as _view  # MappingProxyType, or the same in C (vsrtel._speedups)
 
 __all__ = [
     "FAILURE_EVENT",
@@ -449,8 +450,8 @@ class Registry:
         name, handlers, trusted = route
         if measurements.__class__ is dict and metadata.__class__ is dict:
             if not trusted:
-                measurements = MappingProxyType(measurements)
-                metadata = _EMPTY if metadata is _NO_METADATA else MappingProxyType(metadata)
+                measurements = _view(measurements)
+                metadata = _EMPTY if metadata is _NO_METADATA else _view(metadata)
         else:
             _check_payload(measurements, metadata)
             try:
@@ -478,8 +479,8 @@ class Registry:
         name, handlers, trusted = route
         if measurements.__class__ is dict and metadata.__class__ is dict:
             if not trusted:
-                measurements = MappingProxyType(measurements)
-                metadata = _EMPTY if metadata is _NO_METADATA else MappingProxyType(metadata)
+                measurements = _view(measurements)
+                metadata = _EMPTY if metadata is _NO_METADATA else _view(metadata)
         else:
             _check_payload(measurements, metadata)
             try:
