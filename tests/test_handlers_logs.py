@@ -629,8 +629,9 @@ def test_a_remote_parent_is_shown_as_its_trace_id_by_debug() -> None:
             pass
     start, stop = out.getvalue().splitlines()
     for line in (start, stop):
-        assert f"trace_parent={TRACE_ID}" in line
-        assert "SpanContext" not in line and len(line) < 150
+        # The whole value (not its length: the line holds a span id, which grows test by test).
+        assert re.findall(r"trace_parent=(\S+)", line) == [TRACE_ID]
+        assert "SpanContext" not in line
 
 
 def test_every_form_of_remote_parent_is_shown_as_its_trace_id(captured: list[Any]) -> None:
