@@ -469,14 +469,14 @@ def test_a_span_name_function_that_raises_skips_that_span_only(
     def name(prefix: tuple[str, ...], metadata: Any) -> str:
         return str(metadata["route"])  # KeyError when the route is missing
 
-    handler_id = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
+    handle = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
     with vsrtel.span("app.request"):
         pass
     with vsrtel.span("app.request", {"route": "/users"}):
         pass
     assert [s.name for s in finished(exporter)] == ["/users"]
-    assert spans.skipped(handler_id) == 1
-    assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+    assert handle.skipped == 1
+    assert [r.id for r in vsrtel.list_handlers()] == [handle]
     assert "skipped event app.request.start" in caplog.text
     assert no_current_otel_span()
 
@@ -484,13 +484,13 @@ def test_a_span_name_function_that_raises_skips_that_span_only(
 def test_an_unhashable_span_context_is_skipped(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    handler_id = spans.attach_tracer(["app"], tracer_provider=provider)
+    handle = spans.attach_tracer(["app"], tracer_provider=provider)
     span = vsrtel.span("app.job", {"telemetry_span_context": ["not", "hashable"]}).start()
     span.stop()
     with vsrtel.span("app.job"):
         pass
     assert len(finished(exporter, "app.job")) == 1
-    assert spans.skipped(handler_id) == 1  # the start; the stop finds nothing open
+    assert handle.skipped == 1  # the start; the stop finds nothing open
 
 
 def test_prefixes_match_every_span_under_them(
@@ -709,3 +709,21 @@ def test_a_task_that_outlives_its_span_joins_what_still_runs(
     assert [parent_id(s) for s in finished(exporter, "app.email")] == 2 * [
         span_id(only(exporter, "app.outer"))
     ]
+
+
+def test_a_tracer_handle_counts_what_it_skipped_after_detaching_too(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    def name(prefix: tuple[str, ...], metadata: Any) -> str:
+        return str(metadata["route"])
+
+    handle = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
+    other = spans.attach_tracer(["app"], tracer_provider=provider, handler_id="other")
+    assert handle.attached and other.attached and handle.skipped == 0
+    with vsrtel.span("app.request"):  # no route: skipped by the tracer naming spans by it
+        pass
+    with handle:
+        pass
+    assert not handle.attached and other.attached
+    assert handle.skipped == 1 and other.skipped == 0
+    assert not hasattr(spans, "skipped")  # one way to read it: the handle

@@ -1,7 +1,7 @@
 """Turn vsrtel spans into OpenTelemetry spans.
 
 >>> from vsrtel.handlers import spans
->>> handler_id = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
+>>> handle = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
 
 For each span under a traced prefix, the ``start`` event opens an OpenTelemetry span (a child
 of the current OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata
@@ -12,7 +12,8 @@ asyncio tasks, and the previous context is restored when the vsrtel span ends, h
 extra measurements as attributes; the ``exception`` event records the exception, sets status
 ERROR and ends it. Events are matched by ``telemetry_span_context``: a stop or exception nobody
 started is ignored. A span the handler cannot open (a ``span_name`` function that raises, an
-unhashable span context) is skipped, logged once and counted in :func:`skipped`; tracing goes on.
+unhashable span context) is skipped, logged once and counted in the handle's ``skipped``;
+tracing goes on.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
 keys, objects to ``str``) or dropped (``None``). Secrets (the ``redact`` setting, the rule shared
@@ -48,7 +49,7 @@ from vsrtel import EventName, current_span
 from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
 
-__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
+__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
 
 SpanName = str | Callable[[EventName, Mapping[str, Any]], str] | None
 
@@ -119,8 +120,8 @@ def attach_tracer(
     the dotted event name). ``redact`` names secret keys (see "Secrets" in the README).
 
     Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
-    ``.detach()`` it, or ``vsrtel.detach(handle)``; ``skipped(handle)`` counts the spans it could
-    not trace.
+    ``.detach()`` it, or ``vsrtel.detach(handle)``; its ``skipped`` counts the events it failed
+    on (a span it could not trace).
     Raises ``ValueError``/``TypeError`` for a bad prefix, option, or a handler id in use.
     """
     if isinstance(prefixes, str):
@@ -149,16 +150,7 @@ def attach_tracer(
     # the longest prefix that covers what is wanted, and classify each event name once.
     registry.attach_prefix(handler_id, () if span_events else _common_prefix(names), tracer.handle)
     _tracers.add(tracer)
-    return vsrtel.Handle(handler_id, registry)
-
-
-def skipped(handler_id: Hashable) -> int:
-    """How many spans the tracer attached as ``handler_id`` (or its handle) skipped: it failed
-    on them."""
-    for tracer in list(_tracers):
-        if tracer.handler_id == handler_id:
-            return tracer.skipped
-    raise KeyError(f"no tracer was attached as {handler_id!r}")
+    return vsrtel.Handle(handler_id, registry, skipped=lambda: tracer.skipped)
 
 
 def inject(
