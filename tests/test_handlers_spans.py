@@ -206,9 +206,9 @@ def test_stop_or_exception_for_unknown_context_is_ignored(
     # The registry re-raises handler errors: any crash here fails the test.
     registry.execute("app.request.stop", {"duration": 5}, {"telemetry_span_context": 12345})
     registry.execute("app.request.exception", {"duration": 5}, {"telemetry_span_context": [1]})
-    registry.execute("app.request.stop", {"duration": 5})
-    registry.execute("app.request.start", {"monotonic_time": 1, "system_time": 2})
+    registry.execute("app.request.stop", {"duration": 5})  # none was started without one
     assert finished(exporter) == []
+    assert no_current_otel_span()
 
 
 def test_plain_events_become_span_events_on_the_current_traced_span(
@@ -469,14 +469,14 @@ def test_a_span_name_function_that_raises_skips_that_span_only(
     def name(prefix: tuple[str, ...], metadata: Any) -> str:
         return str(metadata["route"])  # KeyError when the route is missing
 
-    handler_id = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
+    handle = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
     with vsrtel.span("app.request"):
         pass
     with vsrtel.span("app.request", {"route": "/users"}):
         pass
     assert [s.name for s in finished(exporter)] == ["/users"]
-    assert spans.skipped(handler_id) == 1
-    assert [r.id for r in vsrtel.list_handlers()] == [handler_id]
+    assert handle.skipped == 1
+    assert [r.id for r in vsrtel.list_handlers()] == [handle]
     assert "skipped event app.request.start" in caplog.text
     assert no_current_otel_span()
 
@@ -484,13 +484,13 @@ def test_a_span_name_function_that_raises_skips_that_span_only(
 def test_an_unhashable_span_context_is_skipped(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    handler_id = spans.attach_tracer(["app"], tracer_provider=provider)
+    handle = spans.attach_tracer(["app"], tracer_provider=provider)
     span = vsrtel.span("app.job", {"telemetry_span_context": ["not", "hashable"]}).start()
     span.stop()
     with vsrtel.span("app.job"):
         pass
     assert len(finished(exporter, "app.job")) == 1
-    assert spans.skipped(handler_id) == 1  # the start; the stop finds nothing open
+    assert handle.skipped == 1  # the start; the stop finds nothing open
 
 
 def test_prefixes_match_every_span_under_them(
@@ -709,3 +709,228 @@ def test_a_task_that_outlives_its_span_joins_what_still_runs(
     assert [parent_id(s) for s in finished(exporter, "app.email")] == 2 * [
         span_id(only(exporter, "app.outer"))
     ]
+
+
+# Spans emitted by hand: events without a telemetry_span_context, matched per thread or task.
+
+
+def current_otel_name() -> str | None:
+    span = trace.get_current_span()
+    return getattr(span, "name", None) if span.get_span_context().is_valid else None
+
+
+def test_a_span_emitted_by_hand_is_traced_under_the_current_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.request"):
+        vsrtel.execute("app.db.start", {"system_time": 1_000, "monotonic_time": 5}, {"table": "t"})
+        assert current_otel_name() == "app.db"
+        vsrtel.execute("app.db.row", {"count": 1})  # a span event on the span made by hand
+        vsrtel.execute("app.db.fetch.start", {}, {})
+        vsrtel.execute("app.db.fetch.stop", {}, {})
+        with vsrtel.span("app.cache"):
+            pass
+        vsrtel.execute("app.db.stop", {"duration": 250, "rows": 3}, {"table": "t", "ok": True})
+        assert current_otel_name() == "app.request"
+    assert no_current_otel_span()
+    request, db, fetch, cache = (
+        only(exporter, n) for n in ("app.request", "app.db", "app.db.fetch", "app.cache")
+    )
+    assert parent_id(db) == span_id(request)
+    assert parent_id(fetch) == span_id(db) and parent_id(cache) == span_id(db)
+    assert (db.start_time, db.end_time) == (1_000, 1_250)
+    assert dict(db.attributes or {}) == {"table": "t", "ok": True, "rows": 3}
+    assert [e.name for e in db.events] == ["app.db.row"]
+
+
+def test_an_exception_emitted_by_hand_ends_its_span_with_an_error(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    vsrtel.execute("app.job.start", {}, {})
+    vsrtel.execute("app.job.exception", {}, {"kind": "error", "reason": ValueError("bad row")})
+    job = only(exporter, "app.job")
+    assert job.status.status_code is StatusCode.ERROR
+    assert [e.name for e in job.events] == ["exception"]
+    assert no_current_otel_span()
+
+
+def test_spans_emitted_by_hand_are_matched_per_thread(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    started, second_done = threading.Barrier(2), threading.Event()
+    leftovers: list[str | None] = []
+
+    def work(who: int) -> None:
+        vsrtel.execute("app.job.start", {}, {"who": who})
+        started.wait()  # both open at once
+        if who == 1:
+            second_done.wait()  # thread 2 stops its span first: it must not take this one
+        vsrtel.execute("app.job.stop", {}, {"who": who, "done_by": who})
+        if who == 2:
+            second_done.set()
+        leftovers.append(current_otel_name())
+
+    threads = [threading.Thread(target=work, args=(who,)) for who in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    vsrtel.execute("app.job.stop", {}, {})  # none open in this thread: ignored
+    jobs = finished(exporter, "app.job")
+    assert [dict(j.attributes or {}) for j in jobs] == [
+        {"who": 2, "done_by": 2}, {"who": 1, "done_by": 1}
+    ]
+    assert all(j.parent is None for j in jobs)
+    assert leftovers == [None, None] and no_current_otel_span()
+
+
+def test_spans_emitted_by_hand_are_matched_per_asyncio_task(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    async def job(i: int) -> str | None:
+        vsrtel.execute("app.job.start", {}, {"task": i})
+        await asyncio.sleep(0)  # every job is open at once
+        vsrtel.execute("app.job.step", {"task": i})
+        child = asyncio.create_task(step(i))  # inherits the open span as its parent
+        await child
+        vsrtel.execute("app.job.stop", {}, {"task": i})
+        return current_otel_name()
+
+    async def step(i: int) -> None:
+        vsrtel.execute("app.job.part.start", {}, {"task": i})
+        await asyncio.sleep(0)
+        vsrtel.execute("app.job.part.stop", {}, {})
+
+    async def main() -> list[str | None]:
+        async with vsrtel.span("app.batch"):
+            return await asyncio.gather(*(job(i) for i in range(50)))
+
+    assert asyncio.run(main()) == ["app.batch"] * 50
+    batch = only(exporter, "app.batch")
+    jobs = {j.attributes["task"]: j for j in finished(exporter, "app.job") if j.attributes}
+    parts = finished(exporter, "app.job.part")
+    assert len(jobs) == 50 and len(parts) == 50
+    for i, j in jobs.items():
+        assert parent_id(j) == span_id(batch)
+        assert [(e.name, dict(e.attributes or {})) for e in j.events] == [
+            ("app.job.step", {"task": i})
+        ]
+    for part in parts:
+        assert part.attributes is not None
+        assert parent_id(part) == span_id(jobs[part.attributes["task"]])
+    assert no_current_otel_span()
+
+
+def test_a_stop_emitted_by_hand_ends_the_innermost_span_of_its_name(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider, span_events=False)
+    vsrtel.execute("app.a.start", {}, {"n": 1})
+    vsrtel.execute("app.a.start", {}, {"n": 2})  # the same name, nested
+    vsrtel.execute("app.b.start", {}, {})
+    vsrtel.execute("app.a.stop", {}, {})  # out of order: app.b keeps running
+    assert [dict(s.attributes or {}) for s in finished(exporter)] == [{"n": 2}]
+    assert current_otel_name() == "app.b"
+    vsrtel.execute("app.b.stop", {}, {})
+    assert current_otel_name() == "app.a"  # the outer app.a: the ended inner one is skipped
+    vsrtel.execute("app.a.stop", {}, {})
+    assert no_current_otel_span()
+    a1, a2 = (s for s in finished(exporter, "app.a"))
+    assert dict(a1.attributes or {}) == {"n": 2} and dict(a2.attributes or {}) == {"n": 1}
+    assert parent_id(only(exporter, "app.b")) == span_id(a1)
+    vsrtel.execute("app.a.stop", {}, {})  # nothing open any more: ignored
+    with vsrtel.span("app.next"):
+        pass
+    assert only(exporter, "app.next").parent is None  # never a child of an ended span
+
+
+def test_a_span_emitted_by_hand_and_a_with_span_may_end_out_of_order(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    with vsrtel.span("app.outer"):
+        vsrtel.execute("app.manual.start", {}, {})
+        with vsrtel.span("app.inner"):
+            vsrtel.execute("app.manual.stop", {}, {})  # ends before the span inside it
+            assert current_otel_name() == "app.inner"
+        assert current_otel_name() == "app.outer"
+        vsrtel.execute("app.later.start", {}, {})
+        with vsrtel.span("app.scoped"):
+            pass
+        assert current_otel_name() == "app.later"  # still open: outlives the with span
+        vsrtel.execute("app.later.stop", {}, {})
+        assert current_otel_name() == "app.outer"
+    assert no_current_otel_span()
+    outer, manual, inner, later, scoped = (
+        only(exporter, n)
+        for n in ("app.outer", "app.manual", "app.inner", "app.later", "app.scoped")
+    )
+    assert parent_id(manual) == span_id(outer) and parent_id(inner) == span_id(manual)
+    assert parent_id(later) == span_id(outer) and parent_id(scoped) == span_id(later)
+    with vsrtel.span("app.w"):
+        vsrtel.execute("app.h.start", {}, {})
+    assert current_otel_name() == "app.h"  # still running: it outlives the with span
+    vsrtel.execute("app.h.stop", {}, {})
+    assert no_current_otel_span()  # not app.w, which ended first
+    assert parent_id(only(exporter, "app.h")) == span_id(only(exporter, "app.w"))
+
+
+def test_spans_emitted_by_hand_whose_stop_never_comes_are_bounded(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    def leak() -> None:
+        for i in range(250):
+            vsrtel.execute("app.leak.start", {}, {"i": i})
+
+    thread = threading.Thread(target=leak)
+    thread.start()
+    thread.join()
+    ended = finished(exporter, "app.leak")
+    # The oldest ones are ended and exported, marked; at most 100 stay open in that thread.
+    assert [s.attributes["i"] for s in ended if s.attributes] == list(range(150))
+    assert all(s.attributes and s.attributes["vsrtel.stop_missed"] is True for s in ended)
+    assert no_current_otel_span()  # another thread's stack: this one is untouched
+
+
+def test_a_task_that_never_stops_its_span_leaves_its_caller_untouched(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    async def forgetful() -> None:
+        vsrtel.execute("app.lost.start", {}, {})
+
+    async def main() -> str | None:
+        async with vsrtel.span("app.main"):
+            await asyncio.create_task(forgetful())
+            vsrtel.execute("app.lost.stop", {}, {})  # not open in this task: ignored
+            return current_otel_name()
+
+    assert asyncio.run(main()) == "app.main"
+    assert [s.name for s in finished(exporter)] == ["app.main"]
+    assert no_current_otel_span()
+
+
+def test_a_tracer_handle_counts_what_it_skipped_after_detaching_too(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    def name(prefix: tuple[str, ...], metadata: Any) -> str:
+        return str(metadata["route"])
+
+    handle = spans.attach_tracer(["app"], tracer_provider=provider, span_name=name)
+    other = spans.attach_tracer(["app"], tracer_provider=provider, handler_id="other")
+    assert handle.attached and other.attached and handle.skipped == 0
+    with vsrtel.span("app.request"):  # no route: skipped by the tracer naming spans by it
+        pass
+    with handle:
+        pass
+    assert not handle.attached and other.attached
+    assert handle.skipped == 1 and other.skipped == 0
+    assert not hasattr(spans, "skipped")  # one way to read it: the handle

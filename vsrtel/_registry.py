@@ -79,16 +79,35 @@ class AlreadyAttachedError(ValueError):
 class Handle:
     """What the attach helpers (``attach_logger``, ``attach_tracer``, ``debug``) return.
 
-    ``.detach()`` it, or use it as a context manager (detached on exit). It compares equal to,
-    and hashes like, its handler ``id``, so it works wherever an id does:
-    ``vsrtel.detach(handle)``, ``record.id == handle``.
+    ``.detach()`` it, or use it as a context manager (detached on exit); ``.attached`` tells
+    whether it still is, and ``.skipped`` counts the events its handler could not handle and
+    skipped. It compares equal to, and hashes like, its handler ``id``, so it works wherever an
+    id does: ``vsrtel.detach(handle)``, ``record.id == handle``.
     """
 
-    __slots__ = ("id", "registry")
+    __slots__ = ("_skipped", "id", "registry")
 
-    def __init__(self, handler_id: Hashable, registry: Registry) -> None:
+    def __init__(
+        self,
+        handler_id: Hashable,
+        registry: Registry,
+        *,
+        skipped: Callable[[], int] | None = None,
+    ) -> None:
         self.id = handler_id
         self.registry = registry
+        self._skipped = skipped  # reads the handler's count; None: it never skips
+
+    @property
+    def attached(self) -> bool:
+        """Whether a handler with this ``id`` is attached to the registry."""
+        return any(record.id == self.id for record in self.registry.list_handlers())
+
+    @property
+    def skipped(self) -> int:
+        """How many events the handler skipped (logged and counted instead of failing and
+        being detached); still readable after ``detach()``. 0 for a handler that never skips."""
+        return 0 if self._skipped is None else self._skipped()
 
     def detach(self) -> bool:
         """Detach the handler; False if it was already detached."""

@@ -99,7 +99,8 @@ def attach_logger(
     the setup (a notebook cell) does not log every line twice.
 
     Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
-    ``.detach()`` it, or ``vsrtel.detach(handle)``.
+    ``.detach()`` it, or ``vsrtel.detach(handle)``. Its ``skipped`` stays 0: every event is
+    logged, as best it can be (a logger that still fails is a failing handler, detached).
     Raises ``ValueError``/``TypeError`` naming a bad prefix, level, min_level or key.
     """
     event_prefix = vsrtel.event_name(prefix, what="prefix", allow_empty=True)

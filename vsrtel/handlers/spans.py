@@ -1,7 +1,7 @@
 """Turn vsrtel spans into OpenTelemetry spans.
 
 >>> from vsrtel.handlers import spans
->>> handler_id = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
+>>> handle = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
 
 For each span under a traced prefix, the ``start`` event opens an OpenTelemetry span (a child
 of the current OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata
@@ -12,7 +12,18 @@ asyncio tasks, and the previous context is restored when the vsrtel span ends, h
 extra measurements as attributes; the ``exception`` event records the exception, sets status
 ERROR and ends it. Events are matched by ``telemetry_span_context``: a stop or exception nobody
 started is ignored. A span the handler cannot open (a ``span_name`` function that raises, an
-unhashable span context) is skipped, logged once and counted in :func:`skipped`; tracing goes on.
+unhashable span context) is skipped, logged once and counted in the handle's ``skipped``;
+tracing goes on.
+
+Events without a ``telemetry_span_context`` (a span emitted by hand with ``execute``, or by
+older code) are matched per thread or asyncio task instead, as Erlang's
+``opentelemetry_telemetry`` matches them per process: the ``start`` opens a span, a child of
+the current OpenTelemetry span, and makes it current there; the next ``stop`` or ``exception``
+of that span name in that thread or task ends the innermost one open and restores the context
+that was current before it. Such a stop elsewhere, or with none open, is ignored. A task
+started inside the span inherits it, and may end it (the first stop ends it). Past
+``_MAX_BY_HAND`` spans left open in one thread or task, the outermost is ended, marked
+``vsrtel.stop_missed``.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
 keys, objects to ``str``) or dropped (``None``). Secrets (the ``redact`` setting, the rule shared
@@ -35,6 +46,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -48,7 +60,7 @@ from vsrtel import EventName, current_span
 from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
 
-__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject", "skipped"]
+__all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
 
 SpanName = str | Callable[[EventName, Mapping[str, Any]], str] | None
 
@@ -60,6 +72,9 @@ _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
 _MAX_DEPTH = 4
 _SPAN_SUFFIXES = {"start": _START, "stop": _STOP, "exception": _EXCEPTION}
 _MAX_NAMES = 10_000  # bound on cached event-name classifications
+# Bound on the spans without a telemetry_span_context left open in one thread or task: their
+# stops may never come, and each open one nests the next.
+_MAX_BY_HAND = 100
 _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
 _log = logging.getLogger("vsrtel")
@@ -94,6 +109,9 @@ class _Frame:
 # changed at stop, the start time, the entry it shadows when a span reused an open span context).
 # A plain tuple: it is built once per span on the hot path.
 _Open = tuple[trace.Span, "_Frame | None", Mapping[str, Any], "int | None", Any]
+# The spans without a telemetry_span_context open in one thread or task, innermost last: (span
+# prefix, frame, open span).
+_ByHand = tuple[tuple[EventName, _Frame, _Open], ...]
 
 
 def attach_tracer(
@@ -119,8 +137,8 @@ def attach_tracer(
     the dotted event name). ``redact`` names secret keys (see "Secrets" in the README).
 
     Returns a :class:`vsrtel.Handle` (its ``id`` is ``handler_id``, generated when not given):
-    ``.detach()`` it, or ``vsrtel.detach(handle)``; ``skipped(handle)`` counts the spans it could
-    not trace.
+    ``.detach()`` it, or ``vsrtel.detach(handle)``; its ``skipped`` counts the events it failed
+    on (a span it could not trace).
     Raises ``ValueError``/``TypeError`` for a bad prefix, option, or a handler id in use.
     """
     if isinstance(prefixes, str):
@@ -149,16 +167,7 @@ def attach_tracer(
     # the longest prefix that covers what is wanted, and classify each event name once.
     registry.attach_prefix(handler_id, () if span_events else _common_prefix(names), tracer.handle)
     _tracers.add(tracer)
-    return vsrtel.Handle(handler_id, registry)
-
-
-def skipped(handler_id: Hashable) -> int:
-    """How many spans the tracer attached as ``handler_id`` (or its handle) skipped: it failed
-    on them."""
-    for tracer in list(_tracers):
-        if tracer.handler_id == handler_id:
-            return tracer.skipped
-    raise KeyError(f"no tracer was attached as {handler_id!r}")
+    return vsrtel.Handle(handler_id, registry, skipped=lambda: tracer.skipped)
 
 
 def inject(
@@ -230,6 +239,10 @@ class _Tracer:
         # Event name -> (kind, span prefix, span name), or None for a plain event.
         self.events: dict[EventName, tuple[int, EventName, str] | None] = {}
         self.open: dict[Any, _Open] = {}
+        self.by_hand: ContextVar[_ByHand] = ContextVar("vsrtel_spans_by_hand", default=())
+        # Set once a span without a telemetry_span_context was opened: only then may a plain
+        # event outside every vsrtel span belong to a traced span.
+        self.any_by_hand = False
         self.skipped = 0
         # Marks the OTel contexts this handler made current, so that plain events find the
         # innermost traced span even when other OTel spans are nested inside it.
@@ -260,7 +273,7 @@ class _Tracer:
             elif event[0] == _START:
                 self.start(event[1], event[2], measurements, metadata)
             else:
-                self.finish(event[0], measurements, metadata)
+                self.finish(event, measurements, metadata)
         except Exception as error:
             # Never detach the tracer for one span: skip it and keep tracing the others.
             self.skipped += 1
@@ -281,8 +294,6 @@ class _Tracer:
         metadata: Mapping[str, Any],
     ) -> None:
         key = metadata.get("telemetry_span_context")
-        if key is None:
-            return
         shadowed = self.open.get(key)  # raises TypeError for an unhashable context: skipped
         if self.name_function is not None:
             name = self.name_function(prefix, metadata)
@@ -307,18 +318,30 @@ class _Tracer:
         if current is not None and current.context == key:
             frame = _Frame(span, context, self.current_key)
             current.on_exit(functools.partial(self.leave, key, frame))
+        elif key is None:  # emitted by hand: never in `open`, which None is no key of
+            self.push_by_hand(prefix, span, context, metadata, start_time)
+            return
         self.open[key] = (span, frame, metadata, start_time, shadowed)
 
     def finish(
-        self, kind: int, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
+        self,
+        event: tuple[int, EventName, str],
+        measurements: Mapping[str, Any],
+        metadata: Mapping[str, Any],
     ) -> None:
         key = metadata.get("telemetry_span_context")
         try:
             entry = self.open.pop(key)
         except (KeyError, TypeError):
-            return
+            if key is not None:
+                return
+            found = self.pop_by_hand(event[1])
+            if found is None:
+                return
+            entry = found
         if entry[4] is not None:
             self.open[key] = entry[4]  # the span this one shadowed is open again
+        kind = event[0]
         span, _, start_metadata, start_time, _ = entry
         changed: dict[str, Any] | None = None  # a loop, not a comprehension: no function call
         for k, v in metadata.items():
@@ -339,6 +362,46 @@ class _Tracer:
         if kind == _EXCEPTION:
             _record_exception(span, metadata, end_time, self.secrets)
         span.end(end_time=end_time)
+
+    def push_by_hand(
+        self,
+        prefix: EventName,
+        span: trace.Span,
+        context: Context,
+        metadata: Mapping[str, Any],
+        start_time: int | None,
+    ) -> None:
+        """Make ``span``, started without a span context, current in this thread or task."""
+        self.any_by_hand = True
+        stack = tuple(item for item in self.by_hand.get() if not item[1].ended)
+        if len(stack) >= _MAX_BY_HAND:
+            # Its stop never came, or will come too late to matter: end it, so it is exported.
+            _, lost, _ = stack[0]
+            stack = stack[1:]
+            lost.ended = True
+            lost.span.set_attribute("vsrtel.stop_missed", True)
+            lost.span.end()
+        frame = _Frame(span, context, self.current_key)
+        self.by_hand.set((*stack, (prefix, frame, (span, frame, metadata, start_time, None))))
+
+    def pop_by_hand(self, prefix: EventName) -> _Open | None:
+        """The innermost open span of ``prefix`` started without a span context in this thread
+        or task, taken off its stack with its context restored; None when there is none."""
+        stack = self.by_hand.get()
+        for index in range(len(stack) - 1, -1, -1):
+            if stack[index][0] == prefix:
+                break
+        else:
+            return None
+        _, frame, entry = stack[index]
+        # Spans ended meanwhile (by a task that inherited them) are dropped too.
+        rest = stack[:index] + stack[index + 1 :]
+        self.by_hand.set(tuple(item for item in rest if not item[1].ended))
+        if frame.ended:
+            return None  # a task that inherited it stopped it first
+        frame.ended = True
+        self.live(otel_context.get_current())
+        return entry
 
     def leave(self, key: Any, frame: _Frame) -> None:
         """The vsrtel span of ``frame`` ended: restore the OTel context it replaced."""
@@ -372,7 +435,7 @@ class _Tracer:
     def add_event(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> None:
-        if current_span() is None:
+        if current_span() is None and not self.any_by_hand:
             return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
         context = otel_context.get_current()
         frame = context.get(self.current_key)
