@@ -291,7 +291,7 @@ def test_missing_measurement_or_tag_is_skipped_and_counted(
     registry.execute("s.e", {"n": "many"}, {"who": "a"})  # not a number
     registry.execute("s.e", {"n": 5}, {"who": "a"})
     assert reporter.attached
-    assert reporter.skipped == {"s.e.n": 3, "s.e.count": 1}
+    assert reporter.skipped_by_metric == {"s.e.n": 3, "s.e.count": 1}
     assert sink.value("s.e.n", who="a") == 5
     assert sink.value("s.e.count", who="a") == 3  # counters need no measurement
     assert any("'n' missing" in r.getMessage() for r in caplog.records)
@@ -313,7 +313,7 @@ def test_failing_user_callable_is_contained(
         registry.execute("f.e", {"n": 1})
         registry.execute("f.e", {"n": 1})
     assert failures == []
-    assert reporter.skipped["f.e.bad"] == 2
+    assert reporter.skipped_by_metric["f.e.bad"] == 2
     assert sink.value("f.e.good") == 2
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1  # once per metric; later failures log at DEBUG
@@ -345,7 +345,7 @@ def test_metrics_read_the_callers_dicts_unless_user_code_sees_them(
     registry.attach("probe-k", "k.e", probe, trusted=True)
     registry.execute("k.e", {}, metadata)
     assert seen[-1] is not metadata and seen[-1] == {"who": "a"}
-    assert metadata == {"who": "a"} and reporter.skipped == {"k.e.count": 1}
+    assert metadata == {"who": "a"} and reporter.skipped_by_metric == {"k.e.count": 1}
     assert sink.value("t.e.count", who="a") == 1
 
 
@@ -354,7 +354,7 @@ def test_monotonic_sum_skips_negative_values(sink: Sink, registry: vsrtel.Regist
     registry.execute("n.e", {"v": -1})
     registry.execute("n.e", {"v": 4})
     assert sink.value("n.e.v") == 4
-    assert reporter.skipped == {"n.e.v": 1}
+    assert reporter.skipped_by_metric == {"n.e.v": 1}
 
 
 def test_overflow_series_past_max_series(
@@ -667,7 +667,7 @@ def test_a_tags_callable_returning_bad_names_is_skipped_and_counted(
     registry.execute("d.e", {"v": 1}, {"a.b": 1, "a_b": 2})
     registry.execute("d.e", {"v": 1}, {1: "x"})
     registry.execute("d.e", {"v": 1}, {"ok": "x"})
-    assert reporter.skipped == {"d.e.v": 3}
+    assert reporter.skipped_by_metric == {"d.e.v": 3}
     assert set(sink.points("d.e.v")) == {frozenset({("ok", "x")})}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "'le'" in warnings[0]  # once per metric
@@ -706,7 +706,7 @@ def test_values_the_sdk_would_drop_are_skipped_and_counted(
     )
     registry.execute("v.e", {"n": value})
     registry.execute("v.e", {"n": 3})
-    skipped = reporter.skipped
+    skipped = reporter.skipped_by_metric
     if value == 1e300:  # finite unscaled: only the distribution's conversion overflows
         assert skipped == {"v.e.n": 0, "v.e.n_last": 0, "v.e.n_hist": 1}
     else:
@@ -722,7 +722,7 @@ def test_negative_values_of_a_histogram_are_skipped_and_counted(
     reporter = report(sink, registry, m.distribution("h.e.v"), m.summary("h.e.w", measurement="v"))
     registry.execute("h.e", {"v": -1})
     registry.execute("h.e", {"v": 0.5})
-    assert reporter.skipped == {"h.e.v": 1, "h.e.w": 1}
+    assert reporter.skipped_by_metric == {"h.e.v": 1, "h.e.w": 1}
     assert sink.collect()["h.e.v"].data.data_points[0].count == 1
 
 
@@ -736,7 +736,7 @@ def test_int_and_float_subclasses_are_numbers(sink: Sink, registry: vsrtel.Regis
     reporter = report(sink, registry, m.sum("i.e.n"))
     registry.execute("i.e", {"n": Level.HIGH})
     registry.execute("i.e", {"n": Ratio(0.5)})
-    assert reporter.skipped == {"i.e.n": 0}
+    assert reporter.skipped_by_metric == {"i.e.n": 0}
     assert sink.value("i.e.n") == 7.5
 
 
@@ -781,7 +781,7 @@ def test_any_real_number_is_recorded(
     values = [Decimal("0.25"), Fraction(1, 4), Count(2), Ratio(0.5), True, False]
     for value in values:
         registry.execute("r.e", {"n": value})
-    assert reporter.skipped == {"r.e.n": 0, "r.e.n_ms": 0, "r.e.n_last": 0}
+    assert reporter.skipped_by_metric == {"r.e.n": 0, "r.e.n_ms": 0, "r.e.n_last": 0}
     assert sink.value("r.e.n") == pytest.approx(4.0)  # True counts 1, as OpenTelemetry has it
     (point,) = sink.points("r.e.n_ms").values()
     assert (point.count, list(point.bucket_counts)) == (6, [1, 4, 1])  # ms: 0, 250 .. 1000, 2000
@@ -790,7 +790,7 @@ def test_any_real_number_is_recorded(
     for value in (Decimal("NaN"), Decimal("sNaN"), Decimal("-Infinity"), Count(2**63),
                   Unconvertible(), 1j, "1"):
         registry.execute("r.e", {"n": value})
-    assert reporter.skipped == {"r.e.n": 7, "r.e.n_ms": 7, "r.e.n_last": 7}
+    assert reporter.skipped_by_metric == {"r.e.n": 7, "r.e.n_ms": 7, "r.e.n_last": 7}
     assert sink.value("r.e.n") == pytest.approx(4.0)
 
 
@@ -807,7 +807,7 @@ def test_numpy_numbers_are_recorded(
         registry.execute("np.e", {"n": value})
     registry.execute("np.e", {"n": np.uint64(2**64 - 1)})  # beyond 64 bits signed
     registry.execute("np.e", {"n": np.float32("nan")})
-    assert reporter.skipped == {"np.e.n": 2, "np.e.n_hist": 2}
+    assert reporter.skipped_by_metric == {"np.e.n": 2, "np.e.n_hist": 2}
     assert sink.value("np.e.n") == 6
     (point,) = sink.points("np.e.n_hist").values()
     assert (point.count, point.sum, point.min, point.max) == (5, 6, 0.5, 3)
@@ -941,7 +941,7 @@ def test_any_event_is_recorded_or_skipped_and_counted(
     for measurements, metadata in events:
         registry.execute("any.e", measurements, metadata)
     assert reporter.attached and len(registry.list_handlers(("any", "e"))) == 1
-    skipped = reporter.skipped
+    skipped = reporter.skipped_by_metric
     data = sink.collect()
     counted = sum(p.value for p in data["any.e.count"].data.data_points) if (
         "any.e.count" in data) else 0
@@ -995,7 +995,7 @@ def test_both_aggregations_export_the_same_data(
         assert reporter.aggregation == aggregation
         for measurements, metadata in events:
             registry.execute("any.e", measurements, metadata)
-        got.append((comparable(sink), reporter.skipped))
+        got.append((comparable(sink), reporter.skipped_by_metric))
         sink.provider.shutdown()
     assert got[0] == got[1]
 
@@ -1278,7 +1278,7 @@ def test_a_tag_value_without_text_drops_its_event_counted_and_reported_once(
         frozenset({("a", "")}): 1
     }
     assert {key: p.value for key, p in sink.points("t.e.called").items()} == {frozenset(): 1}
-    assert reporter.skipped == {"t.e.count": 3, "t.e.called": 3}
+    assert reporter.skipped_by_metric == {"t.e.count": 3, "t.e.called": 3}
     warned = [r for r in caplog.records if "cannot be turned into text" in r.getMessage()]
     assert [r.levelno for r in warned].count(logging.WARNING) == 2  # once per metric
     assert reporter.attached
@@ -1352,3 +1352,19 @@ def test_a_new_kind_is_a_row_of_facts_and_maybe_a_cell_shape(
         )
     reporter.detach()
     sink.provider.shutdown()
+
+
+def test_the_reporter_reads_like_a_handle() -> None:
+    registry = vsrtel.Registry()
+    reporter = MetricsReporter(
+        [m.counter("r.e.count"), m.sum("r.e.n")],
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        registry=registry,
+    )
+    assert not reporter.attached and reporter.skipped == 0
+    with reporter.attach() as same:
+        assert same is reporter and reporter.attached
+        assert all(str(r.id).startswith(reporter.id) for r in registry.list_handlers())
+        registry.execute("r.e", {})  # no "n": the sum skips it
+    assert not reporter.attached and reporter.detach() is False
+    assert reporter.skipped == 1 and reporter.skipped_by_metric == {"r.e.count": 0, "r.e.n": 1}

@@ -206,8 +206,19 @@ class MetricsReporter:
         self._attached: list[str] = []
 
     @property
-    def skipped(self) -> dict[str, int]:
-        """Per metric name, how many events were skipped (missing data or a failing callable)."""
+    def id(self) -> str:
+        """The reporter's id: its handlers are attached as ``f"{id}/{dotted event name}"``."""
+        return self._id
+
+    @property
+    def skipped(self) -> int:
+        """Events skipped (missing data or a failing callable), over all metrics: an event that
+        two metrics skip counts twice. Per metric: `skipped_by_metric`."""
+        return sum(s.skipped for s in self._states)
+
+    @property
+    def skipped_by_metric(self) -> dict[str, int]:
+        """Per metric name, how many events were skipped."""
         return {s.metric.name: s.skipped for s in self._states}
 
     @property
@@ -248,11 +259,12 @@ class MetricsReporter:
             raise
         return self
 
-    def detach(self) -> None:
-        """Detach every handler this reporter attached (no-op when not attached).
+    def detach(self) -> bool:
+        """Detach every handler this reporter attached; False if it was not attached.
 
         Its series stay exported, and its names are free for another reporter to take.
         """
+        was_attached = bool(self._attached)
         while self._attached:
             self._registry.detach(self._attached.pop())
         with _CLAIMS_LOCK:
@@ -261,6 +273,7 @@ class MetricsReporter:
                 held = claims.get(name)
                 if held is not None and held[1]() is self:
                     del claims[name]
+        return was_attached
 
     def _claim(self, *, take: bool) -> None:
         """Raise ValueError if a reporter attached to this one's MeterProvider takes one of its
@@ -283,7 +296,8 @@ class MetricsReporter:
                     claims[name] = (metric, mine)
 
     def __enter__(self) -> MetricsReporter:
-        return self.attach()
+        """Attach (unless attached already: ``with reporter.attach():`` reads like a handle)."""
+        return self if self._attached else self.attach()
 
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
