@@ -43,6 +43,7 @@ from opentelemetry.context import Context
 
 import vsrtel
 from vsrtel import EventName
+from vsrtel._names import remember
 from vsrtel._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 
 __all__ = ["DEFAULT_SECRET_KEYS", "LEVELS", "REDACTED", "attach_logger", "debug"]
@@ -65,7 +66,6 @@ _RESERVED = frozenset(
 )
 _HUGE = 1e300
 _HEX = frozenset(string.hexdigits)
-_MAX_CACHED_NAMES = 10_000
 _handler_ids = itertools.count(1)
 
 
@@ -216,10 +216,7 @@ class _LogHandler:
                 (lvl for prefix, lvl in self.rules if vsrtel.starts_with(name, prefix)),
                 self.default,
             )
-        if len(self.names) >= _MAX_CACHED_NAMES:
-            self.names = {}
-        resolved = self.names[name] = (level, _METHODS[level], ".".join(name))
-        return resolved
+        return remember(self.names, name, (level, _METHODS[level], ".".join(name)))
 
     def handle(
         self, name: EventName, measurements: Mapping[Any, Any], metadata: Mapping[Any, Any], _: Any

@@ -57,6 +57,7 @@ from opentelemetry.util.types import AttributeValue
 
 import vsrtel
 from vsrtel import EventName, current_span
+from vsrtel._names import remember
 from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
 
@@ -71,7 +72,6 @@ _EXCEPTION_KEYS = _SPAN_KEYS | {"kind", "reason", "stacktrace"}
 _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
 _MAX_DEPTH = 4
 _SPAN_SUFFIXES = {"start": _START, "stop": _STOP, "exception": _EXCEPTION}
-_MAX_NAMES = 10_000  # bound on cached event-name classifications
 # Bound on the spans without a telemetry_span_context left open in one thread or task: their
 # stops may never come, and each open one nests the next.
 _MAX_BY_HAND = 100
@@ -255,9 +255,7 @@ class _Tracer:
             prefix = name[:-1]
             if any(vsrtel.starts_with(prefix, p) for p in self.prefixes):
                 event = (kind, prefix, self.fixed_name or ".".join(prefix))
-        if len(self.events) < _MAX_NAMES:
-            self.events[name] = event
-        return event
+        return remember(self.events, name, event)
 
     def handle(
         self, name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any], _: Any
