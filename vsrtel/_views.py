@@ -24,7 +24,7 @@ COMPILED = False
 
 if os.environ.get("VSRTEL_PURE_PYTHON", "") in ("", "0"):
     try:
-        from vsrtel import _speedups
+        import vsrtel._speedups as _speedups  # a leaf: it imports nothing of vsrtel
     except ImportError:  # not built: no compiler at install, another interpreter, a source tree
         pass
     else:
