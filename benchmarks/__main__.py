@@ -1,19 +1,26 @@
 """Run every ``benchmarks/bench_*.py`` in one process and print one table.
 
 Usage: ``python -m benchmarks [--quick] [--output PATH]``. Writes ``benchmarks/results.json``.
+Where the optional C helper (``vsrtel._speedups``) is built, the same cases then run again in a
+child process on the pure-Python fallback (``VSRTEL_PURE_PYTHON=1``), and the table shows both.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 import platform
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import benchmarks
 from benchmarks._harness import Case, Target, measure
+from vsrtel._views import COMPILED
 from vsrtel.cli import Parser
 
 
@@ -34,11 +41,18 @@ def main() -> int:
             targets += module.TARGETS
 
     results = measure(cases, repeats=repeats, budget_ns=budget_ns)
+    pure = _pure_python_run(args.quick) if COMPILED else None
     width = max(len(c.name) for c in cases)
     floor = results[cases[0].name]
-    print(f"{'case':<{width}}  {'ns/op':>9}  {'x floor':>7}")
+    mode = "compiled helper" if COMPILED else "pure Python"
+    header = f"{'case':<{width}}  {'ns/op':>9}  {'x floor':>7}"
+    print(header + (f"  {'pure ns':>9}  {'x floor':>7}" if pure else "") + f"   ({mode})")
     for name, ns in results.items():
-        print(f"{name:<{width}}  {ns:9.1f}  {ns / floor:7.2f}")
+        row = f"{name:<{width}}  {ns:9.1f}  {ns / floor:7.2f}"
+        if pure:
+            pure_ns = pure["ns_per_op"][name]
+            row += f"  {pure_ns:9.1f}  {pure_ns / pure['ns_per_op'][cases[0].name]:7.2f}"
+        print(row)
 
     print("\n(quick run: targets not judged)" if args.quick else "")
     checked = []
@@ -52,6 +66,12 @@ def main() -> int:
         verdict = "----" if args.quick else "ok  " if met else "MISS"
         print(f"{verdict} {target.label}: {value:.2f}{unit} (target <= {target.limit}{unit})")
         checked.append({**vars(target), "value": value, "met": met})
+    if pure:
+        print("\npure-Python fallback, same run:")
+        for target in pure["targets"]:
+            verdict = "----" if args.quick else "ok  " if target["met"] else "MISS"
+            unit = "x" if target["baseline"] is not None else " ns"
+            print(f"{verdict} {target['label']}: {target['value']:.2f}{unit}")
 
     args.output.write_text(
         json.dumps(
@@ -60,14 +80,28 @@ def main() -> int:
                 "implementation": platform.python_implementation(),
                 "machine": platform.machine(),
                 "quick": args.quick,
+                "compiled": COMPILED,
                 "ns_per_op": results,
                 "targets": checked,
+                "pure_python": pure,
             },
             indent=2,
         )
         + "\n"
     )
     return 0
+
+
+def _pure_python_run(quick: bool) -> dict[str, Any]:
+    """The same cases measured in a child process on the pure-Python fallback."""
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder, "pure.json")
+        command = [sys.executable, "-m", "benchmarks", "--output", str(output)]
+        env = {**os.environ, "VSRTEL_PURE_PYTHON": "1"}
+        subprocess.run([*command, *(["--quick"] if quick else [])], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        result: dict[str, Any] = json.loads(output.read_text())
+        return result
 
 
 if __name__ == "__main__":
