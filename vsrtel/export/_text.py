@@ -176,10 +176,16 @@ class _Family:
             before = "".join(p + "," for k, p in zip(union, pairs, strict=True) if k < "le")
             after = "".join("," + p for k, p in zip(union, pairs, strict=True) if k > "le")
             name = self.name
-            heads = (
-                f'{name}_bucket{{{before}le="', f'"{after}}} ',
-                f"{name}_count{text} ", f"{name}_sum{text} ",
-            )
+            opening, closing = f'{name}_bucket{{{before}le="', f'"{after}}} '
+            count_head, sum_head = f"{name}_count{text} ", f"{name}_sum{text} "
+            # All its lines as one %-template, for counts below a million (see `_render`).
+            start, end = opening.replace("%", "%%"), closing.replace("%", "%%")
+            template = "".join(f"{start}{le}{end}%d.0\n" for le in self.les)
+            if self.count_sum:
+                template += (
+                    f"{count_head.replace('%', '%%')}%d.0\n{sum_head.replace('%', '%%')}%s\n"
+                )
+            heads = (opening, closing, count_head, sum_head, template)
         entry.union, entry.heads = union, heads
         return heads
 
@@ -258,13 +264,15 @@ class Renderer:
         les, n, count_sum = family.les, len(family.les), family.count_sum
         for e, total in zip(entries, totals.values(), strict=True):
             heads = e.heads if e.union is union else make(e, union)
-            opening, closing, count_head, sum_head = heads
             running = list(accumulate(total[:n]))
             last = running[-1]
-            if last.__class__ is int and last < 1_000_000:
-                counts = [f"{c}.0" for c in running]  # each is an int below a million
-            else:
-                counts = [number(c) for c in running]
+            if last.__class__ is int and last < 1_000_000:  # so is every count: "%d.0" fits
+                if count_sum:
+                    running += (last, number(total[n]))
+                out.append(heads[4] % tuple(running))
+                continue
+            opening, closing, count_head, sum_head, _ = heads
+            counts = [number(c) for c in running]
             out.append("".join([
                 f"{opening}{le}{closing}{c}\n" for le, c in zip(les, counts, strict=True)
             ]))
