@@ -58,10 +58,11 @@ def both_ways(read: list[tuple[Export, dict[Series, list[object]]]],
     """The renderer's text is prometheus_client's formatting of the renderer's families, in both
     formats, and both parsers and promtool take it."""
     families = Families(renderer.families(read))
-    text, left = renderer.render(read)
+    texts, left = renderer.render(read)
     assert left == []
+    text = "".join(texts)
     assert text.encode() == generate_latest(families)  # type: ignore[arg-type]
-    openmetrics, _ = renderer.render(read, openmetrics=True)
+    openmetrics = "".join(renderer.render(read, openmetrics=True)[0])
     assert (openmetrics + "# EOF\n").encode() == om_exposition.generate_latest(families)
     assert list(text_string_to_metric_families(text))
     assert list(om_families(openmetrics + "# EOF\n"))
@@ -107,9 +108,9 @@ def test_a_family_gaining_a_label_rewrites_every_series_text() -> None:
     renderer = Renderer()
     first, second = Series({"a": "1"}), Series({"b": "2"})
     counter = export("app.x.count", TOTAL)
-    text, _ = renderer.render([(counter, {first: [1]})])
+    [text], _ = renderer.render([(counter, {first: [1]})])
     assert 'app_x_count_total{a="1"} 1.0' in text.splitlines()
-    text, _ = renderer.render([(counter, {first: [1], second: [2]})])
+    [text], _ = renderer.render([(counter, {first: [1], second: [2]})])
     assert 'app_x_count_total{a="1",b=""} 1.0' in text.splitlines()
     assert 'app_x_count_total{a="",b="2"} 2.0' in text.splitlines()
 
@@ -117,8 +118,7 @@ def test_a_family_gaining_a_label_rewrites_every_series_text() -> None:
 def test_names_escaping_would_change_are_left_to_prometheus_client() -> None:
     renderer = Renderer()
     colon = export("app:x.count", TOTAL)
-    text, left = renderer.render([(colon, {Series({}): [1]})])
-    assert (text, left) == ("", [colon])
+    assert renderer.render([(colon, {Series({}): [1]})]) == ([], [colon])
 
 
 @pytest.mark.parametrize("shape", [TOTAL, LAST, BUCKETS])
@@ -127,5 +127,5 @@ def test_skip_leaves_a_family_out(shape: object) -> None:
     total = {TOTAL: [1], LAST: [1, 0], BUCKETS: [1, 0, 0.5, 0.5, 0.5]}[shape]  # type: ignore[index]
     renderer = Renderer()
     name = renderer.name(made)
-    assert renderer.render([(made, {Series({}): total})], skip={name}) == ("", [])
+    assert renderer.render([(made, {Series({}): total})], skip={name}) == ([], [])
     assert renderer.families([(made, {Series({}): total})], skip={name}) == []

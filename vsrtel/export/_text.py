@@ -226,13 +226,14 @@ class Renderer:
 
     def render(
         self, read: Read, *, openmetrics: bool = False, skip: Container[str] = ()
-    ) -> tuple[str, list[Export]]:
+    ) -> tuple[list[str], list[Export]]:
         """The text of `read`'s metrics in the Prometheus text format 0.0.4 (or OpenMetrics,
-        without its ``# EOF``), and the metrics it left to prometheus_client: those named in
-        `skip` are left out, and those whose names escaping would change are returned.
+        without its ``# EOF``), one string per family (joining them all would copy the whole
+        scrape once more), and the metrics it left to prometheus_client: those named in `skip`
+        are left out, and those whose names escaping would change are returned.
 
         A metric with no series has no family."""
-        out: list[str] = []
+        texts: list[str] = []
         left: list[Export] = []
         for export, totals in read:
             if not totals:
@@ -243,9 +244,11 @@ class Renderer:
             if not family.plain:
                 left.append(export)
                 continue
+            out: list[str] = []
             with family.lock:
                 self._render(family, totals, openmetrics, out)
-        return "".join(out), left
+            texts.append("".join(out))
+        return texts, left
 
     @staticmethod
     def _render(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import gzip
 import inspect
 import io
 import ipaddress
@@ -30,6 +29,7 @@ import sys
 import threading
 import time
 import warnings
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -155,10 +155,10 @@ _RENDERING: ContextVar[bool | None] = ContextVar("vsrtel_prometheus_rendering", 
 class _Rendered:
     """Families already written in the scrape's format, to go into it as they are."""
 
-    __slots__ = ("text",)
+    __slots__ = ("texts",)
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
 
 
 def _is_target_info(family: PromMetric) -> bool:
@@ -189,19 +189,19 @@ class _Cells:
         read = self._hook.totals()
         self._renderer.forget_others(export for export, _ in read)
         skip = self._skipped(otel, read)
-        text = ""
+        texts: list[str] = []
         if openmetrics is None:
             families = self._renderer.families(read, skip=skip)
         else:
-            text, left = self._renderer.render(read, openmetrics=openmetrics, skip=skip)
+            texts, left = self._renderer.render(read, openmetrics=openmetrics, skip=skip)
             families = self._renderer.families(
                 [(export, totals) for export, totals in read if export in left]
             )
-        if not (text or families) and all(_is_target_info(f) for f in otel):
+        if not (texts or families) and all(_is_target_info(f) for f in otel):
             return
         yield from otel
-        if text:
-            yield _Rendered(text)
+        if texts:
+            yield _Rendered(texts)
         yield from families
 
     def _skipped(self, otel: list[PromMetric], read: _text.Read) -> set[str]:
@@ -245,14 +245,14 @@ def _text_format(encoder: Callable[..., bytes]) -> bool | None:
     return None
 
 
-def _exposition(registry: CollectorRegistry, environ: _Environ) -> tuple[str, bytes]:
-    """The content type and body of a scrape of `registry`, as the request asks for them."""
+def _exposition(registry: CollectorRegistry, environ: _Environ) -> tuple[str, list[bytes]]:
+    """The content type and body (in pieces) of a scrape of `registry`, as the request asks."""
     encoder, content_type = text_exposition.choose_encoder(environ.get("HTTP_ACCEPT", ""))
     names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
     openmetrics = None if names else _text_format(encoder)
     if openmetrics is None:  # prometheus_client formats it all, vsrtel's metrics as families
         source = registry.restricted_registry(names) if names else registry
-        return content_type, encoder(_served(cast(CollectorRegistry, source)))
+        return content_type, [encoder(_served(cast(CollectorRegistry, source)))]
     token = _RENDERING.set(openmetrics)
     try:
         found = list(registry.collect())
@@ -270,13 +270,21 @@ def _exposition(registry: CollectorRegistry, environ: _Environ) -> tuple[str, by
     for family in found:
         if isinstance(family, _Rendered):
             flush()
-            parts.append(family.text.encode("utf-8"))
+            parts.extend(text.encode("utf-8") for text in family.texts)
         else:
             batch.append(_Encodable._clean(family))
     flush()
     if openmetrics:
         parts.append(b"# EOF\n")
-    return content_type, b"".join(parts)
+    return content_type, parts
+
+
+def _gzipped(parts: list[bytes]) -> list[bytes]:
+    """`parts` as one gzip stream, in pieces, at `GZIP_LEVEL`."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(part) for part in parts]
+    out.append(compressor.flush())
+    return [piece for piece in out if piece]
 
 
 def _gzip_accepted(header: str) -> bool:
@@ -376,10 +384,11 @@ def _app(
         content_type, body = _exposition(registry, environ)
         headers = [("Content-Type", content_type)]
         if _gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            body = _gzipped(body)
             headers.append(("Content-Encoding", "gzip"))
-        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
-        return [] if method == "HEAD" else [body]
+        length = sum(map(len, body))
+        start_response("200 OK", [*headers, ("Content-Length", str(length))])
+        return [] if method == "HEAD" else body
 
     def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -776,7 +785,8 @@ def serve_metrics(
         hook.read_directly(reader)
         scope = hook.scope if scope_labels and _scope_labels_supported() else None
         registry = CollectorRegistry()
-        registry.register(_Cells(otel_registry, hook, _text.Renderer(scope=scope)))
+        collector = _Cells(otel_registry, hook, _text.Renderer(scope=scope))
+        registry.register(cast(Any, collector))  # it yields `_Rendered` too, for `_exposition`
     try:
         return _serve(registry, port, host, provider, True, *limits, dashboard)
     except BaseException:
