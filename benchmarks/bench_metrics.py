@@ -8,12 +8,12 @@ event into that update (measurement lookup, two tags, series cap, unit conversio
 its default aggregation in vsrtel and once with `aggregation="otel"` (OpenTelemetry
 instruments). Every MeterProvider has an in-memory reader, so no export work is timed, except
 in the scrape rows: one Prometheus scrape of 10 metrics (5 counters, 5 distributions) x 1,000
-series, as `serve_metrics` answers it (vsrtel text: the endpoint's body, without HTTP, and that
-body gzipped as the endpoint gzips it), through OpenTelemetry's exporter and `generate_latest` (how it was done before, and still is for
-`serve_registry`), and with `aggregation="otel"`; beside it prometheus_client's own
-`generate_latest` of its own counters and histograms of the same shape, and the vsrtel text of
-100 x 1,000 series (linear: 10 times the time). The VSR row with `aggregation="otel"` sits next
-to `bench_vsr`'s two rows.
+series as `serve_metrics` answers it (vsrtel text: the endpoint's body, without HTTP; and that
+body gzipped as the endpoint gzips it), through OpenTelemetry's exporter and `generate_latest`
+(the way before, still `serve_registry`'s), and with `aggregation="otel"`; beside them
+prometheus_client's own `generate_latest` of its own counters and histograms of the same shape,
+and the vsrtel text of 100 x 1,000 series (linear: 10 times the time). The VSR row with
+`aggregation="otel"` sits next to `bench_vsr`'s two rows.
 """
 
 from __future__ import annotations
