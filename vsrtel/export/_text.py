@@ -138,7 +138,7 @@ class _Family:
         self.scope = scope
         self.series: dict[Series, _Series] = {}
         self.mixed = False  # whether its series have told different label names apart
-        self.keys: frozenset[str] | None = None  # the first series' label names
+        self.first_keys: frozenset[str] | None = None  # the first series' label names
         self._keys: frozenset[str] = frozenset()
         self._union: tuple[str, ...] = ()
         self.lock = threading.Lock()
@@ -148,9 +148,9 @@ class _Family:
         for key, value in series.attrs.items():
             labels[_prometheus_names.label_name(key)] = _label_value(value)
         found = _Series(labels)
-        if self.keys is None:
-            self.keys = found.keys
-        elif found.keys != self.keys:
+        if self.first_keys is None:
+            self.first_keys = found.keys
+        elif found.keys != self.first_keys:
             self.mixed = True
         self.series[series] = found
         return found
