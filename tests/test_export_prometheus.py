@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -21,7 +22,10 @@ from typing import Any, TypeVar
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import REGISTRY
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
 import vsrtel
@@ -396,6 +400,157 @@ def test_serve_registry_for_an_external_provider(registry: vsrtel.Registry) -> N
     # The server does not shut down a provider it does not own.
     provider.get_meter("t").create_counter("still.alive").add(1)
     provider.shutdown()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def odd_metrics() -> list[m.Metric]:
+    return [
+        *one_of_each(),
+        m.distribution("shop.order.stop.size", measurement="amount",
+                       tags=["region", "zone"], reporter_options={"buckets": [-10, 0, 10]}),
+        m.counter("odd.e.n", tags=lambda md: md, reporter_options={"max_series": 3}),
+        m.sum("odd.e.big", measurement="v", unit="By", tags=["id"]),
+        m.last_value("odd.e.last", measurement="v", unit="1"),
+    ]
+
+
+def emit_odd(registry: vsrtel.Registry) -> None:
+    emit_orders(registry)
+    for region in ('quote " back \\ new\nline %d.0', "caf\udce9", "ünïcode"):
+        registry.execute("shop.order.stop", {"duration": 10**12, "amount": -3},
+                         {"region": region, "zone": "z"})
+    for i, v in enumerate([10**20, 1_234_567, 0.1, -2.5e-300, 1e300]):
+        # a tags callable with varying keys, then the overflow series
+        registry.execute("odd.e", {"v": v}, {"id": str(i)} if i % 2 else {"x.y": i})
+
+
+def reference(scope_labels: bool, resource: Resource) -> tuple[MetricsServer, vsrtel.Registry]:
+    """Today's way: the same metrics through OpenTelemetry's exporter and prometheus_client."""
+    reader, prom_registry = prometheus_reader(scope_labels=scope_labels)
+    provider = MeterProvider(metric_readers=[reader], resource=resource)
+    registry = vsrtel.Registry()
+    MetricsReporter(odd_metrics(), meter_provider=provider, registry=registry).attach()
+    return serve_registry(prom_registry, port=0, meter_provider=provider), registry
+
+
+ACCEPTS = [
+    None,
+    "application/openmetrics-text;version=1.0.0",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",  # left to prometheus_client
+    # What Prometheus 3 sends.
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+    "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+]
+
+
+@pytest.mark.parametrize("scope_labels", [False, True])
+def test_the_scrape_is_byte_for_byte_the_exporters(scope_labels: bool) -> None:
+    resource = Resource.create({"service.name": "shop"})
+    with serve_metrics(port=0, scope_labels=scope_labels, resource=resource) as server:
+        ours = vsrtel.Registry()
+        MetricsReporter(odd_metrics(), meter_provider=server.meter_provider,
+                        registry=ours).attach()
+        old, theirs = reference(scope_labels, resource)
+        with old:
+            for registry in (ours, theirs):
+                emit_odd(registry)
+            for accept in ACCEPTS:
+                for query in ("", "?name[]=odd_e_n_total&name[]=target_info"):
+                    status, ctype, body = fetch(server.url + query, accept)
+                    assert status == 200
+                    assert (ctype, body) == fetch(old.url + query, accept)[1:], (accept, query)
+            # the parsers and promtool take it
+            body = fetch(server.url)[2]
+            assert len(list(text_string_to_metric_families(body))) == 10
+            assert promtool_findings(body)[0] == 0
+            openmetrics = fetch(server.url, ACCEPTS[1])[2]
+            assert len(list(om_families(openmetrics))) == 10
+
+
+def test_a_scrape_is_gzipped_at_the_fastest_level_when_accepted(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider, registry=registry):
+        emit_orders(registry)
+        plain = fetch(server.url)[2].encode()
+        for accept_encoding in ("gzip", "br, GZIP;q=0.5", "deflate, gzip"):
+            request = urllib.request.Request(
+                server.url, headers={"Accept-Encoding": accept_encoding}
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.headers["Content-Encoding"] == "gzip"
+                body = resp.read()
+            assert gzip.decompress(body) == plain
+            assert body[8] == 4  # gzip's XFL byte: 4 is "fastest" (level 1), 2 "best" (9)
+        for accept_encoding in ("gzip;q=0", "identity", "br"):
+            request = urllib.request.Request(
+                server.url, headers={"Accept-Encoding": accept_encoding}
+            )
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                assert resp.headers["Content-Encoding"] is None
+                assert resp.read() == plain
+
+
+def test_target_info_is_served_only_beside_some_metric(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider, registry=registry):
+        assert fetch(server.url)[2] == ""
+        assert fetch(server.url, ACCEPTS[1])[2] == "# EOF\n"
+        registry.execute("shop.cart.change", {"items": 1, "size": 1})
+        names = [f.name for f in text_string_to_metric_families(fetch(server.url)[2])]
+    assert names == ["target_info", "shop_cart_change_items", "shop_cart_change_size"]
+
+
+def test_an_sdk_instrument_of_a_reported_name_wins_and_no_family_is_doubled(
+    server: MetricsServer, registry: vsrtel.Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.meter_provider is not None
+    server.meter_provider.get_meter("app").create_counter("shop.order.stop.count").add(5)
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider, registry=registry):
+        emit_orders(registry)
+        for _ in range(2):
+            text = fetch(server.url)[2]
+            names = [f.name for f in text_string_to_metric_families(text)]
+            assert names.count("shop_order_stop_count") == 1
+            assert samples(text)[("shop_order_stop_count_total", frozenset())] == 5
+    warned = [r for r in caplog.records if "reported both" in r.getMessage()]
+    assert len(warned) == 1 and "shop.order.stop.count" not in warned[0].getMessage()
+    assert "shop_order_stop_count" in warned[0].getMessage()
+
+
+def test_scrapes_keep_a_histograms_min_and_max_for_other_readers(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    assert server.meter_provider is not None
+    memory = InMemoryMetricReader()
+    server.meter_provider.add_metric_reader(memory)
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider, registry=registry):
+        emit_orders(registry)
+        fetch(server.url)  # reads the cells, min and max with them
+        fetch(server.url)
+        data = memory.get_metrics_data()
+    assert data is not None
+    points = {
+        p.attributes["region"]: p
+        for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+        if metric.name == "shop.order.stop.duration" for p in metric.data.data_points
+    }
+    assert (points["eu"].min, points["eu"].max) == pytest.approx((0.002, 0.03))
+    assert (points["us"].min, points["us"].max) == pytest.approx((5e-9, 5e-9))
+
+
+def test_the_registry_and_dashboard_still_see_vsrtel_metrics(
+    server: MetricsServer, registry: vsrtel.Registry
+) -> None:
+    with MetricsReporter(one_of_each(), meter_provider=server.meter_provider, registry=registry):
+        emit_orders(registry)
+        assert generate_latest(server.registry).decode() == fetch(server.url)[2]
 
 
 # ----------------------------------------------------------------------------- names

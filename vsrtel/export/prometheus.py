@@ -7,8 +7,11 @@
     MetricsReporter(defs, meter_provider=server.meter_provider).attach()
     # Prometheus scrapes server.url; server.close() when done.
 
-The exposition format (Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it) is
-produced by prometheus_client from a private CollectorRegistry; nothing here formats metrics.
+The exposition format is Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it
+(prometheus_client's negotiation), gzipped at a fast level when the scraper accepts it. The
+metrics vsrtel aggregates are written straight from their cells (`vsrtel.export._text`); what
+OpenTelemetry's reader still produces (`target_info`, the SDK's own instruments, summaries) and
+any collector registered on `server.registry` are formatted by prometheus_client.
 """
 
 from __future__ import annotations
@@ -26,20 +29,28 @@ import sys
 import threading
 import time
 import warnings
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_exposition
 from prometheus_client.metrics_core import Metric as PromMetric
+from prometheus_client.openmetrics import exposition as om_exposition
 
-from vsrtel.export import _dashboard
+from vsrtel.export import _dashboard, _text
 from vsrtel.handlers import _prometheus_names
+from vsrtel.handlers._aggregation import Hook, install
+from vsrtel.handlers.metrics import METER_NAME
 from vsrtel.metrics import Metric
 
 __all__ = [
@@ -68,6 +79,9 @@ MAX_WAITING = 256
 and complete requests held while every thread answers (accepting pauses past it)."""
 MAX_HEAD = 65536
 """Bytes a request line and headers may take; a longer head is dropped."""
+GZIP_LEVEL = 1
+"""The gzip level of a scrape whose scraper accepts gzip: the fastest (level 9, prometheus_client's,
+takes about 20 times as long, more than the rendering, for an answer about a tenth smaller)."""
 
 
 def _scope_labels_supported() -> bool:
@@ -97,18 +111,6 @@ def prometheus_reader(
     return reader, registry
 
 
-def _encodable(text: str) -> str:
-    """``text`` if UTF-8 can encode it, else with what it cannot (lone surrogates, as
-    ``os.fsdecode`` makes of undecodable bytes) written as backslash escapes."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
 class _Encodable:
     """A collector that serves another's families with every label value and help text UTF-8
     can encode: one bad tag value must not fail the whole scrape (the exposition is encoded in
@@ -123,10 +125,11 @@ class _Encodable:
 
     @staticmethod
     def _clean(family: PromMetric) -> PromMetric:
-        documentation = _encodable(family.documentation)
+        encodable = _text.encodable
+        documentation = encodable(family.documentation)
         samples = [
-            sample if all(_encodable(v) is v for v in sample.labels.values())
-            else sample._replace(labels={k: _encodable(v) for k, v in sample.labels.items()})
+            sample if all(encodable(v) is v for v in sample.labels.values())
+            else sample._replace(labels={k: encodable(v) for k, v in sample.labels.items()})
             for sample in family.samples
         ]
         if documentation is family.documentation and all(
@@ -142,6 +145,163 @@ def _served(registry: CollectorRegistry) -> CollectorRegistry:
     served = CollectorRegistry()
     served.register(_Encodable(registry))
     return served
+
+
+# While an endpoint formats a scrape in this context: whether it asks for OpenMetrics (else the
+# text format 0.0.4). `_Cells` then yields its metrics as text already written.
+_RENDERING: ContextVar[bool | None] = ContextVar("vsrtel_prometheus_rendering", default=None)
+
+
+class _Rendered:
+    """Families already written in the scrape's format, to go into it as they are."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+
+def _is_target_info(family: PromMetric) -> bool:
+    return family.name == "target" and family.type == "info"
+
+
+class _Cells:
+    """The collector of `serve_metrics`' registry: the families of OpenTelemetry's reader
+    (`target_info`, the SDK's own instruments), then those vsrtel aggregates, read from their
+    cells (the reader's collections leave them out: `Hook.read_directly`).
+
+    A vsrtel metric whose family name the reader produces too (an SDK instrument of that name)
+    is left out, with a warning, as the reader's own collection does; `target_info` is served
+    only beside some metric, as the exporter serves it.
+    """
+
+    def __init__(
+        self, otel_registry: CollectorRegistry, hook: Hook, renderer: _text.Renderer
+    ) -> None:
+        self._otel = otel_registry
+        self._hook = hook
+        self._renderer = renderer
+        self._clashed: set[str] = set()
+
+    def collect(self) -> Iterator[PromMetric | _Rendered]:
+        openmetrics = _RENDERING.get()
+        otel = list(self._otel.collect())
+        read = self._hook.totals()
+        self._renderer.forget_others(export for export, _ in read)
+        skip = self._skipped(otel, read)
+        texts: list[str] = []
+        if openmetrics is None:
+            families = self._renderer.families(read, skip=skip)
+        else:
+            texts, left = self._renderer.render(read, openmetrics=openmetrics, skip=skip)
+            families = self._renderer.families(
+                [(export, totals) for export, totals in read if export in left]
+            )
+        if not (texts or families) and all(_is_target_info(f) for f in otel):
+            return
+        yield from otel
+        if texts:
+            yield _Rendered(texts)
+        yield from families
+
+    def _skipped(self, otel: list[PromMetric], read: _text.Read) -> set[str]:
+        taken = {family.name for family in otel}
+        skip = {
+            name for export, totals in read
+            if totals and (name := self._renderer.name(export)) in taken
+        }
+        if not skip <= self._clashed:
+            _log.warning(
+                "metrics %s are reported both by OpenTelemetry instruments and by vsrtel's "
+                "aggregation on one MeterProvider; exporting the instruments' only",
+                ", ".join(sorted(skip - self._clashed)),
+            )
+            self._clashed |= skip
+        return skip
+
+
+class _Families:
+    """Some families, as a collector."""
+
+    def __init__(self, families: list[PromMetric]) -> None:
+        self._families = families
+
+    def collect(self) -> list[PromMetric]:
+        return self._families
+
+
+def _text_format(encoder: Callable[..., bytes]) -> bool | None:
+    """Whether prometheus_client's chosen `encoder` writes OpenMetrics (True) or the text
+    format 0.0.4 (False), in an escaping that leaves plain names as they are; None for any
+    other (prometheus_client then formats all of the scrape)."""
+    function = getattr(encoder, "func", encoder)
+    escaping = getattr(encoder, "keywords", {}).get("escaping", "underscores")
+    if escaping not in ("underscores", "allow-utf-8"):
+        return None
+    if function is text_exposition.generate_latest:
+        return False
+    if function is om_exposition.generate_latest:
+        return True
+    return None
+
+
+def _exposition(registry: CollectorRegistry, environ: _Environ) -> tuple[str, list[bytes]]:
+    """The content type and body (in pieces) of a scrape of `registry`, as the request asks."""
+    encoder, content_type = text_exposition.choose_encoder(environ.get("HTTP_ACCEPT", ""))
+    names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+    openmetrics = None if names else _text_format(encoder)
+    if openmetrics is None:  # prometheus_client formats it all, vsrtel's metrics as families
+        source = registry.restricted_registry(names) if names else registry
+        return content_type, [encoder(_served(cast(CollectorRegistry, source)))]
+    token = _RENDERING.set(openmetrics)
+    try:
+        found = list(registry.collect())
+    finally:
+        _RENDERING.reset(token)
+    parts: list[bytes] = []
+    batch: list[PromMetric] = []
+
+    def flush() -> None:
+        if batch:
+            out = encoder(_Families(batch))
+            parts.append(out[: -len(b"# EOF\n")] if openmetrics else out)
+            batch.clear()
+
+    for family in found:
+        if isinstance(family, _Rendered):
+            flush()
+            parts.extend(text.encode("utf-8") for text in family.texts)
+        else:
+            batch.append(_Encodable._clean(family))
+    flush()
+    if openmetrics:
+        parts.append(b"# EOF\n")
+    return content_type, parts
+
+
+def _gzipped(parts: list[bytes]) -> list[bytes]:
+    """`parts` as one gzip stream, in pieces, at `GZIP_LEVEL`."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(part) for part in parts]
+    out.append(compressor.flush())
+    return [piece for piece in out if piece]
+
+
+def _gzip_accepted(header: str) -> bool:
+    """Whether an Accept-Encoding header accepts gzip (``gzip;q=0`` refuses it)."""
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() != "gzip":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
 
 
 class _LogStream:
@@ -211,22 +371,24 @@ class _Handler(WSGIRequestHandler):
 def _app(
     registry: CollectorRegistry, dashboard: bool = False
 ) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
-    served = _served(registry)
-    metrics_app = make_wsgi_app(served)
-    pages = _dashboard.app(served) if dashboard else None
+    pages = _dashboard.app(_served(registry)) if dashboard else None
 
     def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") != "HEAD":
-            result: Iterable[bytes] = metrics_app(environ, start_response)
-            return result
-        # prometheus_client answers GET only: produce the GET answer, send its headers alone.
-        answer: list[Any] = []
-        get = {**environ, "REQUEST_METHOD": "GET"}
-        body = b"".join(metrics_app(get, lambda *args: answer.extend(args[:2])))
-        status, headers = answer
-        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-        start_response(status, [*headers, ("Content-Length", str(len(body)))])
-        return []
+        method = environ.get("REQUEST_METHOD")
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", "OPTIONS,GET")])
+            return []
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "OPTIONS,GET")])
+            return [f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n".encode()]
+        content_type, body = _exposition(registry, environ)
+        headers = [("Content-Type", content_type)]
+        if _gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            body = _gzipped(body)
+            headers.append(("Content-Encoding", "gzip"))
+        length = sum(map(len, body))
+        start_response("200 OK", [*headers, ("Content-Length", str(length))])
+        return [] if method == "HEAD" else body
 
     def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -599,6 +761,12 @@ def serve_metrics(
     first). At most `max_connections` requests are answered at once, and further complete
     requests wait for a free thread.
 
+    The metrics vsrtel aggregates are written from their cells, byte for byte as OpenTelemetry's
+    exporter and prometheus_client would write them; the answer is gzipped (at `GZIP_LEVEL`)
+    when the request's Accept-Encoding takes gzip. `server.registry` holds every family for
+    `collect()` (vsrtel's as prometheus_client families); collectors registered on it are
+    served too.
+
     `resource` sets the OTel resource shown in `target_info`; by default it is the one of the
     latest `vsrtel.export.otel.configure()` in this process, else `otel.resource()`
     (``OTEL_SERVICE_NAME``, else ``"vsrtel"``). Series carry only their own tags;
@@ -615,8 +783,16 @@ def serve_metrics(
         from vsrtel.export import otel
 
         resource = otel.default_resource()
-    reader, registry = prometheus_reader(scope_labels=scope_labels)
+    reader, otel_registry = prometheus_reader(scope_labels=scope_labels)
     provider = MeterProvider(metric_readers=[reader], resource=resource)
+    registry = otel_registry
+    hook = install(provider, InstrumentationScope(METER_NAME))
+    if hook is not None:  # the reporters' metrics are read from their cells, not the reader
+        hook.read_directly(reader)
+        scope = hook.scope if scope_labels and _scope_labels_supported() else None
+        registry = CollectorRegistry()
+        collector = _Cells(otel_registry, hook, _text.Renderer(scope=scope))
+        registry.register(cast(Any, collector))  # it yields `_Rendered` too, for `_exposition`
     try:
         return _serve(registry, port, host, provider, True, *limits, dashboard)
     except BaseException:

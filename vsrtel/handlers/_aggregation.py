@@ -253,6 +253,34 @@ class Hook:
         self._pending: weakref.WeakKeyDictionary[
             MetricReader, dict[tuple[str, Series], tuple[float, float]]
         ] = weakref.WeakKeyDictionary()
+        # Readers whose owner reads our metrics itself (`read_directly`).
+        self._direct: weakref.WeakSet[MetricReader] = weakref.WeakSet()
+
+    @property
+    def scope(self) -> InstrumentationScope:
+        """The instrumentation scope the metrics are exported in."""
+        return self._scope
+
+    def read_directly(self, reader: MetricReader) -> None:
+        """Leave our metrics out of `reader`'s collections from now on: its owner reads them
+        with `totals` (the Prometheus endpoint renders them from the cells). A collection of it
+        still carries the provider's resource, as one with our metrics would."""
+        self._direct.add(reader)
+
+    def totals(self) -> list[tuple[Export, dict[Series, list[Any]]]]:
+        """Each exported metric with its series' totals (`Cells.totals`), read as a collection
+        reads them: a histogram's min and max since the last read are kept for the readers."""
+        with self._lock:
+            found = []
+            for export in list(self._exports.values()):
+                totals = export.cells.totals()
+                if export.cells.shape.extremes:
+                    at_min = len(export.cells.bounds) + 2
+                    for series, total in totals.items():
+                        if total[at_min] <= total[at_min + 1]:  # else nothing since
+                            self._fold((export.name, series), total[at_min], total[at_min + 1])
+                found.append((export, totals))
+            return found
 
     def add(self, exports: Iterable[Export]) -> None:
         """Export these metrics from now on, replacing any of the same name (a reset) or
@@ -275,6 +303,8 @@ class Hook:
         return collect_with_vsrtel
 
     def _merge(self, reader: MetricReader, data: MetricsData | None) -> MetricsData | None:
+        if reader in self._direct:
+            return data if data is not None and data.resource_metrics else self._resource_only()
         # One collection at a time (concurrent scrapes of one reader would race on `previous`),
         # as the SDK does its own.
         with self._lock:
@@ -287,13 +317,9 @@ class Hook:
         if not metrics:
             return data
         if data is None or not data.resource_metrics:
-            provider = self._provider()
-            if provider is None:  # collected as it is being collected from: nothing to add to
-                return data
-            resource = provider._sdk_config.resource
-            data = MetricsData(resource_metrics=[
-                ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
-            ])
+            data = self._resource_only()
+            if data is None:  # collected as it is being collected from: nothing to add to
+                return None
         first, *rest = data.resource_metrics
         scopes = list(first.scope_metrics)
         for i, scope_metrics in enumerate(scopes):
@@ -321,6 +347,15 @@ class Hook:
             resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url
         )
         return MetricsData(resource_metrics=[merged, *rest])
+
+    def _resource_only(self) -> MetricsData | None:
+        provider = self._provider()
+        if provider is None:
+            return None
+        resource = provider._sdk_config.resource
+        return MetricsData(resource_metrics=[
+            ResourceMetrics(resource=resource, scope_metrics=[], schema_url=resource.schema_url)
+        ])
 
     def _metric(
         self,
