@@ -5,13 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from vsrtel._handler_table import (
-    EventSignal,
-    Registration,
-    build_route,
-    build_routes,
-    order_foreign,
-)
+from vsrtel._handler_table import Registration, build_route, build_routes, order_foreign
+from vsrtel._signal import EventSignal
 
 
 def handler(*_: Any) -> None: ...

@@ -1,11 +1,11 @@
 """The handler table: what is attached where, and the routes ``execute`` reads.
 
 The registry owns the storage and the lock; this module owns what the storage means. Storage is
-one :class:`EventSignal` (a blinker ``NamedSignal``) per event name, to which the registry's
-:class:`Registration` objects and anyone's plain blinker receivers are connected, plus an
-ordered list of prefix registrations. The functions here are pure over that storage, the way
-Erlang's ``telemetry_pt`` is pure over its map: they read it and return new routes, and never
-change it. The registry publishes what they return.
+one ``EventSignal`` (a blinker ``NamedSignal``, defined in `vsrtel._signal`) per event name, to
+which the registry's :class:`Registration` objects and anyone's plain blinker receivers are
+connected, plus an ordered list of prefix registrations. The functions here are pure over that
+storage, the way Erlang's ``telemetry_pt`` is pure over its map: they read it and return new
+routes, and never change it. The registry publishes what they return.
 
 A :class:`Route` is what one event name dispatches to: every handler that receives it, in
 attach order, with the flag that lets trusted handlers get the caller's dicts.
@@ -18,14 +18,15 @@ rebuilds its routes; a muted signal (``with signal.muted():``) calls none of its
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, NamedTuple
-
-import blinker
+from types import MethodType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vsrtel._names import EventName, starts_with
+
+if TYPE_CHECKING:  # the storage's class, imported with blinker when the registry first needs it
+    from vsrtel._signal import EventSignal
 
 Measurements = Mapping[str, Any]
 Metadata = Mapping[str, Any]
@@ -94,31 +95,6 @@ class Route(NamedTuple):
 
 #: The routes of a span's start, stop and exception events.
 SpanRoutes = tuple[Route | None, Route | None, Route | None]
-
-
-class EventSignal(blinker.NamedSignal):
-    """An event's blinker signal. Muting it (``with signal.muted():``, or setting
-    ``is_muted``) tells the registry, which re-routes the event at once: ``execute`` never has
-    to ask."""
-
-    _muted = False
-    _on_change: weakref.WeakMethod[Callable[[], object]] | None = None
-
-    def notify(self, on_change: Callable[[], object]) -> None:
-        """Call the bound method ``on_change`` (held weakly) when the signal is (un)muted."""
-        self._on_change = weakref.WeakMethod(on_change)
-
-    @property
-    def is_muted(self) -> bool:
-        """Whether the signal is muted: then none of its receivers is called."""
-        return self._muted
-
-    @is_muted.setter
-    def is_muted(self, muted: bool) -> None:
-        self._muted = muted
-        on_change = self._on_change() if self._on_change is not None else None
-        if on_change is not None:
-            on_change()
 
 
 def order_foreign(
@@ -199,13 +175,13 @@ def attached_ids(signal: EventSignal | None) -> list[Hashable]:
 
 def _same(a: Any, b: Any) -> bool:
     # A bound method is made anew by each weakref call: equal, not identical.
-    return a is b or (inspect.ismethod(a) and a == b)
+    return a is b or (isinstance(a, MethodType) and a == b)
 
 
 def _watch(target: Any, on_death: OnDeath) -> weakref.ref[Any]:
     """A weak reference to a blinker receiver that tells ``on_death`` when it is collected
     (blinker drops it silently then, without ``receiver_disconnected``)."""
-    if inspect.ismethod(target):
+    if isinstance(target, MethodType):
         return weakref.WeakMethod(target, on_death)
     return weakref.ref(target, on_death)
 

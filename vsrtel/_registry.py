@@ -15,22 +15,17 @@ the two copies cannot drift.
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import logging
 import sys
 import threading
 import time
-import traceback
-import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from vsrtel._handler_table import (
-    EventSignal,
     HandlerFunction,
     HandlerRecord,
     Measurements,
@@ -44,9 +39,14 @@ from vsrtel._handler_table import (
     order_foreign,
 )
 from vsrtel._names import EventName, Name, event_name, remember, starts_with
-from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 from vsrtel._span import Clock, SpanNames, new_span
 from vsrtel._views import view as _view  # MappingProxyType, or the same in C (vsrtel._speedups)
+
+# Imported where first used, so that `import vsrtel` stays light: blinker (vsrtel._signal) at
+# the first attach to an event, inspect there too, logging, traceback and vsrtel._redact at the
+# first failure, warnings at the first misplaced handler.
+if TYPE_CHECKING:
+    from vsrtel._signal import EventSignal
 
 __all__ = [
     "FAILURE_EVENT",
@@ -68,8 +68,6 @@ T = TypeVar("T")
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
 _FAILURE_RESERVE = 100  # frames; detaching, logging and reporting a failure need about 30
-
-log = logging.getLogger("vsrtel")
 
 
 class AlreadyAttachedError(ValueError):
@@ -168,6 +166,8 @@ def _read_only(measurements: Any, metadata: Any) -> tuple[Measurements, Metadata
 
 def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
     """Reject at attach time a handler that cannot take the four handler arguments."""
+    import inspect
+
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
@@ -192,6 +192,8 @@ def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
 
 
 def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
+    import warnings
+
     dotted = ".".join(prefix)
     warnings.warn(
         f"handler {handler_id!r} is attached to {dotted!r}, which is a span prefix, not an "
@@ -373,6 +375,8 @@ class Registry:
         receivers is called: neither blinker receivers nor the handlers attached to this event
         (handlers attached with a prefix are not its receivers, and still are).
         """
+        from vsrtel._signal import EventSignal
+
         name = event_name(event_name_)
         with self._lock:
             signal = self._signals.get(name)
@@ -566,6 +570,12 @@ class Registry:
         self, handler: Registration | None, name: EventName, exc: BaseException
     ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
+        import logging
+        import traceback
+
+        from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
+
+        log = logging.getLogger("vsrtel")
         # The traceback goes into the message as text scrubbed of secrets (the default rule of
         # vsrtel._redact): passed as exc_info, it would be formatted with its message as is.
         if handler is None:
