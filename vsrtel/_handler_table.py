@@ -86,11 +86,14 @@ class Registration:
 
 
 class Route(NamedTuple):
-    """What one event name dispatches to."""
+    """What one event name dispatches to: ``handlers`` in attach order, as (function, config,
+    registration); ``one``, the same entry when it is the only one (the common case, which the
+    registry calls without a loop), else None."""
 
     name: EventName
     handlers: tuple[tuple[HandlerFunction, Any, Registration], ...]
     trusted: bool  # every handler was attached trusted: they get the caller's dicts as they are
+    one: tuple[HandlerFunction, Any, Registration] | None
 
 
 #: The routes of a span's start, stop and exception events.
@@ -144,7 +147,8 @@ def build_route(
         return None
     handlers.sort(key=lambda h: h.seq)
     trusted = all(h.trusted for h in handlers)
-    return Route(name, tuple((h.function, h.config, h) for h in handlers), trusted)
+    entries = tuple((h.function, h.config, h) for h in handlers)
+    return Route(name, entries, trusted, entries[0] if len(entries) == 1 else None)
 
 
 def build_routes(
