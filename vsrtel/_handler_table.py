@@ -7,8 +7,8 @@ connected, plus an ordered list of prefix registrations. The functions here are 
 storage, the way Erlang's ``telemetry_pt`` is pure over its map: they read it and return new
 routes, and never change it. The registry publishes what they return.
 
-A :class:`Route` is what one event name dispatches to: every handler that receives it, in
-attach order, with the flag that lets trusted handlers get the caller's dicts.
+A ``Route`` is what one event name dispatches to: every handler that receives it, in attach
+order, with the flag that lets trusted handlers get the caller's dicts.
 
 Plain blinker receivers get blinker's own semantics: one connected with ``sender=X`` receives
 the event only when ``X`` is its dotted name (the name ``execute`` sends it as); one held
@@ -85,15 +85,15 @@ class Registration:
         return HandlerRecord(self.id, self.event_name, self.function, self.config)
 
 
-class Route(NamedTuple):
-    """What one event name dispatches to: ``handlers`` in attach order, as (function, config,
-    registration); ``one``, the same entry when it is the only one (the common case, which the
-    registry calls without a loop), else None."""
-
-    name: EventName
-    handlers: tuple[tuple[HandlerFunction, Any, Registration], ...]
-    trusted: bool  # every handler was attached trusted: they get the caller's dicts as they are
-    one: tuple[HandlerFunction, Any, Registration] | None
+#: One handler in a route: its function, its config, and its registration (for failures).
+Entry = tuple[HandlerFunction, Any, Registration]
+#: What one event name dispatches to: ``(name, handlers, trusted, one)``. ``handlers`` are the
+#: entries of every handler in attach order; ``trusted`` says that all of them were attached
+#: trusted, and get the caller's dicts as they are; ``one`` is the entry when it is the only one
+#: (most events have one handler, which the registry then calls without a loop), else None.
+#: A plain tuple, not a NamedTuple: ``execute`` unpacks one on every event, and CPython unpacks
+#: an exact tuple in one step but a subclass of tuple through an iterator (0.4 of the floor).
+Route = tuple[EventName, tuple[Entry, ...], bool, Entry | None]
 
 
 #: The routes of a span's start, stop and exception events.
@@ -148,7 +148,7 @@ def build_route(
     handlers.sort(key=lambda h: h.seq)
     trusted = all(h.trusted for h in handlers)
     entries = tuple((h.function, h.config, h) for h in handlers)
-    return Route(name, entries, trusted, entries[0] if len(entries) == 1 else None)
+    return name, entries, trusted, entries[0] if len(entries) == 1 else None
 
 
 def build_routes(
