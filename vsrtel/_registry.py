@@ -42,9 +42,9 @@ from vsrtel._names import EventName, Name, event_name, remember, starts_with
 from vsrtel._span import Clock, SpanNames, new_span
 from vsrtel._views import view as _view  # MappingProxyType, or the same in C (vsrtel._speedups)
 
-# Imported where first used, so that `import vsrtel` stays light: blinker (vsrtel._signal) at
-# the first attach to an event, inspect there too, logging, traceback and vsrtel._redact at the
-# first failure, warnings at the first misplaced handler.
+# Imported when first needed, so that `import vsrtel` stays light: blinker (vsrtel._signal) and
+# inspect at the first attach, and with them what reporting a failure needs (see
+# _load_for_failures); warnings at the first misplaced handler.
 if TYPE_CHECKING:
     from vsrtel._signal import EventSignal
 
@@ -181,6 +181,16 @@ def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
         ) from None
 
 
+def _load_for_failures() -> None:
+    """Import what containing a handler's failure needs, when a handler is attached: not at its
+    first failure, which may strike close to the recursion limit, where an import (dozens of
+    frames deep) could run out of stack and leave the failing handler attached."""
+    import logging  # noqa: F401
+    import traceback  # noqa: F401
+
+    import vsrtel._redact  # noqa: F401
+
+
 def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
     """Raise ``RecursionError`` now unless ``frames`` more nested calls fit on the stack.
 
@@ -310,6 +320,7 @@ class Registry:
         if not callable(function):
             raise TypeError(f"handler {handler_id!r}: function must be callable, got {function!r}")
         _check_arity(handler_id, function)
+        _load_for_failures()
         with self._lock:
             if handler_id in self._handlers:
                 raise AlreadyAttachedError(f"handler id {handler_id!r} is already attached")
@@ -377,6 +388,7 @@ class Registry:
         """
         from vsrtel._signal import EventSignal
 
+        _load_for_failures()  # its plain blinker receivers can fail too
         name = event_name(event_name_)
         with self._lock:
             signal = self._signals.get(name)
