@@ -27,6 +27,22 @@ def test_importing_vsrtel_does_not_import_handlers_or_opentelemetry() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_importing_vsrtel_loads_neither_blinker_nor_inspect_logging_or_traceback() -> None:
+    # Each loads where first needed: blinker (and inspect) at the first attach, logging and
+    # traceback on the first failure. Run with -S, so that no .pth file of the environment
+    # loads them first; vsrtel is found where this test's own import found it.
+    lazy = ("blinker", "inspect", "logging", "traceback")
+    path = [str(PACKAGE.parent), *sys.path]
+    code = (
+        f"import sys; sys.path[:0] = {path!r}; import vsrtel; "
+        f"print(sorted(m for m in {lazy!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
 # -- no import cycle among vsrtel's modules -----------------------------------------------------
 
 PACKAGE = Path(vsrtel.__file__).parent

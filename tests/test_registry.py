@@ -272,6 +272,23 @@ def test_a_handler_emitting_its_own_event_is_detached_once_and_never_called_agai
     assert registry.detach("loop") is False
 
 
+def test_a_lone_handler_emitting_its_own_event_is_detached_once() -> None:
+    # The same loop with nobody else on the event: a route of one handler takes a shorter path.
+    registry = vsrtel.Registry()
+    calls: list[int] = []
+    attach_looping(registry, "attach", calls)
+    with capture("vsrtel.handler.failure", registry=registry) as failures:
+        registry.execute("a", 1)
+        assert calls
+        calls.clear()
+        registry.execute("a", 2)
+    assert calls == []
+    assert registry.list_handlers() == [] and not registry.enabled("a")
+    assert [(f.metadata["handler_id"], f.metadata["kind"]) for f in failures] == [
+        ("loop", RecursionError)
+    ]
+
+
 def test_a_span_handler_that_opens_its_own_span_is_detached_once() -> None:
     registry = vsrtel.Registry()
     calls: list[int] = []
@@ -744,38 +761,40 @@ def raising(error: BaseException) -> Any:
     return handler
 
 
+@pytest.mark.parametrize("alone", [True, False], ids=["one handler", "two handlers"])
 @pytest.mark.parametrize(
     "error",
     [ZeroDivisionError("x"), SystemExit(3), asyncio.CancelledError(), GeneratorExit()],
     ids=lambda e: type(e).__name__,
 )
-def test_failures_are_handled_the_same_through_execute_and_span(error: BaseException) -> None:
-    # execute and span dispatch through two copies of the same loop (execute's is inlined for
-    # speed): drive both the same way so that they cannot drift apart. A handler runs inside
-    # the caller: its SystemExit or CancelledError is its own bug, contained like any other.
+def test_failures_are_handled_the_same_through_execute_and_span(
+    error: BaseException, alone: bool
+) -> None:
+    # execute and span dispatch through two copies of the same code (execute's is inlined for
+    # speed), each with a path of its own for a lone handler: drive all four the same way so
+    # that they cannot drift apart. A handler runs inside the caller: its SystemExit or
+    # CancelledError is its own bug, contained like any other.
     outcomes = []
     for emit in (emit_a_start, enter_a_span):
         registry = vsrtel.Registry()
         calls: list[Call] = []
         registry.attach("bad", "a.start", raising(error), config={"c": 1})
-        registry.attach("good", "a.start", recorder(calls))
+        if not alone:
+            registry.attach("good", "a.start", recorder(calls))
         with capture("vsrtel.handler.failure", registry=registry) as failures:
             emit(registry)
         [failure] = failures
         outcomes.append(
             (
                 [r.id for r in registry.list_handlers()],
-                len(calls),
+                [(type(c[2]).__name__, type(c[3]).__name__) for c in calls],
                 failure.metadata["handler_id"],
                 failure.metadata["handler_config"],
                 failure.metadata["kind"],
-                type(calls[0][2]).__name__,
-                type(calls[0][3]).__name__,
             )
         )
-    assert outcomes[0] == outcomes[1] == (
-        ["good"], 1, "bad", {"c": 1}, type(error), "mappingproxy", "mappingproxy"
-    )
+    others = ([], []) if alone else (["good"], [("mappingproxy", "mappingproxy")])
+    assert outcomes[0] == outcomes[1] == (*others, "bad", {"c": 1}, type(error))
 
 
 @pytest.mark.parametrize("on_error", ["detach", "keep"])

@@ -1,14 +1,14 @@
 """The handler table: what is attached where, and the routes ``execute`` reads.
 
 The registry owns the storage and the lock; this module owns what the storage means. Storage is
-one :class:`EventSignal` (a blinker ``NamedSignal``) per event name, to which the registry's
-:class:`Registration` objects and anyone's plain blinker receivers are connected, plus an
-ordered list of prefix registrations. The functions here are pure over that storage, the way
-Erlang's ``telemetry_pt`` is pure over its map: they read it and return new routes, and never
-change it. The registry publishes what they return.
+one ``EventSignal`` (a blinker ``NamedSignal``, defined in `vsrtel._signal`) per event name, to
+which the registry's :class:`Registration` objects and anyone's plain blinker receivers are
+connected, plus an ordered list of prefix registrations. The functions here are pure over that
+storage, the way Erlang's ``telemetry_pt`` is pure over its map: they read it and return new
+routes, and never change it. The registry publishes what they return.
 
-A :class:`Route` is what one event name dispatches to: every handler that receives it, in
-attach order, with the flag that lets trusted handlers get the caller's dicts.
+A ``Route`` is what one event name dispatches to: every handler that receives it, in attach
+order, with the flag that lets trusted handlers get the caller's dicts.
 
 Plain blinker receivers get blinker's own semantics: one connected with ``sender=X`` receives
 the event only when ``X`` is its dotted name (the name ``execute`` sends it as); one held
@@ -18,14 +18,15 @@ rebuilds its routes; a muted signal (``with signal.muted():``) calls none of its
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any, NamedTuple
-
-import blinker
+from types import MethodType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vsrtel._names import EventName, starts_with
+
+if TYPE_CHECKING:  # the storage's class, imported with blinker when the registry first needs it
+    from vsrtel._signal import EventSignal
 
 Measurements = Mapping[str, Any]
 Metadata = Mapping[str, Any]
@@ -84,41 +85,19 @@ class Registration:
         return HandlerRecord(self.id, self.event_name, self.function, self.config)
 
 
-class Route(NamedTuple):
-    """What one event name dispatches to."""
-
-    name: EventName
-    handlers: tuple[tuple[HandlerFunction, Any, Registration], ...]
-    trusted: bool  # every handler was attached trusted: they get the caller's dicts as they are
+#: One handler in a route: its function, its config, and its registration (for failures).
+Entry = tuple[HandlerFunction, Any, Registration]
+#: What one event name dispatches to: ``(name, handlers, trusted, one)``. ``handlers`` are the
+#: entries of every handler in attach order; ``trusted`` says that all of them were attached
+#: trusted, and get the caller's dicts as they are; ``one`` is the entry when it is the only one
+#: (most events have one handler, which the registry then calls without a loop), else None.
+#: A plain tuple, not a NamedTuple: ``execute`` unpacks one on every event, and CPython unpacks
+#: an exact tuple in one step but a subclass of tuple through an iterator (0.4 of the floor).
+Route = tuple[EventName, tuple[Entry, ...], bool, Entry | None]
 
 
 #: The routes of a span's start, stop and exception events.
 SpanRoutes = tuple[Route | None, Route | None, Route | None]
-
-
-class EventSignal(blinker.NamedSignal):
-    """An event's blinker signal. Muting it (``with signal.muted():``, or setting
-    ``is_muted``) tells the registry, which re-routes the event at once: ``execute`` never has
-    to ask."""
-
-    _muted = False
-    _on_change: weakref.WeakMethod[Callable[[], object]] | None = None
-
-    def notify(self, on_change: Callable[[], object]) -> None:
-        """Call the bound method ``on_change`` (held weakly) when the signal is (un)muted."""
-        self._on_change = weakref.WeakMethod(on_change)
-
-    @property
-    def is_muted(self) -> bool:
-        """Whether the signal is muted: then none of its receivers is called."""
-        return self._muted
-
-    @is_muted.setter
-    def is_muted(self, muted: bool) -> None:
-        self._muted = muted
-        on_change = self._on_change() if self._on_change is not None else None
-        if on_change is not None:
-            on_change()
 
 
 def order_foreign(
@@ -168,7 +147,8 @@ def build_route(
         return None
     handlers.sort(key=lambda h: h.seq)
     trusted = all(h.trusted for h in handlers)
-    return Route(name, tuple((h.function, h.config, h) for h in handlers), trusted)
+    entries = tuple((h.function, h.config, h) for h in handlers)
+    return name, entries, trusted, entries[0] if len(entries) == 1 else None
 
 
 def build_routes(
@@ -199,13 +179,13 @@ def attached_ids(signal: EventSignal | None) -> list[Hashable]:
 
 def _same(a: Any, b: Any) -> bool:
     # A bound method is made anew by each weakref call: equal, not identical.
-    return a is b or (inspect.ismethod(a) and a == b)
+    return a is b or (isinstance(a, MethodType) and a == b)
 
 
 def _watch(target: Any, on_death: OnDeath) -> weakref.ref[Any]:
     """A weak reference to a blinker receiver that tells ``on_death`` when it is collected
     (blinker drops it silently then, without ``receiver_disconnected``)."""
-    if inspect.ismethod(target):
+    if isinstance(target, MethodType):
         return weakref.WeakMethod(target, on_death)
     return weakref.ref(target, on_death)
 

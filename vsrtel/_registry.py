@@ -15,22 +15,17 @@ the two copies cannot drift.
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import logging
 import sys
 import threading
 import time
-import traceback
-import warnings
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from vsrtel._handler_table import (
-    EventSignal,
     HandlerFunction,
     HandlerRecord,
     Measurements,
@@ -44,9 +39,14 @@ from vsrtel._handler_table import (
     order_foreign,
 )
 from vsrtel._names import EventName, Name, event_name, remember, starts_with
-from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
 from vsrtel._span import Clock, SpanNames, new_span
 from vsrtel._views import view as _view  # MappingProxyType, or the same in C (vsrtel._speedups)
+
+# Imported when first needed, so that `import vsrtel` stays light: blinker (vsrtel._signal) and
+# inspect at the first attach, and with them what reporting a failure needs (see
+# _load_for_failures); warnings at the first misplaced handler.
+if TYPE_CHECKING:
+    from vsrtel._signal import EventSignal
 
 __all__ = [
     "FAILURE_EVENT",
@@ -68,8 +68,6 @@ T = TypeVar("T")
 FAILURE_EVENT: EventName = ("vsrtel", "handler", "failure")
 _STACK_RESERVE = 50  # frames; detach needs about 10, blinker's signals included
 _FAILURE_RESERVE = 100  # frames; detaching, logging and reporting a failure need about 30
-
-log = logging.getLogger("vsrtel")
 
 
 class AlreadyAttachedError(ValueError):
@@ -168,6 +166,8 @@ def _read_only(measurements: Any, metadata: Any) -> tuple[Measurements, Metadata
 
 def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
     """Reject at attach time a handler that cannot take the four handler arguments."""
+    import inspect
+
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):
@@ -181,6 +181,16 @@ def _check_arity(handler_id: Hashable, function: Callable[..., object]) -> None:
         ) from None
 
 
+def _load_for_failures() -> None:
+    """Import what containing a handler's failure needs, when a handler is attached: not at its
+    first failure, which may strike close to the recursion limit, where an import (dozens of
+    frames deep) could run out of stack and leave the failing handler attached."""
+    import logging  # noqa: F401
+    import traceback  # noqa: F401
+
+    import vsrtel._redact  # noqa: F401
+
+
 def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
     """Raise ``RecursionError`` now unless ``frames`` more nested calls fit on the stack.
 
@@ -192,6 +202,8 @@ def _reserve_stack(frames: int = _STACK_RESERVE) -> None:
 
 
 def _warn_span_prefix(handler_id: Hashable, prefix: EventName) -> None:
+    import warnings
+
     dotted = ".".join(prefix)
     warnings.warn(
         f"handler {handler_id!r} is attached to {dotted!r}, which is a span prefix, not an "
@@ -251,8 +263,9 @@ class Registry:
 
         ``trusted=True`` promises that the handler only reads the measurements and metadata,
         while it runs, and keeps no reference to them. When every handler of an event is
-        trusted, they receive the caller's dicts instead of read-only views of them: about a
-        third of the cost of an event to one handler (the metrics reporter uses it).
+        trusted, they receive the caller's dicts instead of read-only views of them: about half
+        the cost of an event to one handler in pure Python, a third with the compiled views
+        (the metrics reporter uses it).
 
         Raises :class:`AlreadyAttachedError` if ``handler_id`` is in use, ``TypeError`` if
         ``function`` is not callable, ``ValueError``/``TypeError`` for a bad event name.
@@ -308,6 +321,7 @@ class Registry:
         if not callable(function):
             raise TypeError(f"handler {handler_id!r}: function must be callable, got {function!r}")
         _check_arity(handler_id, function)
+        _load_for_failures()
         with self._lock:
             if handler_id in self._handlers:
                 raise AlreadyAttachedError(f"handler id {handler_id!r} is already attached")
@@ -373,6 +387,9 @@ class Registry:
         receivers is called: neither blinker receivers nor the handlers attached to this event
         (handlers attached with a prefix are not its receivers, and still are).
         """
+        from vsrtel._signal import EventSignal
+
+        _load_for_failures()  # its plain blinker receivers can fail too
         name = event_name(event_name_)
         with self._lock:
             signal = self._signals.get(name)
@@ -465,8 +482,10 @@ class Registry:
                 _check_payload(measurements, metadata)
             return
         # _dispatch, inlined: one Python call less on the path every handler pays. Keep the two
-        # bodies the same (tests/test_registry.py drives failures through execute and span).
-        name, handlers, trusted = route
+        # bodies the same (tests/test_registry.py drives failures through execute and span, to
+        # one handler and to two). A lone handler is called without the loop: most events have
+        # one, and the loop's setup is a measurable share of an event to one handler.
+        name, handlers, trusted, one = route
         if measurements.__class__ is dict and metadata.__class__ is dict:
             if not trusted:
                 measurements = _view(measurements)
@@ -480,6 +499,14 @@ class Registry:
                     raise
                 self._report_failure(None, name, exc)
                 return
+        if one is not None:
+            function, config, handler = one
+            try:
+                function(name, measurements, metadata, config)
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
+                    raise
+            return
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
@@ -495,7 +522,7 @@ class Registry:
             return self._lookup(event_name) is not None
 
     def _dispatch(self, route: Route, measurements: Any, metadata: Any) -> None:
-        name, handlers, trusted = route
+        name, handlers, trusted, one = route
         if measurements.__class__ is dict and metadata.__class__ is dict:
             if not trusted:
                 measurements = _view(measurements)
@@ -509,6 +536,14 @@ class Registry:
                     raise
                 self._report_failure(None, name, exc)
                 return
+        if one is not None:
+            function, config, handler = one
+            try:
+                function(name, measurements, metadata, config)
+            except BaseException as exc:
+                if self.on_error == "raise" or self._handler_failed(handler, name, exc):
+                    raise
+            return
         for function, config, handler in handlers:
             try:
                 function(name, measurements, metadata, config)
@@ -566,6 +601,12 @@ class Registry:
         self, handler: Registration | None, name: EventName, exc: BaseException
     ) -> None:
         """Log a failure and emit the failure event; ``handler`` is None for a lazy payload."""
+        import logging
+        import traceback
+
+        from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
+
+        log = logging.getLogger("vsrtel")
         # The traceback goes into the message as text scrubbed of secrets (the default rule of
         # vsrtel._redact): passed as exc_info, it would be formatted with its message as is.
         if handler is None:

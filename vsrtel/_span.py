@@ -7,10 +7,7 @@ this module imports nothing of the registry's: the registry builds spans, not th
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
-import logging
-import traceback
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
@@ -64,7 +61,6 @@ _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=No
 _get_current, _set_current, _reset_current = _current.get, _current.set, _current.reset
 _span_ids = itertools.count(1)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
-_log = logging.getLogger("vsrtel")
 
 #: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names,
 #: dotted (a str caches its hash: the cheapest key into the registry's routes), then the prefix.
@@ -268,6 +264,8 @@ class Span:
                 measurements = {**self._extra, **measurements}
             self._registry._dispatch(route, measurements, {**self.metadata})
             return
+        import traceback  # here, not at the top: `import vsrtel` stays light
+
         # The exception's own frames; one never raised has none, so say where it was reported.
         frames = traceback.extract_tb(error.__traceback__) or traceback.extract_stack()[:-2]
         metadata = {**self.metadata, "kind": type(error), "reason": error, "stacktrace": frames}
@@ -301,7 +299,11 @@ class Span:
             try:
                 callback()
             except Exception:
-                _log.exception("span %s: exit callback %r failed", self._dotted, callback)
+                import logging  # here, not at the top: `import vsrtel` stays light
+
+                logging.getLogger("vsrtel").exception(
+                    "span %s: exit callback %r failed", self._dotted, callback
+                )
 
     @property
     def _dotted(self) -> str:
@@ -427,6 +429,8 @@ class Span:
         ``break`` is closed later by the event loop, in a task of its own): that ends the span
         normally too, and the thread or task that started it goes on with the span around it.
         """
+        import inspect  # here, not at the top: `import vsrtel` stays light
+
         registry, prefix = self._registry, self._names[3]
         metadata, clock = self._template, self._clock
 
