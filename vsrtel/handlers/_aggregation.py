@@ -40,7 +40,8 @@ import sys
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, Final
@@ -112,7 +113,7 @@ class Cells:
         self.retired: dict[Series, list[Any]] = {}
         self.lock = threading.Lock()  # guards creating cells, threads, retired; not per event
         # next() of itertools.count runs in C: no two writes get one stamp.
-        self.stamp: Callable[[], int] = itertools.count().__next__
+        self.stamp: Callable[[], float] = itertools.count().__next__
 
     def mine(self) -> dict[Any, list[Any]]:
         """The calling thread's dict of cells (created on its first event)."""
@@ -182,6 +183,30 @@ class Cells:
                     else:
                         self.shape.merge(total, copy, self.bounds)
         return {series: total[:-1] for series, total in merged.items()}
+
+
+class _Scope(threading.local):
+    current: int | None = None
+
+
+SCOPE: Final = _Scope()
+"""The current scrape (see `scrape`) of the calling thread, or None."""
+_SCOPES: Final = itertools.count(1).__next__
+
+
+@contextmanager
+def scrape() -> Iterator[None]:
+    """One scrape: every metric read within it from a directory of worker files (multi-process
+    mode, `_shared`) sees one listing of those files, taken once. A renderer reading several
+    metrics' `Cells.totals()` wraps them in it; nested, the outer one counts."""
+    if SCOPE.current is not None:
+        yield
+        return
+    SCOPE.current = _SCOPES()
+    try:
+        yield
+    finally:
+        SCOPE.current = None
 
 
 def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
@@ -277,7 +302,7 @@ class Hook:
     def _merge(self, reader: MetricReader, data: MetricsData | None) -> MetricsData | None:
         # One collection at a time (concurrent scrapes of one reader would race on `previous`),
         # as the SDK does its own.
-        with self._lock:
+        with self._lock, scrape():
             now = time_ns()
             previous = self._previous.setdefault(reader, {})
             metrics = [
@@ -473,20 +498,20 @@ def _merge_buckets(total: list[Any], cell: list[Any], bounds: tuple[float, ...])
 
 
 def _record_total(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     cell[0] += value
 
 
 def _record_last(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     cell[0] = value
     cell[1] = stamp()
 
 
 def _record_buckets(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     at_sum = len(bounds) + 1
     cell[bisect_left(bounds, value)] += 1
@@ -508,7 +533,7 @@ class Shape:
 
     name: str
     new: Callable[[tuple[float, ...]], list[Any]]
-    record: Callable[[list[Any], Any, tuple[float, ...], Callable[[], int]], None]
+    record: Callable[[list[Any], Any, tuple[float, ...], Callable[[], float]], None]
     merge: Callable[[list[Any], list[Any], tuple[float, ...]], None]
     read: Callable[
         [Hook, Export, MetricReader, int, _Previous, _Totals], Sum | Gauge | Histogram | None
