@@ -523,6 +523,15 @@ def _write_archive(
         pass
 
 
+def metrics(directory: Directory) -> dict[str, MetricInfo]:
+    """Every metric the directory's files define (the first definition of each name)."""
+    infos: dict[str, MetricInfo] = {}
+    for source, _ in directory.sources():
+        for name, info in source.metrics.items():
+            infos.setdefault(name, info)
+    return infos
+
+
 def merged(directory: Directory, name: str) -> tuple[MetricInfo | None, dict[Key, list[float]]]:
     """Every process's series of metric `name`, added up per series (see `merge_into`); for a
     gauge in mode "all", each live process's own series, its labels with a ``pid``."""
@@ -627,6 +636,12 @@ def check(path: str) -> None:
                     f"vsrtel (file format {version}, this one reads {VERSION}): empty the "
                     "directory (or use a new one) when deploying a new version"
                 )
+
+
+def reader(directory: Directory, info: MetricInfo) -> SharedCells:
+    """Cells that only read `info`'s metric from `directory` (a server of the merged view)."""
+    shape = SHAPES[info.shape]
+    return SharedCells(shape, info.bounds, directory, info, writable=False)
 
 
 class SharedCells(Cells):
@@ -749,4 +764,6 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["DEFAULT_MODE", "ENV", "MODES", "SharedCells", "directory", "merged"]
+__all__ = [
+    "DEFAULT_MODE", "ENV", "MODES", "SharedCells", "directory", "merged", "metrics", "reader"
+]

@@ -30,6 +30,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
@@ -152,7 +153,8 @@ class MetricsReporter:
         if aggregation not in ("vsrtel", "otel"):
             raise ValueError(f"aggregation must be 'vsrtel' or 'otel', got {aggregation!r}")
         if directory is None:
-            directory = os.environ.get(_shared.ENV) or None
+            if aggregation == "vsrtel":
+                directory = os.environ.get(_shared.ENV) or None
         elif aggregation == "otel":
             raise ValueError(
                 "directory (multi-process mode) needs aggregation='vsrtel': OpenTelemetry's "
@@ -177,7 +179,11 @@ class MetricsReporter:
         provider = meter_provider or otel_metrics.get_meter_provider()
         # The API package holds only the no-op provider and the proxy that stands in for a global
         # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
-        if type(provider).__module__.startswith("opentelemetry.metrics"):
+        # In multi-process mode the files hold the series: a private provider aggregates them.
+        api_only = type(provider).__module__.startswith("opentelemetry.metrics")
+        if api_only and shared is not None and meter_provider is None:
+            provider = MeterProvider()
+        elif api_only:
             warnings.warn(
                 "MetricsReporter has no working MeterProvider: OpenTelemetry's global one is not "
                 "set (or is a no-op), so these metrics are discarded. Pass "
