@@ -453,3 +453,81 @@ def test_a_corrupt_or_truncated_file_is_skipped_reported_once_and_counted(
         "w-997-cut.vsm", "w-998-short.vsm", "w-999-garbage.vsm",
     ]
     assert merged.skipped_files == 3
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=20) as response:
+        return response.status, response.read().decode()
+
+
+def test_vsrtel_serve_dir_serves_the_merged_metrics_of_a_directory(directory: Path) -> None:
+    import subprocess
+
+    MetricsReporter([COUNT], meter_provider=MeterProvider(), directory=directory).attach()
+    Worker(lambda: record(4)).wait()
+    record(3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vsrtel", "serve-dir", str(directory), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(f"serving the merged metrics of {directory} on http://127.0.0.1:")
+        url = line.split(" on ")[1].split()[0]
+        status, text = _get(url)
+        assert status == 200
+        assert 'app_request_stop_count_total{code="200",route="/a"} 7.0' in text
+        assert _get(url.replace("/metrics", "/"))[0] == 200  # the dashboard
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_vsrtel_serve_dir_refuses_a_missing_directory_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vsrtel", "serve-dir", str(tmp_path / "nope"), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"vsrtel serve-dir: error: metrics directory '{tmp_path / 'nope'}' does not exist; "
+        "create it first"
+    )
+
+
+def test_the_asgi_app_answers_metrics_health_and_not_found(directory: Path) -> None:
+    import asyncio
+
+    from vsrtel.export.multiprocess import asgi_app
+
+    MetricsReporter([COUNT], meter_provider=MeterProvider(), directory=directory).attach()
+    record(2)
+    app = asgi_app(directory)
+
+    async def get(path: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": b"",
+                 "headers": [(b"accept", b"text/plain")]}
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, body = asyncio.run(get("/metrics"))
+    assert status == 200
+    assert b'app_request_stop_count_total{code="200",route="/a"} 2.0' in body
+    assert asyncio.run(get("/health")) == (200, b"OK")
+    assert asyncio.run(get("/nope"))[0] == 404
