@@ -58,6 +58,7 @@ class Worker:
             status = 0
             try:
                 os.close(ready_r)
+                os.close(go_w)  # so the read below ends if the parent dies
                 work()
                 os.write(ready_w, b"x")
                 if linger:
@@ -531,3 +532,89 @@ def test_the_asgi_app_answers_metrics_health_and_not_found(directory: Path) -> N
     assert b'app_request_stop_count_total{code="200",route="/a"} 2.0' in body
     assert asyncio.run(get("/health")) == (200, b"OK")
     assert asyncio.run(get("/nope"))[0] == 404
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_per_thread_cells_of_one_process_add_up(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _aggregation
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", True)  # as without a GIL
+    scrape = Scrape(directory, [COUNT, gauge("sum")])
+    threads = [threading.Thread(target=record, args=(50,), kwargs={"queue": 2})
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [point] = scrape.points("app.request.stop.count").values()
+    assert point.value == 200
+    # A process's threads' cells of a gauge are its latest value, not their sum.
+    [point] = scrape.points("app.request.stop.queue").values()
+    assert point.value == 2
+
+
+def test_a_file_defining_a_metric_with_other_buckets_is_left_out_and_reported(
+    directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = m.distribution(
+        "app.request.stop.duration", unit=("native", "second"), tags=["route"],
+        reporter_options={"buckets": [1.0, 2.0]},
+    )
+
+    def old_version() -> None:
+        MetricsReporter([other], meter_provider=MeterProvider(), directory=directory).attach()
+        record(5)
+
+    Worker(old_version, linger=True).stop()  # a worker of the previous deployment
+    scrape = Scrape(directory, [DURATION])
+    record(2)
+    with caplog.at_level(logging.WARNING, logger="vsrtel"):
+        [hist] = scrape.points("app.request.stop.duration").values()
+        [hist] = scrape.points("app.request.stop.duration").values()
+    assert hist.count == 2
+    assert len([r for r in caplog.records if "other buckets" in r.getMessage()]) == 1
+
+
+def test_a_fork_while_another_thread_holds_the_directory_lock_does_not_wedge_the_child(
+    directory: Path,
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _shared
+
+    scrape = Scrape(directory, [COUNT])
+    record(1)
+    shared = _shared.directory(directory)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shared._dirlock(__import__("fcntl").LOCK_EX):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    try:
+        worker = Worker(lambda: record(2), linger=True)
+    finally:
+        release.set()
+        holder.join()
+    # The child lives on; were it holding the lock, this scrape would wait forever.
+    found: list[Any] = []
+    scraper = threading.Thread(
+        target=lambda: found.extend(scrape.points("app.request.stop.count").values()),
+        daemon=True,
+    )
+    scraper.start()
+    scraper.join(30)
+    worker.stop()
+    assert not scraper.is_alive(), "the scrape waits for a lock the forked child holds"
+    [point] = found
+    assert point.value == 3

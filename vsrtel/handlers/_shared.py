@@ -319,7 +319,8 @@ class Directory:
         self._writer: Writer | None = None
         self._lock = threading.Lock()
         self._sources: dict[str, Source] = {}
-        self._bad: set[tuple[str, int]] = set()
+        self._bad: set[tuple[str, int]] = set()  # files skipped, by name and inode
+        self._mismatched: set[tuple[str, str]] = set()
         self.skipped_files = 0
         """Files found unreadable (each counted once)."""
         self._scan: tuple[int, list[tuple[Source, bool]]] | None = None
@@ -335,6 +336,16 @@ class Directory:
                 self.compact()  # a new worker: a recycled one may have left its file
             return self._writer
 
+    def mismatch(self, metric: str, file: str) -> None:
+        """Report (once) a file whose definition of `metric` differs from the one merged by."""
+        if (metric, file) not in self._mismatched:
+            self._mismatched.add((metric, file))
+            _log.warning(
+                "metrics directory %s: file %s defines metric %s with other buckets or another "
+                "kind (a different version of the service?); its series are left out",
+                self.path, file, metric,
+            )
+
     def forked(self) -> None:
         if self._writer is not None:
             self._writer.abandon()
@@ -345,6 +356,7 @@ class Directory:
     @contextmanager
     def _dirlock(self, how: int) -> Iterator[bool]:
         fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        _HELD.add(fd)
         try:
             try:
                 fcntl.flock(fd, how)
@@ -353,6 +365,7 @@ class Directory:
                 return
             yield True
         finally:
+            _HELD.discard(fd)
             os.close(fd)  # drops the lock
 
     def _open(self, name: str) -> Source | None:
@@ -532,15 +545,20 @@ def metrics(directory: Directory) -> dict[str, MetricInfo]:
     return infos
 
 
-def merged(directory: Directory, name: str) -> tuple[MetricInfo | None, dict[Key, list[float]]]:
+def merged(
+    directory: Directory, name: str, info: MetricInfo | None = None
+) -> tuple[MetricInfo | None, dict[Key, list[float]]]:
     """Every process's series of metric `name`, added up per series (see `merge_into`); for a
-    gauge in mode "all", each live process's own series, its labels with a ``pid``."""
+    gauge in mode "all", each live process's own series, its labels with a ``pid``.
+
+    `info` is the definition to merge by (the calling process's own); by default the first
+    file's. Files defining the metric with another shape or buckets are skipped (a warning,
+    once per file and metric)."""
     sources = directory.sources()
-    info = None
     for source, _ in sources:
-        info = source.metrics.get(name)
         if info is not None:
             break
+        info = source.metrics.get(name)
     if info is None:
         return None, {}
     shape = SHAPES[info.shape]
@@ -551,7 +569,7 @@ def merged(directory: Directory, name: str) -> tuple[MetricInfo | None, dict[Key
         if other is None:
             continue
         if (other.shape, other.bounds) != (info.shape, info.bounds):
-            _log.debug("metric %s: file %s defines it differently; skipped", name, source.name)
+            directory.mismatch(name, source.name)
             continue
         if last and info.mode in _LIVE_ONLY and not live:
             continue
@@ -704,7 +722,7 @@ class SharedCells(Cells):
         """Every process's series, merged (see `merged`). Past the metric's `max_series`,
         series new to this reader are added into the overflow series; a series once within
         the cap stays so, and one past it stays in the overflow, so no total goes down."""
-        info, found = merged(self.directory, self.info.name)
+        info, found = merged(self.directory, self.info.name, self.info)
         if info is None:
             return {}
         result: dict[Series, list[Any]] = {}
@@ -753,9 +771,18 @@ def _numbers(shape: Shape, values: list[float], bounds: tuple[float, ...]) -> li
 
 
 _CELLS: weakref.WeakSet[SharedCells] = weakref.WeakSet()
+_HELD: set[int] = set()  # the file descriptors of directory locks being held
 
 
 def _after_fork_in_child() -> None:
+    global _DIRECTORIES_LOCK
+    _DIRECTORIES_LOCK = threading.Lock()
+    # A directory lock another thread held at the fork: the child's copy would hold it for the
+    # child's whole life (a flock belongs to the open file, which the copy shares).
+    for fd in list(_HELD):
+        with suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
     for found in _DIRECTORIES.values():
         found.forked()
     for cells in list(_CELLS):
