@@ -68,6 +68,8 @@ _USED_AT: Final = 32  # offset of `used` in the header
 _RECORD = struct.Struct("<II")
 _WORKER, _ARCHIVE = 0, 1
 _INITIAL_SIZE: Final = 1 << 16
+COMPACT_AFTER: Final = 8
+"""Dead files a new worker leaves for a scrape to fold; past this many, it folds them itself."""
 SUFFIX: Final = ".vsm"
 
 MODES: Final = frozenset({"sum", "max", "min", "latest", "live_sum", "all"})
@@ -320,7 +322,7 @@ class Directory:
         self._lock = threading.Lock()
         self._sources: dict[str, Source] = {}
         self._bad: set[tuple[str, int]] = set()  # files skipped, by name and inode
-        self._mismatched: set[tuple[str, str]] = set()
+        self._mismatched: set[str] = set()
         self.skipped_files = 0
         """Files found unreadable (each counted once)."""
         self._scan: tuple[int, list[tuple[Source, bool]]] | None = None
@@ -333,13 +335,16 @@ class Directory:
         with self._lock:
             if self._writer is None:
                 self._writer = Writer(self.path)
-                self.compact()  # a new worker: a recycled one may have left its file
+                # A new worker: recycled ones may have left files. Folding them rewrites the
+                # archive, so a worker does it past a few only (a scrape folds any).
+                self.compact(minimum=COMPACT_AFTER)
             return self._writer
 
     def mismatch(self, metric: str, file: str) -> None:
-        """Report (once) a file whose definition of `metric` differs from the one merged by."""
-        if (metric, file) not in self._mismatched:
-            self._mismatched.add((metric, file))
+        """Report a file whose definition of `metric` differs from the one merged by (once per
+        metric: the archive takes the dead files' definition with it)."""
+        if metric not in self._mismatched:
+            self._mismatched.add(metric)
             _log.warning(
                 "metrics directory %s: file %s defines metric %s with other buckets or another "
                 "kind (a different version of the service?); its series are left out",
@@ -436,16 +441,16 @@ class Directory:
                 self._sources.pop(name).close()
         return found
 
-    def compact(self) -> bool:
-        """Fold dead workers' files into a new archive (call with `_lock` held); False if
-        another process is compacting."""
+    def compact(self, minimum: int = 1) -> bool:
+        """Fold dead workers' files into a new archive, if there are at least `minimum` (call
+        with `_lock` held); False if another process is compacting."""
         with self._dirlock(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
             if not locked:
                 return False
             found = self._list()
             archive = next((s for s, _ in found if s.archive), None)
             dead = [s for s, live in found if not live and not s.archive]
-            if not dead:
+            if len(dead) < max(minimum, 1):
                 return True
             generation = 0 if archive is None else _generation(archive.name)
             infos: dict[str, MetricInfo] = {}
@@ -553,7 +558,7 @@ def merged(
 
     `info` is the definition to merge by (the calling process's own); by default the first
     file's. Files defining the metric with another shape or buckets are skipped (a warning,
-    once per file and metric)."""
+    once per metric)."""
     sources = directory.sources()
     for source, _ in sources:
         if info is not None:
