@@ -38,7 +38,6 @@ counts are exact; a float sum folded in another order may differ in its last bit
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import mmap
@@ -52,6 +51,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, cast
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, no multi-process mode
+    fcntl = None  # type: ignore[assignment]
 
 from vsrtel.handlers._aggregation import PER_THREAD, SCOPE, SHAPES, Cells, Series, Shape
 
@@ -613,6 +617,8 @@ def directory(path: str | os.PathLike[str]) -> Directory:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"directory must be a path, got {path!r}")
+    if fcntl is None:  # pragma: no cover - Windows
+        raise ValueError(f"metrics directory {path!r}: multi-process mode needs flock (POSIX)")
     full = os.path.abspath(os.fspath(path))
     with _DIRECTORIES_LOCK:
         found = _DIRECTORIES.get(full)
@@ -794,7 +800,8 @@ def _after_fork_in_child() -> None:
         cells.forget()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "DEFAULT_MODE", "ENV", "MODES", "SharedCells", "directory", "merged", "metrics", "reader"
