@@ -130,15 +130,24 @@ class Writer:
 
     def __init__(self, directory: str) -> None:
         self.pid = os.getpid()
-        self.path = os.path.join(directory, f"w-{self.pid}-{os.urandom(4).hex()}{SUFFIX}")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        name = f"w-{self.pid}-{os.urandom(4).hex()}"
+        self.path = os.path.join(directory, name + SUFFIX)
+        # Made under a temporary name, then renamed: a reader never finds it without its lock
+        # and header.
+        temporary = os.path.join(directory, f".{name}.tmp")
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held while this process lives: its liveness
             os.ftruncate(fd, _INITIAL_SIZE)
             self.size = _INITIAL_SIZE
             self.map = mmap.mmap(fd, self.size)
+            self.map[:HEADER] = _HEAD.pack(
+                MAGIC, VERSION, _WORKER, self.pid, time.time(), 0
+            ).ljust(HEADER, b"\0")
+            os.rename(temporary, self.path)
         except BaseException:
             os.close(fd)
+            _remove(temporary)
             raise
         self.fd = fd
         # Earlier, smaller mappings: their cells stay in use (they map the same file pages).
@@ -146,9 +155,6 @@ class Writer:
         self.used = 0
         self.lock = threading.Lock()
         self.defined: set[str] = set()
-        self.map[:HEADER] = _HEAD.pack(MAGIC, VERSION, _WORKER, self.pid, time.time(), 0).ljust(
-            HEADER, b"\0"
-        )
 
     def _append(self, item: list[Any], values: list[float]) -> memoryview[float]:
         """Write one record (call with `lock` held) and publish it; its doubles' view."""
