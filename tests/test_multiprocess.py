@@ -622,3 +622,25 @@ def test_a_fork_while_another_thread_holds_the_directory_lock_does_not_wedge_the
     assert not scraper.is_alive(), "the scrape waits for a lock the forked child holds"
     [point] = found
     assert point.value == 3
+
+
+def test_a_failing_compaction_is_reported_and_the_scrape_still_served(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vsrtel.handlers import _shared
+
+    scrape = Scrape(directory, [COUNT])
+    Worker(lambda: record(3)).wait()
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_shared, "_write_archive", full)
+    with caplog.at_level(logging.WARNING, logger="vsrtel"):
+        [point] = scrape.points("app.request.stop.count").values()
+    assert point.value == 3
+    assert "compacting dead workers' files failed" in caplog.text
+    monkeypatch.undo()
+    [point] = scrape.points("app.request.stop.count").values()  # folded now
+    assert point.value == 3
+    assert [n for n in files(directory) if n.startswith("w-")] == []

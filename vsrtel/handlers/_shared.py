@@ -347,7 +347,7 @@ class Directory:
                 self._writer = Writer(self.path)
                 # A new worker: recycled ones may have left files. Folding them rewrites the
                 # archive, so a worker does it past a few only (a scrape folds any).
-                self.compact(minimum=COMPACT_AFTER)
+                self._compact(minimum=COMPACT_AFTER)
             return self._writer
 
     def mismatch(self, metric: str, file: str) -> None:
@@ -424,8 +424,17 @@ class Directory:
             self._scan = (scope, found)
         if any(not live and not source.archive for source, live in found):
             with self._lock:
-                self.compact()
+                self._compact()
         return found
+
+    def _compact(self, minimum: int = 1) -> None:
+        """`compact`, a failure (a full disk) reported instead of raised: the scrape or the
+        event that set it off goes on, and a later one tries again."""
+        try:
+            self.compact(minimum)
+        except (OSError, BadFile) as exc:
+            _log.warning("metrics directory %s: compacting dead workers' files failed: %s",
+                         self.path, exc)
 
     def _list(self) -> list[tuple[Source, bool]]:
         try:
