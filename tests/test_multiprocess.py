@@ -644,3 +644,57 @@ def test_a_failing_compaction_is_reported_and_the_scrape_still_served(
     [point] = scrape.points("app.request.stop.count").values()  # folded now
     assert point.value == 3
     assert [n for n in files(directory) if n.startswith("w-")] == []
+
+
+def test_a_push_exporter_sends_this_process_series_and_a_scrape_the_merged_ones(
+    directory: Path,
+) -> None:
+    from opentelemetry.sdk.metrics.export import (
+        MetricExporter,
+        MetricExportResult,
+        MetricsData,
+        PeriodicExportingMetricReader,
+    )
+
+    class Keep(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[MetricsData] = []
+
+        def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,
+                   **kwargs: Any) -> MetricExportResult:
+            self.sent.append(metrics_data)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return True
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            pass
+
+    exporter = Keep()
+    push = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    pull = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[push, pull])
+    MetricsReporter([COUNT, DURATION], meter_provider=provider, directory=directory).attach()
+    record(2)
+    worker = Worker(lambda: record(5), linger=True)
+    try:
+        provider.force_flush()
+        pushed = {
+            metric.name: [p for p in metric.data.data_points]
+            for rm in exporter.sent[-1].resource_metrics for sm in rm.scope_metrics
+            for metric in sm.metrics
+        }
+        assert [p.value for p in pushed["app.request.stop.count"]] == [2]
+        assert [p.count for p in pushed["app.request.stop.duration"]] == [2]
+        scraped = pull.get_metrics_data()
+        assert scraped is not None
+        [count] = [
+            metric for rm in scraped.resource_metrics for sm in rm.scope_metrics
+            for metric in sm.metrics if metric.name == "app.request.stop.count"
+        ]
+        assert [p.value for p in count.data.data_points] == [7]
+    finally:
+        worker.stop()
+        provider.shutdown()

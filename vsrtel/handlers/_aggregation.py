@@ -59,6 +59,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     MetricsData,
     NumberDataPoint,
+    PeriodicExportingMetricReader,
     ResourceMetrics,
     ScopeMetrics,
     Sum,
@@ -157,6 +158,11 @@ class Cells:
                     cell.append(series)  # the last item: whose cell it is
                     cells[series] = cell
         return cell
+
+    def own(self) -> dict[Series, list[Any]]:
+        """What this process recorded, for an exporter every process runs (a periodic push):
+        here, `totals()`; in multi-process mode, this process's share of the merged view."""
+        return self.totals()
 
     def totals(self) -> dict[Series, list[Any]]:
         """Every series with its cells added up (last value: the latest write wins).
@@ -354,7 +360,10 @@ class Hook:
         now: int,
         previous: dict[tuple[str, Series], tuple[list[Any], int]],
     ) -> Metric | None:
-        totals = export.cells.totals()
+        # A periodic (push) exporter runs in every worker process: each sends its own series.
+        # A pull reader (a scrape) gets the merged view, whichever process it reads.
+        pushes = isinstance(reader, PeriodicExportingMetricReader)
+        totals = export.cells.own() if pushes else export.cells.totals()
         if not totals:
             return None
         data = export.cells.shape.read(self, export, reader, now, previous, totals)

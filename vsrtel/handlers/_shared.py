@@ -731,9 +731,27 @@ class SharedCells(Cells):
         return cell
 
     def retire(self, cells: dict[Any, Any]) -> None:
-        # The thread's cells stay in the file, and in every total.
+        # Nothing to fold: the thread's cells stay in the file (in every total) and in
+        # `threads` (in `own`).
+        pass
+
+    def own(self) -> dict[Series, list[Any]]:
+        """This process's series alone (its threads' cells added up), for a push exporter each
+        worker runs: summed over the workers it is the merged view, not N times it."""
+        found: dict[Series, list[float]] = {}
         with self.lock:
-            self.threads.pop(id(cells), None)
+            dicts = list(self.threads.values())
+        for cells in dicts:
+            for series, cell in list(cells.items()):
+                if not isinstance(series, Series):  # a tag key: the same cell again
+                    continue
+                values = list(cell)
+                total = found.get(series)
+                if total is None:
+                    found[series] = values
+                else:
+                    merge_into(self.shape, "latest", total, values, self.bounds)
+        return {series: _numbers(self.shape, v, self.bounds) for series, v in found.items()}
 
     def forget(self) -> None:
         """In a forked child: start with no cells (new ones go to the child's own file)."""
