@@ -15,6 +15,12 @@ Each metric keeps its series in *cells*: plain lists a handler updates in place
 
 A collection copies each cell (one C call) and adds up a series' cells.
 
+In multi-process mode (`_shared.SharedCells`) a cell is a slice of doubles of a memory-mapped
+file the process alone writes, not a list: the same update bytecode, the same reasoning (a
+`memoryview` item update runs no Python code either). The `Series` is then not the cell's last
+item but the key it is found under. `totals()` merges every process's file; `own()` is the
+process's share (for a push exporter each worker runs).
+
 A cell has a *shape* (`SHAPES`, one row each: how a cell is made, recorded into, added up and
 read out); a metric kind names the shape it aggregates in (`vsrtel.metrics.MetricKind.cell`).
 The metric's handler (`_recorders`) inlines each shape's `record` for speed; a shape it does not
