@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_SERIES",
     "KINDS",
     "MAX_SERIES_LIMIT",
+    "MULTIPROCESS_MODES",
     "Metric",
     "MetricKind",
     "MetricOptions",
