@@ -698,3 +698,17 @@ def test_a_push_exporter_sends_this_process_series_and_a_scrape_the_merged_ones(
     finally:
         worker.stop()
         provider.shutdown()
+
+
+def test_a_directory_on_a_filesystem_without_mmap_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap
+
+    def no_mmap(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(19, "No such device")  # what mmap says on such a filesystem
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    with pytest.raises(ValueError, match=f"'{tmp_path}' cannot hold memory-mapped files"):
+        MetricsReporter([COUNT], meter_provider=MeterProvider(), directory=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone
