@@ -460,15 +460,37 @@ class Directory:
                 self._sources.pop(name).close()
         return found
 
+    def _dead(self) -> tuple[Source | None, list[Source]]:
+        """The newest archive and the dead worker files it does not hold. A live worker's file
+        is only tested, not read: a new worker compacting need not parse every live file."""
+        try:
+            names = sorted(n for n in os.listdir(self.path) if n.endswith(SUFFIX))
+        except OSError:
+            return None, []
+        archive = None
+        for name in sorted((n for n in names if n.startswith("archive-")), key=_generation,
+                           reverse=True):
+            archive = self._open(name)
+            if archive is not None:
+                break
+        folded = archive.folded if archive is not None else frozenset()
+        dead = []
+        for name in names:
+            if name.startswith("w-") and name not in folded and not _held(
+                os.path.join(self.path, name)
+            ):
+                source = self._open(name)
+                if source is not None and not source.live():
+                    dead.append(source)
+        return archive, dead
+
     def compact(self, minimum: int = 1) -> bool:
         """Fold dead workers' files into a new archive, if there are at least `minimum` (call
         with `_lock` held); False if another process is compacting."""
         with self._dirlock(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
             if not locked:
                 return False
-            found = self._list()
-            archive = next((s for s, _ in found if s.archive), None)
-            dead = [s for s, live in found if not live and not s.archive]
+            archive, dead = self._dead()
             if len(dead) < max(minimum, 1):
                 return True
             generation = 0 if archive is None else _generation(archive.name)
@@ -500,6 +522,21 @@ class Directory:
             if archive is not None:
                 _remove(archive.path)
             return True
+
+
+def _held(path: str) -> bool:
+    """Whether a process holds the file at `path` (its writer's lock); False if it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops a lock taken
+    return False
 
 
 def _generation(name: str) -> int:
