@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print vsrtel.vsr.METRICS as a table: Prometheus series, type, unit, labels.",
     )
     metrics.set_defaults(run=_metrics, parser=metrics)
+
+    serve_dir = commands.add_parser(
+        "serve-dir",
+        help="serve the merged metrics of a multi-process directory (gunicorn, uvicorn workers)",
+        description="Serve GET /metrics (and /health, and the dashboard on /) with the merged "
+        "series of every worker process writing into DIRECTORY (multi-process mode: "
+        "VSRTEL_MULTIPROC_DIR), until Ctrl-C; for a sidecar or a server's master process. "
+        "See docs/multiprocess.md.",
+    )
+    serve_dir.add_argument("directory", nargs="?", default=None,
+                           help="the directory (default: $VSRTEL_MULTIPROC_DIR)")
+    serve_dir.add_argument("--port", type=_port, default=9464,
+                           help="port to serve on; 0 = any free port (default 9464)")
+    serve_dir.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1: this machine only)")
+    serve_dir.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                           help="serve /metrics and /health only")
+    serve_dir.set_defaults(run=_serve_dir, parser=serve_dir)
     return parser
 
 
@@ -181,6 +199,25 @@ def _metrics(args: argparse.Namespace) -> int:
 
     print(render_markdown())
     return 0
+
+
+def _serve_dir(args: argparse.Namespace) -> int:
+    from vsrtel.export.multiprocess import serve_directory
+    from vsrtel.handlers._shared import ENV
+
+    try:
+        server = serve_directory(
+            args.directory, args.port, args.host, dashboard=args.dashboard
+        )
+    except (ValueError, OSError) as exc:
+        args.parser.error(str(exc))
+    with server:
+        directory = os.path.abspath(args.directory or os.environ.get(ENV, ""))
+        print(f"serving the merged metrics of {directory} on {server.url}"
+              + (f" (dashboard: {server.dashboard_url})" if server.dashboard_url else ""),
+              flush=True)
+        threading.Event().wait()  # until Ctrl-C
+    return 0  # pragma: no cover - the wait above ends by KeyboardInterrupt only
 
 
 class _Progress:

@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_SERIES",
     "KINDS",
     "MAX_SERIES_LIMIT",
+    "MULTIPROCESS_MODES",
     "Metric",
     "MetricKind",
     "MetricOptions",
@@ -265,7 +266,7 @@ KINDS: Final[Mapping[str, MetricKind]] = {
                    description="Sum of"),
         MetricKind("last_value", measured=True, monotonic=False, non_negative=False,
                    prometheus_type="gauge", instrument="create_gauge",
-                   labels=frozenset(), cell="last", options=frozenset(),
+                   labels=frozenset(), cell="last", options=frozenset({"multiprocess_mode"}),
                    description="Last value of"),
         MetricKind("distribution", measured=True, monotonic=False, non_negative=True,
                    prometheus_type="histogram", instrument="create_histogram",
@@ -281,7 +282,11 @@ KINDS: Final[Mapping[str, MetricKind]] = {
 
 # The reporter options vsrtel's reporter reads (each checked where given); any other option is
 # kept as given, for another reporter.
-_OPTIONS: Final = frozenset({"max_series", "monotonic", "buckets", "max_size", "max_scale"})
+_OPTIONS: Final = frozenset(
+    {"max_series", "monotonic", "buckets", "max_size", "max_scale", "multiprocess_mode"}
+)
+MULTIPROCESS_MODES: Final = ("latest", "sum", "max", "min", "live_sum", "all")
+"""How a `last_value` merges across worker processes (`multiprocess_mode`, first the default)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -423,6 +428,11 @@ def _check_options(kind: MetricKind, options: Mapping[str, Any] | None) -> dict[
         if any(a >= b for a, b in itertools.pairwise(bounds)):
             raise ValueError(f"buckets must be strictly increasing: {buckets!r}")
         opts["buckets"] = tuple(float(b) for b in bounds)
+    if "multiprocess_mode" in opts and opts["multiprocess_mode"] not in MULTIPROCESS_MODES:
+        raise ValueError(
+            f"multiprocess_mode must be one of {', '.join(map(repr, MULTIPROCESS_MODES))}, got "
+            f"{opts['multiprocess_mode']!r}"
+        )
     if "max_size" in opts:
         n = opts["max_size"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -487,6 +497,13 @@ def _define(
     accepts = _filter_fn(keep, drop)
     converted = _parse_unit(unit)
     opts = _check_options(kind, reporter_options)
+    if opts.get("multiprocess_mode") == "all" and isinstance(tag_spec, tuple) and (
+        "pid" in tag_spec
+    ):
+        raise ValueError(
+            "multiprocess_mode 'all' labels each process's series with 'pid': no tag may be "
+            f"named 'pid' (tags {list(tag_spec)!r})"
+        )
     if opts.get("monotonic", True) is False:
         kind = kind.going_down()
     if description is None:
@@ -536,7 +553,9 @@ class MetricOptions(TypedDict, total=False):
     - `description`: help text (a default is derived from the definition).
     - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000, at most
       1999 so the OpenTelemetry SDK's own limit of 2000 never merges series silently), and per
-      kind `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary).
+      kind `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary),
+      `multiprocess_mode` (last_value: how worker processes' values merge, see
+      docs/multiprocess.md; `"latest"`, `"sum"`, `"max"`, `"min"`, `"live_sum"`, `"all"`).
       These are checked; any other option is kept as given, for another reporter.
     """
 

@@ -15,6 +15,12 @@ Each metric keeps its series in *cells*: plain lists a handler updates in place
 
 A collection copies each cell (one C call) and adds up a series' cells.
 
+In multi-process mode (`_shared.SharedCells`) a cell is a slice of doubles of a memory-mapped
+file the process alone writes, not a list: the same update bytecode, the same reasoning (a
+`memoryview` item update runs no Python code either). The `Series` is then not the cell's last
+item but the key it is found under. `totals()` merges every process's file; `own()` is the
+process's share (for a push exporter each worker runs).
+
 A cell has a *shape* (`SHAPES`, one row each: how a cell is made, recorded into, added up and
 read out); a metric kind names the shape it aggregates in (`vsrtel.metrics.MetricKind.cell`).
 The metric's handler (`_recorders`) inlines each shape's `record` for speed; a shape it does not
@@ -40,7 +46,8 @@ import sys
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from time import time_ns
 from typing import Any, Final
@@ -58,6 +65,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     MetricsData,
     NumberDataPoint,
+    PeriodicExportingMetricReader,
     ResourceMetrics,
     ScopeMetrics,
     Sum,
@@ -112,7 +120,7 @@ class Cells:
         self.retired: dict[Series, list[Any]] = {}
         self.lock = threading.Lock()  # guards creating cells, threads, retired; not per event
         # next() of itertools.count runs in C: no two writes get one stamp.
-        self.stamp: Callable[[], int] = itertools.count().__next__
+        self.stamp: Callable[[], float] = itertools.count().__next__
 
     def mine(self) -> dict[Any, list[Any]]:
         """The calling thread's dict of cells (created on its first event)."""
@@ -157,6 +165,11 @@ class Cells:
                     cells[series] = cell
         return cell
 
+    def own(self) -> dict[Series, list[Any]]:
+        """What this process recorded, for an exporter every process runs (a periodic push):
+        here, `totals()`; in multi-process mode, this process's share of the merged view."""
+        return self.totals()
+
     def totals(self) -> dict[Series, list[Any]]:
         """Every series with its cells added up (last value: the latest write wins).
 
@@ -182,6 +195,30 @@ class Cells:
                     else:
                         self.shape.merge(total, copy, self.bounds)
         return {series: total[:-1] for series, total in merged.items()}
+
+
+class _Scope(threading.local):
+    current: int | None = None
+
+
+SCOPE: Final = _Scope()
+"""The current scrape (see `scrape`) of the calling thread, or None."""
+_SCOPES: Final = itertools.count(1).__next__
+
+
+@contextmanager
+def scrape() -> Iterator[None]:
+    """One scrape: every metric read within it from a directory of worker files (multi-process
+    mode, `_shared`) sees one listing of those files, taken once. A renderer reading several
+    metrics' `Cells.totals()` wraps them in it; nested, the outer one counts."""
+    if SCOPE.current is not None:
+        yield
+        return
+    SCOPE.current = _SCOPES()
+    try:
+        yield
+    finally:
+        SCOPE.current = None
 
 
 def _retire(owner: weakref.ref[Cells], cells: dict[Any, list[Any]]) -> None:
@@ -307,7 +344,7 @@ class Hook:
             return data if data is not None and data.resource_metrics else self._resource_only()
         # One collection at a time (concurrent scrapes of one reader would race on `previous`),
         # as the SDK does its own.
-        with self._lock:
+        with self._lock, scrape():
             now = time_ns()
             previous = self._previous.setdefault(reader, {})
             metrics = [
@@ -364,7 +401,10 @@ class Hook:
         now: int,
         previous: dict[tuple[str, Series], tuple[list[Any], int]],
     ) -> Metric | None:
-        totals = export.cells.totals()
+        # A periodic (push) exporter runs in every worker process: each sends its own series.
+        # A pull reader (a scrape) gets the merged view, whichever process it reads.
+        pushes = isinstance(reader, PeriodicExportingMetricReader)
+        totals = export.cells.own() if pushes else export.cells.totals()
         if not totals:
             return None
         data = export.cells.shape.read(self, export, reader, now, previous, totals)
@@ -508,20 +548,20 @@ def _merge_buckets(total: list[Any], cell: list[Any], bounds: tuple[float, ...])
 
 
 def _record_total(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     cell[0] += value
 
 
 def _record_last(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     cell[0] = value
     cell[1] = stamp()
 
 
 def _record_buckets(
-    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], int]
+    cell: list[Any], value: Any, bounds: tuple[float, ...], stamp: Callable[[], float]
 ) -> None:
     at_sum = len(bounds) + 1
     cell[bisect_left(bounds, value)] += 1
@@ -543,7 +583,7 @@ class Shape:
 
     name: str
     new: Callable[[tuple[float, ...]], list[Any]]
-    record: Callable[[list[Any], Any, tuple[float, ...], Callable[[], int]], None]
+    record: Callable[[list[Any], Any, tuple[float, ...], Callable[[], float]], None]
     merge: Callable[[list[Any], list[Any], tuple[float, ...]], None]
     read: Callable[
         [Hook, Export, MetricReader, int, _Previous, _Totals], Sum | Gauge | Histogram | None

@@ -20,7 +20,7 @@ from typing import Any, Final, TypeAlias
 from opentelemetry import metrics as otel_metrics
 
 from vsrtel._redact import DEFAULT as DEFAULT_SECRETS
-from vsrtel.handlers import _aggregation
+from vsrtel.handlers import _aggregation, _shared
 from vsrtel.handlers._aggregation import BUCKETS, LAST, SHAPES, TOTAL, Cells, Series
 from vsrtel.handlers._attributes import scalar
 from vsrtel.handlers._prometheus_names import TagCheck, label_name
@@ -421,13 +421,21 @@ def reads_only(metric: Metric) -> bool:
     )
 
 
-def cells(metric: Metric) -> Cells:
-    """Empty cells of the shape `metric`'s kind aggregates in."""
+def cells(metric: Metric, directory: _shared.Directory | None = None) -> Cells:
+    """Empty cells of the shape `metric`'s kind aggregates in; in `directory`'s files (shared
+    with other processes) when given."""
     assert metric.kind.cell is not None, metric
     per_thread = _aggregation.PER_THREAD  # read here, so a test can choose
     shape = SHAPES[metric.kind.cell]
     bounds = buckets_for(metric) if "buckets" in metric.kind.options else ()
-    return Cells(shape, bounds, per_thread=per_thread)
+    if directory is None:
+        return Cells(shape, bounds, per_thread=per_thread)
+    info = _shared.MetricInfo(
+        metric.name, shape.name, bounds,
+        metric.reporter_options.get("multiprocess_mode", _shared.DEFAULT_MODE),
+        metric.description, metric.export_unit, metric.kind.monotonic, metric.max_series,
+    )
+    return _shared.SharedCells(shape, bounds, directory, info, per_thread=per_thread)
 
 
 def instrument(

@@ -20,6 +20,7 @@ Prometheus scrape could not hold are refused by their names (`_prometheus_names`
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import warnings
@@ -29,11 +30,12 @@ from typing import Any, Final, Literal, TypeAlias
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 import vsrtel
-from vsrtel.handlers import _prometheus_names
+from vsrtel.handlers import _prometheus_names, _shared
 from vsrtel.handlers._aggregation import TOTAL, Cells, Export, install
 from vsrtel.handlers._prometheus_names import Name, describe
 from vsrtel.handlers._recorders import (
@@ -130,6 +132,13 @@ class MetricsReporter:
     (debug log) and counted in `skipped`; so are events with a tag value that cannot be turned
     into text (a warning the first time), and a user callable that raises is logged and counted
     too. None of these ever detaches the reporter.
+
+    `directory` turns on multi-process mode (for pre-fork servers: gunicorn, uvicorn
+    `--workers`): each process writes its series into its own memory-mapped file there, and
+    every collection merges all the processes' files (docs/multiprocess.md). By default it is
+    the environment variable ``VSRTEL_MULTIPROC_DIR`` when set. A directory that is missing,
+    not writable, cannot hold memory-mapped files or holds files of another vsrtel version
+    raises ValueError naming it. Summaries stay per process (the SDK aggregates them).
     """
 
     def __init__(
@@ -139,9 +148,20 @@ class MetricsReporter:
         meter_provider: otel_metrics.MeterProvider | None = None,
         registry: vsrtel.Registry | None = None,
         aggregation: Literal["vsrtel", "otel"] = "vsrtel",
+        directory: str | os.PathLike[str] | None = None,
     ) -> None:
         if aggregation not in ("vsrtel", "otel"):
             raise ValueError(f"aggregation must be 'vsrtel' or 'otel', got {aggregation!r}")
+        if directory is None:
+            if aggregation == "vsrtel":
+                directory = os.environ.get(_shared.ENV) or None
+        elif aggregation == "otel":
+            raise ValueError(
+                "directory (multi-process mode) needs aggregation='vsrtel': OpenTelemetry's "
+                "instruments aggregate in each process alone"
+            )
+        # Checked before anything is set up: a bad directory fails here, naming it.
+        shared = _shared.directory(directory) if directory is not None else None
         self.metrics: tuple[Metric, ...] = tuple(metrics)
         names: dict[str, Metric] = {}
         for metric in self.metrics:
@@ -159,7 +179,11 @@ class MetricsReporter:
         provider = meter_provider or otel_metrics.get_meter_provider()
         # The API package holds only the no-op provider and the proxy that stands in for a global
         # one not set yet: either way nothing is recorded, and a scrape silently lacks it all.
-        if type(provider).__module__.startswith("opentelemetry.metrics"):
+        # In multi-process mode the files hold the series: a private provider aggregates them.
+        api_only = type(provider).__module__.startswith("opentelemetry.metrics")
+        if api_only and shared is not None and meter_provider is None:
+            provider = MeterProvider()
+        elif api_only:
             warnings.warn(
                 "MetricsReporter has no working MeterProvider: OpenTelemetry's global one is not "
                 "set (or is a no-op), so these metrics are discarded. Pass "
@@ -184,7 +208,7 @@ class MetricsReporter:
                 state = State(metric, check, Cells(TOTAL), self)
                 record = recorder(metric, state, instrument(meter, metric))
             else:
-                state = State(metric, check, cells(metric), self)
+                state = State(metric, check, cells(metric, shared), self)
                 record = recorder(metric, state, None)
                 exports.append(Export(
                     metric.name, metric.description, metric.export_unit, state.cells,
@@ -194,6 +218,8 @@ class MetricsReporter:
             self._states.append(state)
             by_event.setdefault(metric.event_name, []).append(record)
         self._hook = hook
+        self.directory: str | None = shared.path if shared is not None and hook else None
+        """The directory of multi-process mode (absolute), None in single-process mode."""
         self._exports = exports
         self._handlers = {event: tuple(recs) for event, recs in by_event.items()}
         # An event whose metrics call no user code with the payload is attached trusted (see
