@@ -27,10 +27,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric as PromMetric
 
 from vsrtel.export import prometheus
@@ -78,15 +75,12 @@ class MergedMetrics:
             from vsrtel.export import otel
 
             resource = otel.default_resource()
-        self.registry = CollectorRegistry()
-        # Registered before the reader's own collector: the metrics new in the directory are
-        # added to the provider before the reader collects.
-        self.registry.register(_Refresh(self))
-        if prometheus._scope_labels_supported():
-            reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
-        else:  # pragma: no cover - an exporter predating scope labels
-            reader = PrometheusMetricReader(registry=self.registry)
-        self.meter_provider = MeterProvider(metric_readers=[reader], resource=resource)
+        # The refresh is registered first: the metrics new in the directory are added to the
+        # provider before its metrics are read (rendered from the merged cells, as
+        # `serve_metrics` renders a process's own).
+        self.meter_provider, self.registry = prometheus._rendering_provider(
+            resource, False, _Refresh(self)
+        )
         hook = install(self.meter_provider, _SCOPE)
         assert hook is not None, "the SDK's MeterProvider has the internals vsrtel wraps"
         self._hook: Hook = hook

@@ -165,6 +165,29 @@ def _is_target_info(family: PromMetric) -> bool:
     return family.name == "target" and family.type == "info"
 
 
+def _rendering_provider(
+    resource: Resource, scope_labels: bool, *before: Any
+) -> tuple[MeterProvider, CollectorRegistry]:
+    """A MeterProvider with a Prometheus reader, and the registry to serve: the reader's
+    families, then the reporters' metrics rendered from their cells (`_Cells`). Collectors in
+    `before` are registered first (a directory's refresh)."""
+    reader, otel_registry = prometheus_reader(scope_labels=scope_labels)
+    provider = MeterProvider(metric_readers=[reader], resource=resource)
+    hook = install(provider, InstrumentationScope(METER_NAME))
+    if hook is None:  # an SDK whose internals moved: the reader reports everything
+        for collector in before:
+            otel_registry.register(collector)
+        return provider, otel_registry
+    hook.read_directly(reader)  # the reporters' metrics are read from their cells
+    scope = hook.scope if scope_labels and _scope_labels_supported() else None
+    registry = CollectorRegistry()
+    for collector in before:
+        registry.register(collector)
+    collector = _Cells(otel_registry, hook, _text.Renderer(scope=scope))
+    registry.register(cast(Any, collector))  # it yields `_Rendered` too, for `_exposition`
+    return provider, registry
+
+
 class _Cells:
     """The collector of `serve_metrics`' registry: the families of OpenTelemetry's reader
     (`target_info`, the SDK's own instruments), then those vsrtel aggregates, read from their
@@ -783,16 +806,7 @@ def serve_metrics(
         from vsrtel.export import otel
 
         resource = otel.default_resource()
-    reader, otel_registry = prometheus_reader(scope_labels=scope_labels)
-    provider = MeterProvider(metric_readers=[reader], resource=resource)
-    registry = otel_registry
-    hook = install(provider, InstrumentationScope(METER_NAME))
-    if hook is not None:  # the reporters' metrics are read from their cells, not the reader
-        hook.read_directly(reader)
-        scope = hook.scope if scope_labels and _scope_labels_supported() else None
-        registry = CollectorRegistry()
-        collector = _Cells(otel_registry, hook, _text.Renderer(scope=scope))
-        registry.register(cast(Any, collector))  # it yields `_Rendered` too, for `_exposition`
+    provider, registry = _rendering_provider(resource, scope_labels)
     try:
         return _serve(registry, port, host, provider, True, *limits, dashboard)
     except BaseException:

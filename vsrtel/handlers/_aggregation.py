@@ -307,7 +307,7 @@ class Hook:
     def totals(self) -> list[tuple[Export, dict[Series, list[Any]]]]:
         """Each exported metric with its series' totals (`Cells.totals`), read as a collection
         reads them: a histogram's min and max since the last read are kept for the readers."""
-        with self._lock:
+        with self._lock, scrape():  # one listing of a directory's worker files for all
             found = []
             for export in list(self._exports.values()):
                 totals = export.cells.totals()
