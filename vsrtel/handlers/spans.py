@@ -356,14 +356,13 @@ class _Tracer:
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
-            frame: _Frame | None = _Frame(self, key, span, context)
-            current.on_exit(frame.leave)  # type: ignore[union-attr]
+            frame = _Frame(self, key, span, context)
+            current.on_exit(frame.leave)
+            self.open[key] = (span, frame, metadata, start_time, shadowed)
         elif key is None:  # emitted by hand: never in `open`, which None is no key of
             self.push_by_hand(prefix, span, context, metadata, start_time)
-            return
         else:
-            frame = None
-        self.open[key] = (span, frame, metadata, start_time, shadowed)
+            self.open[key] = (span, None, metadata, start_time, shadowed)
 
     def finish(
         self,
