@@ -146,7 +146,8 @@ CASES = [
 ]
 
 TARGETS = [
-    Target("span + spans handler vs raw OTel span", TRACED, RAW_OTEL, 1.3),
+    # Pure Python (issue 19): the lean handler keeps every guarantee at this cost.
+    Target("span + spans handler vs raw OTel span", TRACED, RAW_OTEL, 1.5),
     Target(
         "execute + filtered logs handler vs execute + 1 no-op handler",
         LOGS_FILTERED,

@@ -7,6 +7,8 @@ import enum
 import gc
 import logging
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -303,6 +305,65 @@ def test_secret_keys_never_reach_a_span(
         "session_token": "[REDACTED]",
     }
     assert dict(span.events[0].attributes or {}) == {"n": 1, "cookie": "[REDACTED]", "ok": True}
+
+
+def test_attributes_are_redacted_and_converted_in_one_pass_at_start_stop_and_events(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Each kind of value, at the top and nested, through the three sets of keys the handler
+    # converts: start metadata, what changed at stop (an exception's too), measurements.
+    spans.attach_tracer(
+        ["app.job"], tracer_provider=provider, attributes={"url", "nested", "pairs", "reason"}
+    )
+    metadata: dict[str, Any] = {
+        "url": "https://ann:pw@example.com/?q=1",
+        "nested": {"token": 1, "dsn": {"x": 1}, "note": "password=p", "n": 2**70},
+        "pairs": [("authorization", "Bearer abc"), ("accept", "*/*")],
+        "dropped": "not in the allow-list",
+    }
+    with vsrtel.span("app.job", metadata) as s:
+        s.metadata["url"] = "https://example.com/?access_token=t"
+        s.measurements.update({"password": 1, "rows": {"read": 3, "api_key": "k"}})
+        vsrtel.execute("app.job.step", {"n": 0.5}, {"url": "/?token=t", "other": 1, 3: "no"})
+    with pytest.raises(ValueError), vsrtel.span("app.job", {"url": "u"}) as s:
+        s.metadata.update({"url": "https://example.com/?password=p", "dropped": 1})
+        raise ValueError("token=abc")
+    ok, failed = finished(exporter, "app.job")
+    assert dict(ok.attributes or {}) == {
+        "url": "https://example.com/?access_token=[REDACTED]",
+        "nested.token": "[REDACTED]",
+        "nested.dsn": "[REDACTED]",
+        "nested.note": "password=[REDACTED]",
+        "nested.n": str(2**70),
+        "pairs": ("('authorization', '[REDACTED]')", "('accept', '*/*')"),
+        "password": "[REDACTED]",  # measurements have no allow-list
+        "rows.read": 3,
+        "rows.api_key": "[REDACTED]",
+    }
+    [step] = ok.events
+    assert dict(step.attributes or {}) == {"n": 0.5, "url": "/?token=[REDACTED]"}
+    # The exception's own keys ("reason" too, though allowed) are not attributes.
+    assert dict(failed.attributes or {}) == {"url": "https://example.com/?password=[REDACTED]"}
+    [exception] = failed.events
+    assert exception.attributes is not None
+    assert exception.attributes["exception.message"] == "token=[REDACTED]"
+
+
+def test_importing_the_spans_handler_leaves_the_propagators_unloaded() -> None:
+    # opentelemetry.propagate (and the baggage and W3C modules under it) are most of the
+    # handler's import time; only inject, extract and a "trace_parent" need them.
+    code = (
+        "import sys, vsrtel, vsrtel.handlers.spans as spans\n"
+        "assert 'opentelemetry.propagate' not in sys.modules, 'loaded at import'\n"
+        "carrier = spans.inject({})\n"
+        "assert 'opentelemetry.propagate' in sys.modules\n"
+        "with vsrtel.span('app.x', {'trace_parent': spans.extract(carrier)}):\n"
+        "    pass\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_custom_redact_set(provider: TracerProvider, exporter: InMemorySpanExporter) -> None:

@@ -33,7 +33,6 @@ exception's message, stack trace and the span's status description.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import weakref
@@ -50,7 +49,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
@@ -58,7 +57,7 @@ from opentelemetry.util.types import AttributeValue
 import vsrtel
 from vsrtel import EventName, current_span
 from vsrtel._names import remember
-from vsrtel._redact import DEFAULT_SECRET_KEYS, Secrets
+from vsrtel._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
 from vsrtel.handlers._attributes import INT64, scalar, text
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
@@ -71,6 +70,8 @@ _SPAN_KEYS = frozenset({"telemetry_span_context", "trace_parent"})
 _EXCEPTION_KEYS = _SPAN_KEYS | {"kind", "reason", "stacktrace"}
 _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
 _MAX_DEPTH = 4
+# What becomes of an attribute key (see `_Tracer.verdict`).
+_COPY, _SECRET, _SKIP = "copy", "secret", "skip"
 _SPAN_SUFFIXES = {"start": _START, "stop": _STOP, "exception": _EXCEPTION}
 # Bound on the spans without a telemetry_span_context left open in one thread or task: their
 # stops may never come, and each open one nests the next.
@@ -78,11 +79,12 @@ _MAX_BY_HAND = 100
 _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
 _log = logging.getLogger("vsrtel")
+_get_current, _attach = otel_context.get_current, otel_context.attach
 
 
 class _Frame:
-    """The OpenTelemetry context a traced ``with`` span makes current (when the frame is built),
-    until the span ends.
+    """The OpenTelemetry context a traced span makes current (when the frame is built), until
+    the span ends.
 
     A context whose innermost frame has ended is stale: the span ended without restoring it
     (out of order, in another thread or task, or the context is a copy that a task created
@@ -92,17 +94,47 @@ class _Frame:
     OpenTelemetry logs an error) outside the context that made it.
     """
 
-    __slots__ = ("context", "ended", "previous", "span")
+    __slots__ = ("context", "ended", "key", "previous", "span", "tracer")
 
-    def __init__(self, span: trace.Span, previous: Context, marker: str) -> None:
+    def __init__(self, tracer: _Tracer, key: Any, span: trace.Span, previous: Context) -> None:
+        self.tracer = tracer
+        self.key = key  # the span's telemetry_span_context (None for a span emitted by hand)
         self.span = span
         self.previous = previous
-        # The context made current: the span's, with this frame under the tracer's marker key.
-        self.context = otel_context.set_value(
-            marker, self, trace.set_span_in_context(span, previous)
-        )
         self.ended = False
-        otel_context.attach(self.context)
+        # The context made current: the span's, with this frame under the tracer's marker key.
+        # set_span_in_context returns a new Context that nobody else holds yet: the frame is
+        # added to it in place (Context forbids item assignment to guard shared contexts)
+        # rather than in one more copy.
+        context = self.context = trace.set_span_in_context(span, previous)
+        dict.__setitem__(context, tracer.current_key, self)
+        _attach(context)
+
+    def leave(self) -> None:
+        """The exit callback of a ``with`` span: restore the OTel context this frame replaced."""
+        tracer = self.tracer
+        entry = tracer.open.get(self.key)
+        if entry is not None and entry[1] is self:
+            # No stop reached us (the handler was detached, or a start handler raised): end the
+            # span anyway, so that it is exported and never left open.
+            tracer.open.pop(self.key)
+            if entry[4] is not None:
+                tracer.open[self.key] = entry[4]
+            self.span.set_attribute("vsrtel.stop_missed", True)
+            self.span.end()
+        self.ended = True
+        # Usually this frame is the innermost of the current context, and the context below it
+        # is restored. After spans ended out of order, one still running is innermost and stays.
+        # In another thread or task, the span's own context is restored when the tracer next
+        # meets it there.
+        context = _get_current()
+        if context.get(tracer.current_key) is self:
+            previous = self.previous
+            below: _Frame | None = previous.get(tracer.current_key)  # type: ignore[assignment]
+            if below is None or not below.ended:  # the common case, without calling live
+                _attach(previous)
+                return
+        tracer.live(context)
 
 
 # An open span: (OTel span, its frame when made current, the start metadata to set only what
@@ -183,6 +215,8 @@ def inject(
     span, e.g. one started with ``.start()``, which is never current) or an explicit
     ``context`` to inject that one instead.
     """
+    from opentelemetry import propagate  # here: its import is most of this module's
+
     if span is not None:
         context = _context_of(span)
     propagate.inject(carrier, context=context)
@@ -195,6 +229,8 @@ def extract(carrier: Mapping[str, str]) -> Context:
     Put the result in a span's start metadata as ``"trace_parent"`` to continue the remote
     trace: ``vsrtel.span("app.handle", {"trace_parent": extract(headers)})``.
     """
+    from opentelemetry import propagate
+
     return propagate.extract(carrier)
 
 
@@ -236,6 +272,13 @@ class _Tracer:
         self.allowed = allowed
         self.secrets = secrets
         self.handler_id = handler_id
+        # For each set of excluded keys (metadata, exception metadata, measurements): key ->
+        # its verdict (see `verdict`).
+        self.verdicts: dict[frozenset[str] | None, dict[Any, str]] = {
+            _SPAN_KEYS: {},
+            _EXCEPTION_KEYS: {},
+            None: {},
+        }
         # Event name -> (kind, span prefix, span name), or None for a plain event.
         self.events: dict[EventName, tuple[int, EventName, str] | None] = {}
         self.open: dict[Any, _Open] = {}
@@ -298,28 +341,28 @@ class _Tracer:
         start_time = measurements.get("system_time")
         if start_time.__class__ is not int:
             start_time = None
-        context = otel_context.get_current()
+        context = _get_current()
         top: _Frame | None = context.get(self.current_key)  # type: ignore[assignment]
         if top is not None and top.ended:  # checked here: the common case calls nothing
             context = self.live(context)
         parent = metadata.get("trace_parent")
         span = self.tracer.start_span(
             name,
-            context=context if parent is None else _parent(parent),
+            context if parent is None else _parent(parent),
             attributes=self.attributes(metadata, _SPAN_KEYS),
             start_time=start_time,
         )
-        frame = None
         current = current_span()
         # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
         # must not leave an OTel context attached to its caller.
         if current is not None and current.context == key:
-            frame = _Frame(span, context, self.current_key)
-            current.on_exit(functools.partial(self.leave, key, frame))
+            frame = _Frame(self, key, span, context)
+            current.on_exit(frame.leave)
+            self.open[key] = (span, frame, metadata, start_time, shadowed)
         elif key is None:  # emitted by hand: never in `open`, which None is no key of
             self.push_by_hand(prefix, span, context, metadata, start_time)
-            return
-        self.open[key] = (span, frame, metadata, start_time, shadowed)
+        else:
+            self.open[key] = (span, None, metadata, start_time, shadowed)
 
     def finish(
         self,
@@ -379,7 +422,7 @@ class _Tracer:
             lost.ended = True
             lost.span.set_attribute("vsrtel.stop_missed", True)
             lost.span.end()
-        frame = _Frame(span, context, self.current_key)
+        frame = _Frame(self, None, span, context)
         self.by_hand.set((*stack, (prefix, frame, (span, frame, metadata, start_time, None))))
 
     def pop_by_hand(self, prefix: EventName) -> _Open | None:
@@ -398,25 +441,8 @@ class _Tracer:
         if frame.ended:
             return None  # a task that inherited it stopped it first
         frame.ended = True
-        self.live(otel_context.get_current())
+        self.live(_get_current())
         return entry
-
-    def leave(self, key: Any, frame: _Frame) -> None:
-        """The vsrtel span of ``frame`` ended: restore the OTel context it replaced."""
-        entry = self.open.get(key)
-        if entry is not None and entry[1] is frame:
-            # No stop reached us (the handler was detached, or a start handler raised): end the
-            # span anyway, so that it is exported and never left open.
-            self.open.pop(key)
-            if entry[4] is not None:
-                self.open[key] = entry[4]
-            frame.span.set_attribute("vsrtel.stop_missed", True)
-            frame.span.end()
-        frame.ended = True
-        # Usually this frame is the innermost of the current context, which is restored. After
-        # spans ended out of order, one still running is innermost and stays. In another thread
-        # or task, the span's own context is restored when the tracer next meets it there.
-        self.live(otel_context.get_current())
 
     def live(self, context: Context) -> Context:
         """``context``, or when its innermost traced span has ended, the context below the
@@ -427,7 +453,7 @@ class _Tracer:
         while top is not None and top.ended:
             context = top.previous
             top = context.get(self.current_key)  # type: ignore[assignment]
-        otel_context.attach(context)
+        _attach(context)
         return context
 
     def add_event(
@@ -435,7 +461,7 @@ class _Tracer:
     ) -> None:
         if current_span() is None and not self.any_by_hand:
             return  # no vsrtel span is entered, so no traced span is current: skip OTel's lookup
-        context = otel_context.get_current()
+        context = _get_current()
         frame = context.get(self.current_key)
         if isinstance(frame, _Frame) and frame.ended:
             frame = self.live(context).get(self.current_key)
@@ -447,40 +473,58 @@ class _Tracer:
     def attributes(
         self, values: Mapping[str, Any], exclude: frozenset[str] | None = None
     ) -> dict[str, AttributeValue]:
-        """Attributes for metadata (``exclude`` given) or measurements (no allow-list)."""
+        """Attributes for metadata (``exclude`` given) or measurements (no allow-list).
+
+        One pass redacts and converts: numbers and text, the common values, are handled inline;
+        anything else is redacted whole (its nested keys, its text) and then converted.
+        """
         out: dict[str, AttributeValue] = {}
-        _flatten(out, "", self.secrets.redact(values), self, exclude, 0)
+        verdicts = self.verdicts[exclude]
+        secrets = self.secrets
+        for key, value in values.items():
+            verdict = verdicts.get(key)
+            if verdict is None:
+                verdict = remember(verdicts, key, self.verdict(key, exclude))
+            if verdict is not _COPY:
+                if verdict is _SECRET:
+                    out[key] = REDACTED
+                continue
+            cls = value.__class__
+            if cls is str:
+                out[key] = secrets.scrub(value)
+            elif (cls is int and value in INT64) or cls is float or cls is bool:
+                out[key] = value
+            else:
+                _convert(out, key, secrets.redact({key: value})[key], 0)
         return out
 
-
-def _flatten(
-    out: dict[str, AttributeValue],
-    prefix: str,
-    values: Mapping[Any, Any],
-    tracer: _Tracer,
-    exclude: frozenset[str] | None,
-    depth: int,
-) -> None:
-    allowed = tracer.allowed if exclude is not None and depth == 0 else None
-    for key, value in values.items():
+    def verdict(self, key: Any, exclude: frozenset[str] | None) -> str:
+        """What becomes of the attribute ``key``: copied, redacted, or skipped (a key that is not
+        a str, one the span itself represents, or one outside the ``attributes`` allow-list)."""
         if not isinstance(key, str):
-            continue
-        if (
-            depth == 0
-            and exclude is not None
-            and (key in exclude or (allowed is not None and key not in allowed))
+            return _SKIP
+        if exclude is not None and (
+            key in exclude or (self.allowed is not None and key not in self.allowed)
         ):
-            continue
-        cls = value.__class__
-        if cls is str or cls is float or cls is bool or (cls is int and value in INT64):
-            out[prefix + key] = value
-        elif isinstance(value, Mapping):
-            if depth < _MAX_DEPTH:
-                _flatten(out, f"{prefix}{key}.", value, tracer, exclude, depth + 1)
-        else:
-            converted = _attribute_value(value)
-            if converted is not None:
-                out[prefix + key] = converted
+            return _SKIP
+        return _SECRET if self.secrets.is_secret(key) else _COPY
+
+
+def _convert(out: dict[str, AttributeValue], key: str, value: Any, depth: int) -> None:
+    """Put ``value`` (redacted) in ``out`` under ``key``: flattened to dotted keys when it is a
+    mapping (down to ``_MAX_DEPTH`` levels), else as the attribute value it has, if any."""
+    cls = value.__class__
+    if cls is str or cls is float or cls is bool or (cls is int and value in INT64):
+        out[key] = value
+    elif isinstance(value, Mapping):
+        if depth < _MAX_DEPTH:
+            for k, v in value.items():
+                if isinstance(k, str):
+                    _convert(out, f"{key}.{k}", v, depth + 1)
+    else:
+        converted = _attribute_value(value)
+        if converted is not None:
+            out[key] = converted
 
 
 def _attribute_value(value: Any) -> AttributeValue | None:
@@ -499,9 +543,9 @@ def _parent(trace_parent: Any) -> Context | None:
     if isinstance(trace_parent, Context):
         return trace_parent
     if isinstance(trace_parent, str):
-        return propagate.extract({"traceparent": trace_parent})
+        return extract({"traceparent": trace_parent})
     if isinstance(trace_parent, Mapping):
-        return propagate.extract(trace_parent)
+        return extract(trace_parent)
     return None
 
 
