@@ -40,6 +40,11 @@ def main() -> int:
             cases += module.CASES
             targets += module.TARGETS
 
+    rows = {case.name for case in cases}
+    for target in targets:  # before the long measurement: a renamed row fails at once
+        missing = {target.case, target.baseline or target.case} - rows
+        if missing:
+            parser.error(f"target {target.label!r} names no row: {', '.join(sorted(missing))}")
     results = measure(cases, repeats=repeats, budget_ns=budget_ns)
     pure = _pure_python_run(args.quick) if COMPILED else None
     width = max(len(c.name) for c in cases)

@@ -181,7 +181,7 @@ def prometheus_client_case(loops: int, state: dict[str, Any] = {}) -> int:  # no
 
 
 SINGLE_EVENT = "execute -> reporter counter, 2 tags"
-SINGLE_SCRAPE = "scrape 10 metrics x 1,000 series"
+SINGLE_SCRAPE = "scrape 10 metrics x 1,000 series (vsrtel text)"
 EVENT_ROW = "execute -> reporter counter, 2 tags (multi-process mode)"
 MERGED = f"scrape merged, {WORKERS} workers x 10 metrics x 1,000 series"
 RECYCLED_ROW = f"{MERGED}, after {RECYCLED:,} recycled workers"
