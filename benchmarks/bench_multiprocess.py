@@ -1,9 +1,9 @@
 """Multi-process mode (docs/multiprocess.md) against single-process mode and prometheus_client.
 
 event rows: `bench_metrics`' counter with two tags, its cells in a memory-mapped file.
-scrape rows: one Prometheus scrape (`generate_latest`) of the merged view of 8 live worker
-processes, each holding 10,000 series (5 counters and 5 distributions of 1,000 series), next to
-`bench_metrics`' single-process scrape of 10,000 series; the same data written by
+scrape rows: one Prometheus scrape (the body `wsgi_app()` answers) of the merged view of 8 live
+worker processes, each holding 10,000 series (5 counters and 5 distributions of 1,000 series),
+next to `bench_metrics`' single-process scrape of 10,000 series; the same data written by
 prometheus_client's multiprocess mode (8 pids) and read by its `MultiProcessCollector`; and the
 merged scrape once 1,000 more workers came, recorded and went (their files compacted into the
 archive). Worker processes are forked when a row first runs and live until the run ends.
@@ -26,6 +26,7 @@ import vsrtel
 from benchmarks._harness import Case, Target, now
 from benchmarks.bench_metrics import COUNTER, EVENT, METADATA
 from vsrtel import metrics as m
+from vsrtel.export import prometheus
 from vsrtel.export.multiprocess import MergedMetrics
 from vsrtel.handlers.metrics import MetricsReporter
 
@@ -133,7 +134,9 @@ def merged_scrape_case(recycled: int) -> Callable[[int], int]:
             for r in range(recycled):  # each records one series per metric, and exits
                 _fork(_vsrtel_worker(directory, range(r % SERIES, r % SERIES + 1)), linger=False)
             merged = MergedMetrics(directory)
-            state["scrape"] = lambda: generate_latest(merged.registry)
+            # The body `wsgi_app()` answers (no HTTP), as the single-process row measures it.
+            environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": "", "HTTP_ACCEPT": ""}
+            state["scrape"] = lambda: prometheus._exposition(merged.registry, environ)[1]
             state["scrape"]()  # the first one compacts the recycled workers' files
         scrape = state["scrape"]
         start = now()
