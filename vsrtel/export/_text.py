@@ -18,7 +18,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from itertools import accumulate
 from typing import Any, Final, TypeAlias
 
@@ -235,12 +235,7 @@ class Renderer:
         A metric with no series has no family."""
         texts: list[str] = []
         left: list[Export] = []
-        for export, totals in read:
-            if not totals:
-                continue
-            family = self.family(export)
-            if family.name in skip:
-                continue
+        for export, totals, family in self._served(read, skip):
             if not family.plain:
                 left.append(export)
                 continue
@@ -249,6 +244,16 @@ class Renderer:
                 self._render(family, totals, openmetrics, out)
             texts.append("".join(out))
         return texts, left
+
+    def _served(
+        self, read: Read, skip: Container[str]
+    ) -> Iterator[tuple[Export, Mapping[Series, list[Any]], _Family]]:
+        """The metrics of `read` that have a family in the scrape: some series, not skipped."""
+        for export, totals in read:
+            if totals:
+                family = self.family(export)
+                if family.name not in skip:
+                    yield export, totals, family
 
     @staticmethod
     def _render(
@@ -286,12 +291,7 @@ class Renderer:
         """prometheus_client metric families of `read`'s metrics, as the OpenTelemetry exporter
         makes them (for a registry's `collect`), those named in `skip` left out."""
         made: list[PromMetric] = []
-        for export, totals in read:
-            if not totals:
-                continue
-            family = self.family(export)
-            if family.name in skip:
-                continue
+        for _, totals, family in self._served(read, skip):
             with family.lock:
                 cache, entry = family.series, family.entry
                 entries = [cache.get(s) or entry(s) for s in totals]
