@@ -15,15 +15,27 @@ started is ignored. A span the handler cannot open (a ``span_name`` function tha
 unhashable span context) is skipped, logged once and counted in the handle's ``skipped``;
 tracing goes on.
 
-Events without a ``telemetry_span_context`` (a span emitted by hand with ``execute``, or by
-older code) are matched per thread or asyncio task instead, as Erlang's
-``opentelemetry_telemetry`` matches them per process: the ``start`` opens a span, a child of
-the current OpenTelemetry span, and makes it current there; the next ``stop`` or ``exception``
-of that span name in that thread or task ends the innermost one open and restores the context
-that was current before it. Such a stop elsewhere, or with none open, is ignored. A task
-started inside the span inherits it, and may end it (the first stop ends it). Past
-``_MAX_BY_HAND`` spans left open in one thread or task, the outermost is ended, marked
-``vsrtel.stop_missed``.
+A span emitted by hand with ``execute`` (a callback-style integration: the stop comes from a
+callback, a response's ``close()``) is made current where its ``start`` ran until its stop, as
+Erlang's ``opentelemetry_telemetry`` does, so that spans opened in between (vsrtel's or raw
+OpenTelemetry's) are its children; a span started with ``.start()`` never is. With a
+``telemetry_span_context``, its ``stop`` or ``exception`` is matched by that context, from any
+thread or task: there, a context on the span (the one it started in, or a copy a task created
+inside it took) gives way to the context current before the span; the thread or task that
+started it elsewhere keeps the ended span current until the tracer next works there (as for a
+``with`` span ended elsewhere, see `_Frame`). A stop without that context does not end it.
+
+Events without a ``telemetry_span_context`` (older code) are matched per thread or asyncio task
+instead, as ``opentelemetry_telemetry`` matches them per process: the next ``stop`` or
+``exception`` of that span name in that thread or task ends the innermost one open and
+restores the context that was current before it. Such a stop elsewhere, or with none open, is
+ignored. A task started inside the span inherits it, and may end it (the first stop ends it).
+
+Past ``_MAX_BY_HAND`` spans emitted by hand left open in one thread or task, or
+``_MAX_KEYED_BY_HAND`` with a context left open in all of them (their thread or task may be
+gone), the oldest is ended, marked ``vsrtel.stop_missed``; its stop, if it comes, is ignored.
+A tracer detached while such a span is open never sees its stop: the span stays open, and
+current where it started.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
 keys, objects to ``str``) or dropped (``None``). Secrets (the ``redact`` setting, the rule shared
