@@ -1212,3 +1212,19 @@ def test_spans_emitted_by_hand_with_a_context_in_tasks_that_end_without_stop_are
     ended = finished(exporter, "app.lost")
     assert [s.attributes["i"] for s in ended if s.attributes] == list(range(15))
     assert all(s.attributes and s.attributes["vsrtel.stop_missed"] is True for s in ended)
+
+
+def test_a_span_emitted_by_hand_with_a_context_may_outlive_a_with_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    ref = object()
+    with vsrtel.span("app.w"):
+        vsrtel.execute("app.h.start", {}, {"telemetry_span_context": ref})
+    assert current_otel_name() == "app.h"  # still running: it outlives the with span
+    with vsrtel.span("app.inside"):
+        pass
+    vsrtel.execute("app.h.stop", {}, {"telemetry_span_context": ref})
+    assert no_current_otel_span()  # not app.w, which ended first
+    w, h, inside = (only(exporter, n) for n in ("app.w", "app.h", "app.inside"))
+    assert parent_id(h) == span_id(w) and parent_id(inside) == span_id(h)

@@ -444,17 +444,12 @@ class _Tracer:
         frame = _Frame(self, key, span, context)
         entry: _Open = (span, frame, metadata, start_time, None)
         if key is not None:
-            keyed = self.keyed
             # A context reused while open (shadowed): its first stop ends this span.
-            entry = (span, frame, metadata, start_time, keyed.get(key))
-            keyed[key] = entry
-            if len(keyed) > _MAX_KEYED_BY_HAND:
-                evicted: _Open | None = keyed.pop(next(iter(keyed)))
-                while evicted is not None:
-                    if evicted[1] is not None:
-                        self.abandon(evicted[1])
-                    evicted = evicted[4]
+            entry = (span, frame, metadata, start_time, self.keyed.get(key))
+            self.keyed[key] = entry
         self.by_hand.set((*stack, (prefix, frame, entry)))
+        if key is not None and len(self.keyed) > _MAX_KEYED_BY_HAND:
+            self.abandon_oldest()
 
     def abandon(self, frame: _Frame) -> None:
         """End the span of ``frame``, emitted by hand, whose stop never came or will come too
@@ -471,6 +466,17 @@ class _Tracer:
                 del self.keyed[key]
                 if entry[4] is not None:
                     self.keyed[key] = entry[4]
+
+    def abandon_oldest(self) -> None:
+        """Abandon the span emitted by hand with a context that has been open longest."""
+        try:
+            evicted: _Open | None = self.keyed.pop(next(iter(self.keyed)))
+        except (RuntimeError, StopIteration, KeyError):  # another thread changed them first
+            return
+        while evicted is not None:
+            if evicted[1] is not None:
+                self.abandon(evicted[1])
+            evicted = evicted[4]
 
     def pop_keyed(self, key: Any) -> _Open | None:
         """The open span emitted by hand with span context ``key``, ended for the tracer and
