@@ -995,3 +995,236 @@ def test_a_tracer_handle_counts_what_it_skipped_after_detaching_too(
     assert not handle.attached and other.attached
     assert handle.skipped == 1 and other.skipped == 0
     assert not hasattr(spans, "skipped")  # one way to read it: the handle
+
+
+# Spans emitted by hand with their telemetry_span_context (callback-style integrations: the stop
+# comes from a callback, a response iterable's close()...): current where they start until then.
+
+
+def test_a_span_emitted_by_hand_with_its_context_is_current_until_its_stop(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    ref = object()
+    with vsrtel.span("app.request"):
+        vsrtel.execute("app.call.start", {}, {"telemetry_span_context": ref, "route": "/x"})
+        assert current_otel_name() == "app.call"
+        vsrtel.execute("app.call.progress", {"bytes": 10})  # a span event on it
+        with provider.get_tracer("user").start_as_current_span("raw"), vsrtel.span("app.inner"):
+            pass
+        assert current_otel_name() == "app.call"
+        vsrtel.execute("app.call.stop", {"duration": 5}, {"telemetry_span_context": ref, "ok": 1})
+        assert current_otel_name() == "app.request"
+    assert no_current_otel_span()
+    request, call, raw, inner = (
+        only(exporter, n) for n in ("app.request", "app.call", "raw", "app.inner")
+    )
+    assert parent_id(call) == span_id(request)
+    assert parent_id(raw) == span_id(call) and parent_id(inner) == span_id(raw)
+    assert dict(call.attributes or {}) == {"route": "/x", "ok": 1}
+    assert [e.name for e in call.events] == ["app.call.progress"]
+
+
+def test_spans_emitted_by_hand_with_a_context_nest_per_thread(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    raw = provider.get_tracer("user")
+    barrier = threading.Barrier(4)
+    leftovers: list[str | None] = []
+
+    def work(who: int) -> None:
+        ref = ("request", who)
+        vsrtel.execute("app.call.start", {}, {"telemetry_span_context": ref, "who": who})
+        barrier.wait()  # all open at once
+        with (
+            raw.start_as_current_span("raw", attributes={"who": who}),
+            vsrtel.span("app.inner", {"who": who}),
+        ):
+            barrier.wait()
+        vsrtel.execute("app.call.stop", {}, {"telemetry_span_context": ref})
+        leftovers.append(current_otel_name())
+
+    threads = [threading.Thread(target=work, args=(who,)) for who in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert leftovers == [None] * 4
+    calls = {s.attributes["who"]: s for s in finished(exporter, "app.call") if s.attributes}
+    assert len(calls) == 4 and all(call.parent is None for call in calls.values())
+    raws = {s.attributes["who"]: s for s in finished(exporter, "raw") if s.attributes}
+    inners = finished(exporter, "app.inner")
+    assert len(raws) == len(inners) == 4
+    for who, span in raws.items():
+        assert parent_id(span) == span_id(calls[who])
+    for inner in inners:
+        assert inner.attributes is not None
+        assert parent_id(inner) == span_id(raws[inner.attributes["who"]])
+
+
+def test_spans_emitted_by_hand_with_a_context_nest_per_asyncio_task(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    raw = provider.get_tracer("user")
+
+    async def request(i: int) -> str | None:
+        ref = object()
+        vsrtel.execute("app.call.start", {}, {"telemetry_span_context": ref, "task": i})
+        await asyncio.sleep(0)  # every call is open at once
+        with raw.start_as_current_span("raw", attributes={"task": i}):
+            await asyncio.sleep(0)
+        async with vsrtel.span("app.inner", {"task": i}):
+            await asyncio.sleep(0)
+        vsrtel.execute("app.call.stop", {}, {"telemetry_span_context": ref})
+        return current_otel_name()
+
+    async def main() -> list[str | None]:
+        async with vsrtel.span("app.batch"):
+            return await asyncio.gather(*(request(i) for i in range(50)))
+
+    assert asyncio.run(main()) == ["app.batch"] * 50
+    batch = only(exporter, "app.batch")
+    calls = {s.attributes["task"]: s for s in finished(exporter, "app.call") if s.attributes}
+    children = finished(exporter, "raw") + finished(exporter, "app.inner")
+    assert len(calls) == 50 and len(children) == 100
+    assert all(parent_id(call) == span_id(batch) for call in calls.values())
+    for child in children:
+        assert child.attributes is not None
+        assert parent_id(child) == span_id(calls[child.attributes["task"]])
+
+
+def test_a_span_emitted_by_hand_may_stop_in_another_thread(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    ref = object()
+    seen_there: list[str | None] = []
+
+    def stop_there() -> None:
+        vsrtel.execute("app.call.stop", {}, {"telemetry_span_context": ref})
+        seen_there.append(current_otel_name())
+
+    with vsrtel.span("app.request"):
+        vsrtel.execute("app.call.start", {}, {"telemetry_span_context": ref})
+        assert current_otel_name() == "app.call"
+        stopper = threading.Thread(target=stop_there)
+        stopper.start()
+        stopper.join()
+        # Ended there; here the tracer leaves it at its next span, which joins app.request.
+        with vsrtel.span("app.after"):
+            pass
+        assert current_otel_name() == "app.request"
+    assert seen_there == [None] and no_current_otel_span()
+    request, call, after = (only(exporter, n) for n in ("app.request", "app.call", "app.after"))
+    assert parent_id(call) == span_id(request) and parent_id(after) == span_id(request)
+
+
+def test_a_span_emitted_by_hand_may_stop_in_a_task_started_inside_it(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    ref = object()
+
+    async def respond() -> str | None:  # e.g. a callback run in a task the app started
+        async with vsrtel.span("app.send"):
+            await asyncio.sleep(0)
+        vsrtel.execute("app.call.stop", {}, {"telemetry_span_context": ref})
+        return current_otel_name()
+
+    async def main() -> str | None:
+        vsrtel.execute("app.call.start", {}, {"telemetry_span_context": ref})
+        assert await asyncio.create_task(respond()) is None  # its copy of the context gave way
+        with vsrtel.span("app.after"):
+            pass
+        return current_otel_name()
+
+    assert asyncio.run(main()) is None
+    call, send, after = (only(exporter, n) for n in ("app.call", "app.send", "app.after"))
+    assert parent_id(send) == span_id(call)
+    assert after.parent is None  # never a child of the ended span
+
+
+def test_spans_emitted_by_hand_with_a_context_are_matched_by_it_alone(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider, span_events=False)
+    ref = object()
+    vsrtel.execute("app.job.start", {}, {"telemetry_span_context": ref, "n": 1})
+    vsrtel.execute("app.job.stop", {}, {})  # no context: not a stop of this span
+    assert current_otel_name() == "app.job" and finished(exporter) == []
+    manual = vsrtel.span("app.manual").start()  # `.start()` spans stay never current
+    assert current_otel_name() == "app.job"
+    vsrtel.execute("app.job.start", {}, {"telemetry_span_context": ref, "n": 2})  # reused
+    vsrtel.execute("app.job.stop", {}, {"telemetry_span_context": ref})  # ends the inner one
+    assert current_otel_name() == "app.job"
+    error = {"telemetry_span_context": ref, "kind": "error", "reason": ValueError("bad")}
+    vsrtel.execute("app.job.exception", {}, error)
+    assert no_current_otel_span()
+    vsrtel.execute("app.job.stop", {}, {"telemetry_span_context": ref})  # none open: ignored
+    manual.stop()
+    inner, outer = finished(exporter, "app.job")
+    assert dict(inner.attributes or {}) == {"n": 2} and dict(outer.attributes or {}) == {"n": 1}
+    assert parent_id(inner) == span_id(outer)
+    assert outer.status.status_code is StatusCode.ERROR
+    assert parent_id(only(exporter, "app.manual")) == span_id(outer)
+
+
+def test_spans_emitted_by_hand_with_a_context_whose_stop_never_comes_are_bounded(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    def leak() -> None:
+        for i in range(250):
+            vsrtel.execute("app.leak.start", {}, {"telemetry_span_context": ("leak", i), "i": i})
+
+    thread = threading.Thread(target=leak)
+    thread.start()
+    thread.join()
+    ended = finished(exporter, "app.leak")
+    # At most 100 stay open in that thread: the oldest ones are ended and exported, marked.
+    assert [s.attributes["i"] for s in ended if s.attributes] == list(range(150))
+    assert all(s.attributes and s.attributes["vsrtel.stop_missed"] is True for s in ended)
+    vsrtel.execute("app.leak.stop", {}, {"telemetry_span_context": ("leak", 0)})  # too late
+    vsrtel.execute("app.leak.stop", {}, {"telemetry_span_context": ("leak", 200)})  # still open
+    assert [s.attributes["i"] for s in finished(exporter, "app.leak") if s.attributes][150:] == [
+        200
+    ]
+    assert no_current_otel_span()
+
+
+def test_spans_emitted_by_hand_with_a_context_in_tasks_that_end_without_stop_are_bounded(
+    provider: TracerProvider, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spans, "_MAX_KEYED_BY_HAND", 10)  # the bound over every thread and task
+    spans.attach_tracer(["app"], tracer_provider=provider)
+
+    async def forgetful(i: int) -> None:
+        vsrtel.execute("app.lost.start", {}, {"telemetry_span_context": ("lost", i), "i": i})
+
+    async def main() -> None:
+        for i in range(25):
+            await asyncio.create_task(forgetful(i))
+
+    asyncio.run(main())
+    ended = finished(exporter, "app.lost")
+    assert [s.attributes["i"] for s in ended if s.attributes] == list(range(15))
+    assert all(s.attributes and s.attributes["vsrtel.stop_missed"] is True for s in ended)
+
+
+def test_a_span_emitted_by_hand_with_a_context_may_outlive_a_with_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    spans.attach_tracer(["app"], tracer_provider=provider)
+    ref = object()
+    with vsrtel.span("app.w"):
+        vsrtel.execute("app.h.start", {}, {"telemetry_span_context": ref})
+    assert current_otel_name() == "app.h"  # still running: it outlives the with span
+    with vsrtel.span("app.inside"):
+        pass
+    vsrtel.execute("app.h.stop", {}, {"telemetry_span_context": ref})
+    assert no_current_otel_span()  # not app.w, which ended first
+    w, h, inside = (only(exporter, n) for n in ("app.w", "app.h", "app.inside"))
+    assert parent_id(h) == span_id(w) and parent_id(inside) == span_id(h)

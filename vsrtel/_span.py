@@ -60,6 +60,9 @@ _current: ContextVar[Span | None] = ContextVar("vsrtel_current_span", default=No
 # Bound once for __enter__ and __exit__: a method lookup per call is measurable there.
 _get_current, _set_current, _reset_current = _current.get, _current.set, _current.reset
 _span_ids = itertools.count(1)
+# The span whose start event `Span.start()` is emitting in this thread or task: a handler that
+# makes a span started by hand current (the spans handler) leaves an explicit start alone.
+_explicit: ContextVar[Span | None] = ContextVar("vsrtel_explicit_start", default=None)
 _TOP = Token.MISSING  # the old value of a token set where no span was current yet
 
 #: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names,
@@ -106,6 +109,12 @@ def new_span(
     # to never pays for it.
     span._started_at = span._metadata = span._extra = span._token = span._callbacks = None
     return span
+
+
+def explicit_start() -> Span | None:
+    """The span whose ``.start()`` is emitting its start event here, else None: for a handler
+    telling that start from one emitted by hand with ``execute``, which looks the same."""
+    return _explicit.get()
 
 
 def current_span() -> Span | None:
@@ -214,7 +223,11 @@ class Span:
         if routes is None:
             self._started_at, self._timed = 0, False
         else:
-            self._start_timed(routes)
+            token = _explicit.set(self)
+            try:
+                self._start_timed(routes)
+            finally:
+                _explicit.reset(token)
         return self
 
     def _start_timed(self, routes: SpanRoutes) -> None:

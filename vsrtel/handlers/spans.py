@@ -15,15 +15,27 @@ started is ignored. A span the handler cannot open (a ``span_name`` function tha
 unhashable span context) is skipped, logged once and counted in the handle's ``skipped``;
 tracing goes on.
 
-Events without a ``telemetry_span_context`` (a span emitted by hand with ``execute``, or by
-older code) are matched per thread or asyncio task instead, as Erlang's
-``opentelemetry_telemetry`` matches them per process: the ``start`` opens a span, a child of
-the current OpenTelemetry span, and makes it current there; the next ``stop`` or ``exception``
-of that span name in that thread or task ends the innermost one open and restores the context
-that was current before it. Such a stop elsewhere, or with none open, is ignored. A task
-started inside the span inherits it, and may end it (the first stop ends it). Past
-``_MAX_BY_HAND`` spans left open in one thread or task, the outermost is ended, marked
-``vsrtel.stop_missed``.
+A span emitted by hand with ``execute`` (a callback-style integration: the stop comes from a
+callback, a response's ``close()``) is made current where its ``start`` ran until its stop, as
+Erlang's ``opentelemetry_telemetry`` does, so that spans opened in between (vsrtel's or raw
+OpenTelemetry's) are its children; a span started with ``.start()`` never is. With a
+``telemetry_span_context``, its ``stop`` or ``exception`` is matched by that context, from any
+thread or task: there, a context on the span (the one it started in, or a copy a task created
+inside it took) gives way to the context current before the span; the thread or task that
+started it elsewhere keeps the ended span current until the tracer next works there (as for a
+``with`` span ended elsewhere, see `_Frame`). A stop without that context does not end it.
+
+Events without a ``telemetry_span_context`` (older code) are matched per thread or asyncio task
+instead, as ``opentelemetry_telemetry`` matches them per process: the next ``stop`` or
+``exception`` of that span name in that thread or task ends the innermost one open and
+restores the context that was current before it. Such a stop elsewhere, or with none open, is
+ignored. A task started inside the span inherits it, and may end it (the first stop ends it).
+
+Past ``_MAX_BY_HAND`` spans emitted by hand left open in one thread or task, or
+``_MAX_KEYED_BY_HAND`` with a context left open in all of them (their thread or task may be
+gone), the oldest is ended, marked ``vsrtel.stop_missed``; its stop, if it comes, is ignored.
+A tracer detached while such a span is open never sees its stop: the span stays open, and
+current where it started.
 
 Attribute values OpenTelemetry cannot hold are converted (nested mappings flattened to dotted
 keys, objects to ``str``) or dropped (``None``). Secrets (the ``redact`` setting, the rule shared
@@ -58,6 +70,7 @@ import vsrtel
 from vsrtel import EventName, current_span
 from vsrtel._names import remember
 from vsrtel._redact import DEFAULT_SECRET_KEYS, REDACTED, Secrets
+from vsrtel._span import explicit_start
 from vsrtel.handlers._attributes import INT64, scalar, text
 
 __all__ = ["DEFAULT_SECRET_KEYS", "attach_tracer", "extract", "inject"]
@@ -73,9 +86,12 @@ _MAX_DEPTH = 4
 # What becomes of an attribute key (see `_Tracer.verdict`).
 _COPY, _SECRET, _SKIP = "copy", "secret", "skip"
 _SPAN_SUFFIXES = {"start": _START, "stop": _STOP, "exception": _EXCEPTION}
-# Bound on the spans without a telemetry_span_context left open in one thread or task: their
-# stops may never come, and each open one nests the next.
+# Bound on the spans emitted by hand left open in one thread or task: their stops may never
+# come, and each open one nests the next.
 _MAX_BY_HAND = 100
+# Bound on those with a telemetry_span_context open at once in all threads and tasks: the
+# tracer holds them until their stop, which a thread or task that is gone will never emit.
+_MAX_KEYED_BY_HAND = 10_000
 _handler_ids = itertools.count(1)
 _tracers: weakref.WeakSet[_Tracer] = weakref.WeakSet()
 _log = logging.getLogger("vsrtel")
@@ -98,7 +114,7 @@ class _Frame:
 
     def __init__(self, tracer: _Tracer, key: Any, span: trace.Span, previous: Context) -> None:
         self.tracer = tracer
-        self.key = key  # the span's telemetry_span_context (None for a span emitted by hand)
+        self.key = key  # the span's telemetry_span_context (None for a span emitted without)
         self.span = span
         self.previous = previous
         self.ended = False
@@ -141,8 +157,8 @@ class _Frame:
 # changed at stop, the start time, the entry it shadows when a span reused an open span context).
 # A plain tuple: it is built once per span on the hot path.
 _Open = tuple[trace.Span, "_Frame | None", Mapping[str, Any], "int | None", Any]
-# The spans without a telemetry_span_context open in one thread or task, innermost last: (span
-# prefix, frame, open span).
+# The spans emitted by hand open in one thread or task, innermost last: (span prefix, frame,
+# open span).
 _ByHand = tuple[tuple[EventName, _Frame, _Open], ...]
 
 
@@ -281,10 +297,14 @@ class _Tracer:
         }
         # Event name -> (kind, span prefix, span name), or None for a plain event.
         self.events: dict[EventName, tuple[int, EventName, str] | None] = {}
+        # The spans of `with` and `.start()` open, by telemetry_span_context.
         self.open: dict[Any, _Open] = {}
+        # The spans emitted by hand with a telemetry_span_context open, by that context (apart
+        # from `open`, so that the stop of a `with` span looks in one dict, as it did).
+        self.keyed: dict[Any, _Open] = {}
         self.by_hand: ContextVar[_ByHand] = ContextVar("vsrtel_spans_by_hand", default=())
-        # Set once a span without a telemetry_span_context was opened: only then may a plain
-        # event outside every vsrtel span belong to a traced span.
+        # Set once a span was emitted by hand: only then may a plain event outside every vsrtel
+        # span belong to a traced span.
         self.any_by_hand = False
         self.skipped = 0
         # Marks the OTel contexts this handler made current, so that plain events find the
@@ -353,14 +373,16 @@ class _Tracer:
             start_time=start_time,
         )
         current = current_span()
-        # Only a span entered with `with` is current in vsrtel; a `.start()` span never is, and
-        # must not leave an OTel context attached to its caller.
+        # A span entered with `with` is current for its body. A `.start()` span never is, and
+        # must not leave an OTel context attached to its caller. Any other start was emitted by
+        # hand (`execute`), by a callback-style integration whose stop comes later: current
+        # here until then.
         if current is not None and current.context == key:
             frame = _Frame(self, key, span, context)
             current.on_exit(frame.leave)
             self.open[key] = (span, frame, metadata, start_time, shadowed)
-        elif key is None:  # emitted by hand: never in `open`, which None is no key of
-            self.push_by_hand(prefix, span, context, metadata, start_time)
+        elif key is None or explicit_start() is None:
+            self.push_by_hand(prefix, span, context, metadata, start_time, key)
         else:
             self.open[key] = (span, None, metadata, start_time, shadowed)
 
@@ -374,9 +396,7 @@ class _Tracer:
         try:
             entry = self.open.pop(key)
         except (KeyError, TypeError):
-            if key is not None:
-                return
-            found = self.pop_by_hand(event[1])
+            found = self.pop_by_hand(event[1]) if key is None else self.pop_keyed(key)
             if found is None:
                 return
             entry = found
@@ -411,26 +431,87 @@ class _Tracer:
         context: Context,
         metadata: Mapping[str, Any],
         start_time: int | None,
+        key: Any,
     ) -> None:
-        """Make ``span``, started without a span context, current in this thread or task."""
+        """Make ``span``, started by hand (with span context ``key``, or None), current in this
+        thread or task."""
         self.any_by_hand = True
         stack = tuple(item for item in self.by_hand.get() if not item[1].ended)
         if len(stack) >= _MAX_BY_HAND:
-            # Its stop never came, or will come too late to matter: end it, so it is exported.
-            _, lost, _ = stack[0]
+            lost = stack[0][1]
             stack = stack[1:]
-            lost.ended = True
-            lost.span.set_attribute("vsrtel.stop_missed", True)
-            lost.span.end()
-        frame = _Frame(self, None, span, context)
-        self.by_hand.set((*stack, (prefix, frame, (span, frame, metadata, start_time, None))))
+            self.abandon(lost)
+        frame = _Frame(self, key, span, context)
+        entry: _Open = (span, frame, metadata, start_time, None)
+        if key is not None:
+            # A context reused while open (shadowed): its first stop ends this span.
+            entry = (span, frame, metadata, start_time, self.keyed.get(key))
+            self.keyed[key] = entry
+        self.by_hand.set((*stack, (prefix, frame, entry)))
+        if key is not None and len(self.keyed) > _MAX_KEYED_BY_HAND:
+            self.abandon_oldest()
+
+    def abandon(self, frame: _Frame) -> None:
+        """End the span of ``frame``, emitted by hand, whose stop never came or will come too
+        late to matter, so that it is exported; its stop, if it comes, is ignored."""
+        if frame.ended:
+            return
+        frame.ended = True
+        frame.span.set_attribute("vsrtel.stop_missed", True)
+        frame.span.end()
+        key = frame.key
+        if key is not None:
+            entry = self.keyed.get(key)
+            if entry is not None and entry[1] is frame:
+                del self.keyed[key]
+                if entry[4] is not None:
+                    self.keyed[key] = entry[4]
+
+    def abandon_oldest(self) -> None:
+        """Abandon the span emitted by hand with a context that has been open longest."""
+        try:
+            evicted: _Open | None = self.keyed.pop(next(iter(self.keyed)))
+        except (RuntimeError, StopIteration, KeyError):  # another thread changed them first
+            return
+        while evicted is not None:
+            if evicted[1] is not None:
+                self.abandon(evicted[1])
+            evicted = evicted[4]
+
+    def pop_keyed(self, key: Any) -> _Open | None:
+        """The open span emitted by hand with span context ``key``, ended for the tracer and
+        taken off the open ones; None when there is none.
+
+        The stop may come from any thread or task. Where it comes from, a context on that span
+        (the one it started in, or a copy that a task created inside it took) gives way to the
+        context below it. The thread or task that started it elsewhere is left as it is until
+        the tracer next works there (see `_Frame`).
+        """
+        try:
+            entry: _Open | None = self.keyed.pop(key)
+        except (KeyError, TypeError):
+            return None
+        while entry is not None and (entry[1] is None or entry[1].ended):  # past a bound
+            entry = entry[4]
+        if entry is None:
+            return None
+        span, frame, metadata, start_time, shadowed = entry
+        assert frame is not None  # for mypy: every span emitted by hand has its frame
+        if shadowed is not None:
+            self.keyed[key] = shadowed
+        frame.ended = True
+        stack = self.by_hand.get()
+        if stack:
+            self.by_hand.set(tuple(item for item in stack if not item[1].ended))
+        self.live(_get_current())
+        return (span, frame, metadata, start_time, None)
 
     def pop_by_hand(self, prefix: EventName) -> _Open | None:
         """The innermost open span of ``prefix`` started without a span context in this thread
         or task, taken off its stack with its context restored; None when there is none."""
         stack = self.by_hand.get()
         for index in range(len(stack) - 1, -1, -1):
-            if stack[index][0] == prefix:
+            if stack[index][0] == prefix and stack[index][1].key is None:
                 break
         else:
             return None
