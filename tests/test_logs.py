@@ -266,3 +266,159 @@ def test_the_logs_handlers_own_lines_agree_with_the_processor(
     event_line, own = lines
     assert (event_line["trace_id"], event_line["span_id"]) == (own["trace_id"], own["span_id"])
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+# -- the bridge ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bridged() -> Iterator[logging.Logger]:
+    """A stdlib logger bridged to the default registry, and nothing else."""
+    logger = logging.getLogger("test_logs.bridged")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logs.EventHandler()
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_stdlib_records_become_log_record_events(bridged: logging.Logger) -> None:
+    with vsrtel.testing.capture("log") as events:
+        bridged.warning("disk %s is %d%% full", "/var", 93)
+        bridged.debug("detail")
+    assert [(e.name, dict(e.measurements), dict(e.metadata)) for e in events] == [
+        (("log", "record"), {}, {
+            "level": "warning", "logger": "test_logs.bridged", "message": "disk /var is 93% full"
+        }),
+        (("log", "record"), {}, {
+            "level": "debug", "logger": "test_logs.bridged", "message": "detail"
+        }),
+    ]
+
+
+def test_the_bridge_feeds_metrics_of_errors_by_logger(bridged: logging.Logger) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from vsrtel import metrics
+    from vsrtel.handlers.metrics import MetricsReporter
+
+    reader = InMemoryMetricReader()
+    reporter = MetricsReporter(
+        [metrics.counter("log.record.count", tags=["logger", "level"])],
+        meter_provider=MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
+    ).attach()
+    try:
+        bridged.error("one")
+        bridged.error("two")
+        bridged.info("three")
+    finally:
+        reporter.detach()
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (point.attributes["logger"], point.attributes["level"]): point.value
+        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        for point in m.data.data_points
+    }
+    assert points == {("test_logs.bridged", "error"): 2, ("test_logs.bridged", "info"): 1}
+
+
+def test_the_bridge_can_emit_another_event_and_respects_its_level() -> None:
+    registry = vsrtel.Registry()
+    logger = logging.getLogger("test_logs.named")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logs.EventHandler("app.log", level="WARNING", registry=registry)
+    logger.addHandler(handler)
+    try:
+        with vsrtel.testing.capture("app.log", registry=registry) as events:
+            logger.info("below the handler's level")
+            logger.error("kept")
+    finally:
+        logger.removeHandler(handler)
+    assert [(e.name, e.metadata["message"]) for e in events] == [(("app", "log"), "kept")]
+    with pytest.raises(ValueError, match="event"):
+        logs.EventHandler("")
+    with pytest.raises(TypeError, match="redact"):
+        logs.EventHandler(redact="password")
+
+
+def test_bridged_messages_and_tracebacks_are_scrubbed(bridged: logging.Logger) -> None:
+    with vsrtel.testing.capture("log") as events:
+        bridged.info("login with password=%s for %s", SECRET, "ann")
+        try:
+            raise ValueError(f"bad token={SECRET}")
+        except ValueError:
+            bridged.exception("failed at https://ann:%s@db.example/x", SECRET)
+    info, error = (dict(e.metadata) for e in events)
+    assert info["message"] == "login with password=[REDACTED] for ann"
+    assert error["message"] == "failed at https://[REDACTED]@db.example/x"
+    assert error["exception"].startswith("Traceback (most recent call last)")
+    assert error["exception"].endswith("ValueError: bad token=[REDACTED]")
+    assert SECRET not in repr(events)
+
+
+def test_a_handler_that_logs_while_handling_a_log_event_cannot_loop(
+    bridged: logging.Logger,
+) -> None:
+    calls: list[str] = []
+    printed = io.StringIO()
+    printer = logging.StreamHandler(printed)
+    bridged.addHandler(printer)
+
+    def logs_again(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        calls.append(metadata["message"])
+        bridged.warning("handled %s", metadata["message"])
+
+    vsrtel.attach("logs-again", "log.record", logs_again)
+    try:
+        bridged.warning("first")
+    finally:
+        bridged.removeHandler(printer)
+    assert calls == ["first"]  # the record logged by the handler was not bridged again
+    # Other handlers still had both (the bridge, added first, ran first).
+    assert printed.getvalue() == "handled first\nfirst\n"
+    assert vsrtel.list_handlers("log.record")  # nothing failed: still attached
+
+
+def test_a_failing_log_event_handler_is_reported_once_through_the_vsrtel_logger(
+    bridged: logging.Logger,
+) -> None:
+    # The registry reports the failure on the "vsrtel" logger, which is bridged too.
+    vsrtel_logger = logging.getLogger("vsrtel")
+    bridge = logs.EventHandler()
+    vsrtel_logger.addHandler(bridge)
+    seen: list[tuple[str, str]] = []
+
+    def failing(event: Any, measurements: Any, metadata: Any, config: Any) -> None:
+        seen.append((metadata["logger"], metadata["message"].splitlines()[0]))
+        raise RuntimeError("broken handler")
+
+    vsrtel.attach("failing", "log.record", failing)
+    try:
+        with vsrtel.testing.capture("log") as events:
+            bridged.error("boom")
+            bridged.error("again")  # the failing handler was detached
+            vsrtel_logger.error("a vsrtel report")  # bridged: no event is being handled
+    finally:
+        vsrtel_logger.removeHandler(bridge)
+    assert seen == [("test_logs.bridged", "boom")]
+    assert not vsrtel.list_handlers("log.record")  # detached (and the capture ended)
+    # The failure report, logged while "boom" was being bridged, was not bridged itself.
+    assert [(e.metadata["logger"], e.metadata["message"]) for e in events] == [
+        ("test_logs.bridged", "boom"),
+        ("test_logs.bridged", "again"),
+        ("vsrtel", "a vsrtel report"),
+    ]
+
+
+def test_the_bridge_with_nobody_listening_builds_nothing(bridged: logging.Logger) -> None:
+    class Loud:
+        def __str__(self) -> str:
+            raise AssertionError("the message was formatted with nobody listening")
+
+    bridged.info("%s", Loud())  # nobody listens to log.record: the record is not read
