@@ -422,3 +422,199 @@ def test_the_bridge_with_nobody_listening_builds_nothing(bridged: logging.Logger
             raise AssertionError("the message was formatted with nobody listening")
 
     bridged.info("%s", Loud())  # nobody listens to log.record: the record is not read
+
+
+# -- OpenTelemetry's logs signal ----------------------------------------------------------------
+
+
+@pytest.fixture
+def telemetry() -> Iterator[tuple[Any, Any]]:
+    """An `otel.configure` setup whose log records are kept in memory, and that memory."""
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    from vsrtel.export import otel
+
+    memory = InMemoryLogRecordExporter()
+    setup = otel.configure("logs-test", log_processors=[SimpleLogRecordProcessor(memory)])
+    try:
+        yield setup, memory
+    finally:
+        setup.shutdown()
+
+
+def _records(memory: Any) -> list[Any]:
+    return [readable.log_record for readable in memory.get_finished_logs()]
+
+
+@pytest.fixture
+def exported_stdlib(telemetry: tuple[Any, Any]) -> Iterator[logging.Logger]:
+    logger = logging.getLogger("test_logs.exported")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logs.OTelHandler(telemetry[0].logger_provider)
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_stdlib_records_are_exported_with_severity_body_attributes_and_trace(
+    telemetry: tuple[Any, Any],
+    exported_stdlib: logging.Logger,
+    traced: vsrtel.Handle,
+    exported: InMemorySpanExporter,
+) -> None:
+    setup, memory = telemetry
+    with vsrtel.span("app.request", {"request": "r1"}):
+        exported_stdlib.warning("disk %s full", "/var", extra={"disk": "/var", "used": 0.93})
+    exported_stdlib.critical("outside")
+    inside, outside = _records(memory)
+    trace_id, span_id = _ids_of(exported)["r1"]
+    assert (format(inside.trace_id, "032x"), format(inside.span_id, "016x")) == (trace_id, span_id)
+    assert (inside.severity_number.value, inside.severity_text) == (13, "WARN")
+    assert inside.body == "disk /var full"
+    assert inside.attributes["disk"] == "/var" and inside.attributes["used"] == 0.93
+    assert inside.attributes["code.function.name"] == (
+        "test_stdlib_records_are_exported_with_severity_body_attributes_and_trace"
+    )
+    assert "trace_id" not in inside.attributes and "msg" not in inside.attributes
+    assert (outside.severity_number.value, outside.severity_text) == (21, "FATAL")
+    assert outside.trace_id == 0
+    assert memory.get_finished_logs()[0].resource.attributes["service.name"] == "logs-test"
+    assert memory.get_finished_logs()[0].instrumentation_scope.name == "test_logs.exported"
+
+
+def test_secrets_are_redacted_on_every_exported_path(
+    telemetry: tuple[Any, Any], exported_stdlib: logging.Logger
+) -> None:
+    setup, memory = telemetry
+    try:
+        raise PermissionError(f"login failed: password={SECRET}")
+    except PermissionError:
+        exported_stdlib.exception(
+            "connecting to postgres://ann:%s@db/x", SECRET, extra={"api_key": SECRET}
+        )
+    processor = logs.OTelProcessor(setup.logger_provider)
+    structlogger = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=[processor, lambda *_: ""],
+        context_class=dict,
+    )
+    structlogger.error(f"Authorization: Bearer {SECRET}", token=SECRET, nested={"pwd": SECRET})
+    try:
+        raise ValueError(f"token={SECRET}")
+    except ValueError as error:
+        structlogger.error("failed", exc_info=error)
+    records = _records(memory)
+    assert len(records) == 3
+    stdlib_record, structlog_record, with_exception = records
+    assert stdlib_record.body == "connecting to postgres://[REDACTED]@db/x"
+    assert stdlib_record.attributes["api_key"] == "[REDACTED]"
+    assert stdlib_record.attributes["exception.type"] == "PermissionError"
+    assert stdlib_record.attributes["exception.message"] == "login failed: password=[REDACTED]"
+    assert stdlib_record.attributes["exception.stacktrace"].endswith(
+        "PermissionError: login failed: password=[REDACTED]"
+    )
+    assert structlog_record.body == "Authorization: [REDACTED]"
+    assert structlog_record.attributes["token"] == "[REDACTED]"
+    assert (structlog_record.severity_text, with_exception.severity_text) == ("ERROR", "ERROR")
+    assert with_exception.attributes["exception.message"] == "token=[REDACTED]"
+    assert SECRET not in repr([(r.body, dict(r.attributes)) for r in records])
+
+
+def test_structlog_events_are_exported_inside_their_span(
+    telemetry: tuple[Any, Any], traced: vsrtel.Handle, exported: InMemorySpanExporter
+) -> None:
+    setup, memory = telemetry
+    log = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=[
+            structlog.processors.add_log_level,
+            logs.OTelProcessor(setup.logger_provider, name="shop"),
+            lambda *_: "",
+        ],
+        context_class=dict,
+    )
+    with vsrtel.span("app.request", {"request": "r2"}):
+        log.info("paid", amount=1999, items=["a", "b"])
+    [record] = _records(memory)
+    trace_id, span_id = _ids_of(exported)["r2"]
+    assert format(record.trace_id, "032x") == trace_id
+    assert format(record.span_id, "016x") == span_id
+    assert (record.severity_text, record.body) == ("INFO", "paid")
+    assert dict(record.attributes) == {"amount": 1999, "items": "['a', 'b']"}
+    assert memory.get_finished_logs()[0].instrumentation_scope.name == "shop"
+
+
+def test_vsrtel_events_are_exported_through_the_logs_handler(
+    telemetry: tuple[Any, Any], provider: TracerProvider, exported: InMemorySpanExporter
+) -> None:
+    setup, memory = telemetry
+    # The logs handler first, so that it sees the exception while its span is still current.
+    logged = event_logs.attach_logger(
+        "app", level="info", logger=logs.otel_logger(setup.logger_provider)
+    )
+    traced = spans.attach_tracer(["app"], tracer_provider=provider)
+    try:
+        with pytest.raises(ZeroDivisionError), vsrtel.span("app.divide", {"api_key": SECRET}):
+            1 / 0  # noqa: B018
+    finally:
+        traced.detach()
+        logged.detach()
+    start, failed = _records(memory)
+    trace_id, span_id = _ids_of(exported)["app.divide"]
+    assert (start.body, start.severity_text, start.trace_id) == ("app.divide.start", "INFO", 0)
+    assert (failed.body, failed.severity_text) == ("app.divide.exception", "ERROR")
+    assert (format(failed.trace_id, "032x"), format(failed.span_id, "016x")) == (trace_id, span_id)
+    assert failed.attributes["api_key"] == "[REDACTED]"
+    assert "ZeroDivisionError: division by zero" in failed.attributes["exception.stacktrace"]
+    assert memory.get_finished_logs()[0].instrumentation_scope.name == "vsrtel"
+
+
+def test_the_sdks_own_reports_and_what_is_logged_while_exporting_are_not_exported(
+    telemetry: tuple[Any, Any],
+) -> None:
+    setup, memory = telemetry
+    root = logging.getLogger()
+    handler = logs.OTelHandler(setup.logger_provider)
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+
+    class LogsWhenRead:
+        def __str__(self) -> str:
+            logging.getLogger("test_logs.inner").warning("logged while exporting")
+            return "value"
+
+    try:
+        logging.getLogger("opentelemetry.sdk._logs").warning("the SDK's own report")
+        logging.getLogger("test_logs.outer").info("outer", extra={"odd": LogsWhenRead()})
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    [record] = _records(memory)
+    assert (record.body, record.attributes["odd"]) == ("outer", "value")
+
+
+def test_an_exporter_that_fails_is_reported_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        def get_logger(self, name: str) -> Any:
+            raise RuntimeError("no logger")
+
+    logger = logging.getLogger("test_logs.broken")
+    logger.propagate = False
+    handler = logs.OTelHandler(Broken())
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.ERROR, logger="vsrtel"):
+            logger.error("lost")
+    finally:
+        logger.removeHandler(handler)
+    assert any("could not be exported" in r.getMessage() for r in caplog.records)
+    with pytest.raises(TypeError, match="logger_provider"):
+        logs.OTelHandler(object())
+    with pytest.raises(TypeError, match="logger_provider"):
+        logs.OTelProcessor(None)

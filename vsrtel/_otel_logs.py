@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from opentelemetry._logs import Logger, SeverityNumber
+from opentelemetry._logs import Logger, SeverityNumber, set_logger_provider
 from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
@@ -29,6 +29,7 @@ __all__ = [
     "get_logger",
     "otlp_exporter",
     "provider",
+    "set_global",
     "severity",
 ]
 
@@ -51,6 +52,11 @@ def provider(
     for exporter in exporters:
         logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
     return logger_provider
+
+
+def set_global(logger_provider: LoggerProvider) -> None:
+    """Install ``logger_provider`` as the global one (OpenTelemetry allows that once)."""
+    set_logger_provider(logger_provider)
 
 
 def console_exporter(out: TextIO) -> Any:
