@@ -465,7 +465,7 @@ def test_stdlib_records_are_exported_with_severity_body_attributes_and_trace(
     traced: vsrtel.Handle,
     exported: InMemorySpanExporter,
 ) -> None:
-    setup, memory = telemetry
+    memory = telemetry[1]
     with vsrtel.span("app.request", {"request": "r1"}):
         exported_stdlib.warning("disk %s full", "/var", extra={"disk": "/var", "used": 0.93})
     exported_stdlib.critical("outside")
