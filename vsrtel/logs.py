@@ -96,9 +96,11 @@ _LEVELS = {
 # -- trace context ---------------------------------------------------------------------------
 
 
-def _trace_span() -> trace.Span | None:
-    """The OpenTelemetry span a log line written now belongs to (see the module docstring)."""
-    span = _get_current_span()
+def _trace_span(span: trace.Span | None = None) -> trace.Span | None:
+    """The OpenTelemetry span a log line written now belongs to (see the module docstring);
+    ``span`` is the current OpenTelemetry span, when the caller has it already."""
+    if span is None:
+        span = _get_current_span()
     if span.is_recording():
         return span
     current = vsrtel.current_span()
@@ -113,15 +115,31 @@ def _trace_span() -> trace.Span | None:
     return span if span.get_span_context().is_valid else None
 
 
-def _context_fields() -> dict[str, Any] | None:
-    """The keys a log line written now gets, or None outside every span."""
-    span = _trace_span()
-    if span is not None:
-        span_context = span.get_span_context()
-        return {
-            "trace_id": format(span_context.trace_id, "032x"),
-            "span_id": format(span_context.span_id, "016x"),
-        }
+def _ids(span: trace.Span) -> tuple[str, str]:
+    """The trace and span ids of ``span`` in hex; remembered for the span last asked about, as a
+    span usually writes several lines."""
+    global _last
+    last = _last
+    if last[0] is span:
+        return last[1]
+    span_context = span.get_span_context()
+    ids = f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+    # One tuple, replaced whole: a thread reading it meanwhile sees the old pair or the new one.
+    _last = (span, ids)
+    return ids
+
+
+# The span last formatted, and its ids: see `_ids`.
+_last: tuple[Any, tuple[str, str]] = (None, ("", ""))
+
+
+def _context_fields(span: trace.Span | None = None) -> dict[str, Any] | None:
+    """The keys a log line written now gets, or None outside every span; ``span`` as for
+    `_trace_span`."""
+    found = _trace_span(span)
+    if found is not None:
+        trace_id, span_id = _ids(found)
+        return {"trace_id": trace_id, "span_id": span_id}
     current = vsrtel.current_span()
     if current is not None and current._metadata is not None:
         return {"telemetry_span_context": current._metadata.get("telemetry_span_context")}
@@ -139,13 +157,15 @@ def add_trace_context(
     for which span, and the ``telemetry_span_context`` fallback).
     """
     span = _get_current_span()
-    if span.is_recording():  # the common case, inline: one call less per line
-        span_context = span.get_span_context()
+    if span.is_recording():  # the common case, inline: two calls less per line
         if "trace_id" not in event_dict:
-            event_dict["trace_id"] = format(span_context.trace_id, "032x")
-            event_dict["span_id"] = format(span_context.span_id, "016x")
+            last = _last
+            if last[0] is span:
+                event_dict["trace_id"], event_dict["span_id"] = last[1]
+            else:
+                event_dict["trace_id"], event_dict["span_id"] = _ids(span)
         return event_dict
-    fields = _context_fields()
+    fields = _context_fields(span)
     if fields is not None:
         for key, value in fields.items():
             event_dict.setdefault(key, value)
