@@ -291,10 +291,10 @@ def test_stdlib_records_become_log_record_events(bridged: logging.Logger) -> Non
         bridged.debug("detail")
     assert [(e.name, dict(e.measurements), dict(e.metadata)) for e in events] == [
         (("log", "record"), {}, {
-            "level": "warning", "logger": "test_logs.bridged", "message": "disk /var is 93% full"
+            "log_level": "warning", "logger": "test_logs.bridged", "message": "disk /var is 93% full"
         }),
         (("log", "record"), {}, {
-            "level": "debug", "logger": "test_logs.bridged", "message": "detail"
+            "log_level": "debug", "logger": "test_logs.bridged", "message": "detail"
         }),
     ]
 
@@ -308,7 +308,7 @@ def test_the_bridge_feeds_metrics_of_errors_by_logger(bridged: logging.Logger) -
 
     reader = InMemoryMetricReader()
     reporter = MetricsReporter(
-        [metrics.counter("log.record.count", tags=["logger", "level"])],
+        [metrics.counter("log.record.count", tags=["logger", "log_level"])],
         meter_provider=MeterProvider(metric_readers=[reader], shutdown_on_exit=False),
     ).attach()
     try:
@@ -320,7 +320,7 @@ def test_the_bridge_feeds_metrics_of_errors_by_logger(bridged: logging.Logger) -
     data = reader.get_metrics_data()
     assert data is not None
     points = {
-        (point.attributes["logger"], point.attributes["level"]): point.value
+        (point.attributes["logger"], point.attributes["log_level"]): point.value
         for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
         for point in m.data.data_points
     }

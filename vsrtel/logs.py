@@ -19,7 +19,7 @@ events. Outside every span, nothing. Both follow threads and asyncio tasks, as t
 does; a key the line already has is left as it is.
 
 **The bridge.** `EventHandler` turns each stdlib record into the event ``log.record`` (or the
-name given), whose metadata holds the ``level`` (lower-case name), the ``logger`` name, the
+name given), whose metadata holds the ``log_level`` (lower-case name), the ``logger`` name, the
 ``message`` and, when the record carries an exception, its traceback as ``exception`` text:
 both scrubbed by the secrets rule (README.md, "Secrets"). With nobody listening it returns
 before building anything. A record logged while the bridge is handling one (a handler of
@@ -210,10 +210,11 @@ class EventHandler(logging.Handler):
 
     ``logging.getLogger().addHandler(logs.EventHandler())`` bridges every record; handlers of
     ``log.record`` (``event`` names another event) then see them: a metric of errors by logger
-    (``counter("log.record.count", tags=["logger", "level"])``), ``vsrtel.debug("log")``. The
-    metadata holds ``level`` (``"warning"``: the level name, lower-case), ``logger`` (the
-    logger's name), ``message`` (the formatted message) and, for a record with an exception,
-    ``exception`` (its traceback as text); measurements are empty. The message and the
+    (``counter("log.record.count", tags=["logger", "log_level"])``), ``vsrtel.debug("log")``.
+    The metadata holds ``log_level`` (``"warning"``: the level name, lower-case; not ``level``,
+    which structlog and the logs handler write themselves), ``logger`` (the logger's name),
+    ``message`` (the formatted message) and, for a record with an exception, ``exception`` (its
+    traceback as text); measurements are empty. The message and the
     traceback are scrubbed by the secrets rule (``redact`` names the secret keys, as for the
     handlers; ``()`` turns it off). ``level`` is the handler's threshold, as for any handler.
     Raises ``ValueError``/``TypeError`` naming a bad event name, level or key.
@@ -254,7 +255,7 @@ class EventHandler(logging.Handler):
     def metadata(self, record: logging.LogRecord) -> dict[str, Any]:
         """The event's metadata for ``record``, scrubbed."""
         metadata: dict[str, Any] = {
-            "level": record.levelname.lower(),
+            "log_level": record.levelname.lower(),
             "logger": record.name,
             "message": self.secrets.scrub(_message(record)),
         }
