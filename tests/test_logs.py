@@ -291,7 +291,9 @@ def test_stdlib_records_become_log_record_events(bridged: logging.Logger) -> Non
         bridged.debug("detail")
     assert [(e.name, dict(e.measurements), dict(e.metadata)) for e in events] == [
         (("log", "record"), {}, {
-            "log_level": "warning", "logger": "test_logs.bridged", "message": "disk /var is 93% full"
+            "log_level": "warning",
+            "logger": "test_logs.bridged",
+            "message": "disk /var is 93% full",
         }),
         (("log", "record"), {}, {
             "log_level": "debug", "logger": "test_logs.bridged", "message": "detail"
