@@ -620,3 +620,23 @@ def test_an_exporter_that_fails_is_reported_not_raised(
         logs.OTelHandler(object())
     with pytest.raises(TypeError, match="logger_provider"):
         logs.OTelProcessor(None)
+
+
+def test_objects_and_bodies_that_are_not_text_are_redacted_too(
+    telemetry: tuple[Any, Any],
+) -> None:
+    setup, memory = telemetry
+
+    class Connection:
+        def __str__(self) -> str:
+            return f"Connection(dsn=postgres://ann:{SECRET}@db/x)"
+
+    log = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=[logs.OTelProcessor(setup.logger_provider), lambda *_: ""],
+        context_class=dict,
+    )
+    log.info({"password": SECRET, "user": "ann"}, connection=Connection())
+    [record] = _records(memory)
+    assert record.body == "{'password': '[REDACTED]', 'user': 'ann'}"
+    assert record.attributes["connection"] == "Connection(dsn=[REDACTED])"

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -222,14 +222,14 @@ class EventHandler(logging.Handler):
 
     def __init__(
         self,
-        event: str | Iterable[str] = DEFAULT_EVENT,
+        event: str | Sequence[str] = DEFAULT_EVENT,
         *,
         level: int | str = logging.NOTSET,
         redact: Iterable[str] = DEFAULT_SECRET_KEYS,
         registry: vsrtel.Registry | None = None,
     ) -> None:
         super().__init__(level)
-        self.event = vsrtel.event_name(event, what="event")  # type: ignore[arg-type]
+        self.event = vsrtel.event_name(event, what="event")
         self.secrets = Secrets(redact)
         self.registry = vsrtel.Registry.or_default(registry)
 
@@ -316,8 +316,8 @@ class _Exporter:
             secrets = self.secrets
             attributes: dict[str, Any] = {}
             for key, value in secrets.redact(fields).items():
-                converted = scalar(value)
-                if converted is not None:
+                converted = _attribute(value, secrets)
+                if converted is not None:  # None has no attribute value
                     attributes[str(key)] = converted
             if error is not None:
                 attributes["exception.type"] = type(error).__qualname__
@@ -329,10 +329,14 @@ class _Exporter:
             context: Context | None = None
             if span is not None and span is not _get_current_span():
                 context = trace.set_span_in_context(span)
+            if isinstance(body, str):
+                body = secrets.scrub(body)
+            else:
+                body = _attribute(secrets.redact({"body": body})["body"], secrets)
             _otel_logs.emit(
                 logger,
                 level=level,
-                body=secrets.scrub(body) if isinstance(body, str) else scalar(body),
+                body=body,
                 attributes=attributes,
                 timestamp=timestamp,
                 context=context,
@@ -343,6 +347,15 @@ class _Exporter:
             )
         finally:
             _exporting.reset(token)
+
+
+def _attribute(value: Any, secrets: Secrets) -> Any:
+    """``value`` (redacted already) as an OpenTelemetry attribute value; the text of an object
+    is scrubbed, as its ``str`` may show what its fields hid."""
+    converted = scalar(value)
+    if converted.__class__ is str and value.__class__ is not str:
+        return secrets.scrub(converted)
+    return converted
 
 
 def _text(error: BaseException) -> str:
