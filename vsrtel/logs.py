@@ -96,23 +96,26 @@ _LEVELS = {
 # -- trace context ---------------------------------------------------------------------------
 
 
-def _trace_span(span: trace.Span | None = None) -> trace.Span | None:
-    """The OpenTelemetry span a log line written now belongs to (see the module docstring);
-    ``span`` is the current OpenTelemetry span, when the caller has it already."""
-    if span is None:
-        span = _get_current_span()
+def _locate(span: trace.Span) -> tuple[trace.Span | None, dict[str, Any] | None]:
+    """The OpenTelemetry span a log line written now belongs to (see the module docstring), or
+    None; and the metadata of the current vsrtel span, when it has any. ``span`` is the current
+    OpenTelemetry span."""
     if span.is_recording():
-        return span
+        return span, None
     current = vsrtel.current_span()
-    if current is not None:
-        # The metadata exists once the span was started with a listener: only then may a tracer
-        # have opened it (reading `.context` otherwise would build it for nothing).
-        metadata = current._metadata
-        if metadata is not None:
-            traced = traced_span(metadata.get("telemetry_span_context"))
-            if traced is not None:
-                return traced
-    return span if span.get_span_context().is_valid else None
+    # A span has metadata once it was started with a listener: only then may a tracer have
+    # opened it (reading `.context` otherwise would build it for nothing).
+    metadata = None if current is None else current._metadata
+    if metadata is not None:
+        traced = traced_span(metadata.get("telemetry_span_context"))
+        if traced is not None:
+            return traced, metadata
+    return (span if span.get_span_context().is_valid else None), metadata
+
+
+def _trace_span() -> trace.Span | None:
+    """The OpenTelemetry span a log line written now belongs to, or None."""
+    return _locate(_get_current_span())[0]
 
 
 def _ids(span: trace.Span) -> tuple[str, str]:
@@ -134,15 +137,14 @@ _last: tuple[Any, tuple[str, str]] = (None, ("", ""))
 
 
 def _context_fields(span: trace.Span | None = None) -> dict[str, Any] | None:
-    """The keys a log line written now gets, or None outside every span; ``span`` as for
-    `_trace_span`."""
-    found = _trace_span(span)
+    """The keys a log line written now gets, or None outside every span; ``span`` is the
+    current OpenTelemetry span, when the caller has it already."""
+    found, metadata = _locate(_get_current_span() if span is None else span)
     if found is not None:
         trace_id, span_id = _ids(found)
         return {"trace_id": trace_id, "span_id": span_id}
-    current = vsrtel.current_span()
-    if current is not None and current._metadata is not None:
-        return {"telemetry_span_context": current._metadata.get("telemetry_span_context")}
+    if metadata is not None:
+        return {"telemetry_span_context": metadata.get("telemetry_span_context")}
     return None
 
 
