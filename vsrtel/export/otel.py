@@ -220,8 +220,8 @@ def configure(
     ``console=True`` asks for prints (default stdout). ``span_processors``, ``metric_readers``
     and ``log_processors`` are added as given (tests pass an in-memory exporter or reader here).
     The logger provider receives what `vsrtel.logs` exports (``OTelHandler``, ``OTelProcessor``,
-    ``otel_logger``). With nothing configured there is no
-    exporter, no thread and no network traffic.
+    ``otel_logger``). With nothing configured there is no exporter, no thread and no network
+    traffic.
 
     ``prometheus_port`` also serves the meter provider's metrics
     at ``http://{prometheus_host}:{port}/metrics`` (``0`` picks a free port; loopback unless
