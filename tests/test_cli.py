@@ -257,6 +257,7 @@ def test_demo_exports_nothing_when_the_environment_says_none(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", "console,none")
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
     assert main(["demo", "--requests", "3", "--seed", "1", "--no-metrics", "--no-pace"]) == 0
     assert "exporting" not in capsys.readouterr().err
 
@@ -270,7 +271,7 @@ def test_demo_without_the_otlp_extra_says_so_once(
     assert main(["demo", "--requests", "3", "--seed", "1", "--no-metrics", "--no-pace"]) == 0
     err = capsys.readouterr().err
     assert "exporting" not in err
-    assert err.count("traces and metrics are not exported") == 1 and "vsrtel[otlp]" in err
+    assert err.count("traces, metrics and logs are not exported") == 1 and "vsrtel[otlp]" in err
 
 
 def test_demo_exits_1_on_an_invariant_violation(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -32,10 +33,12 @@ _OTEL_VARS = (
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_TRACES_EXPORTER",
     "OTEL_METRICS_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
     "OTEL_SDK_DISABLED",
     "OTEL_BSP_SCHEDULE_DELAY",
 )
@@ -90,6 +93,20 @@ class _Collector:
                     for scope_metrics in resource_metrics.scope_metrics:
                         names.extend(metric.name for metric in scope_metrics.metrics)
         return names
+
+    def log_records(self) -> list[tuple[dict[str, Any], Any]]:
+        """Each log record received, with its resource's attributes."""
+        records = []
+        for path, body in self.requests:
+            if path == "/v1/logs":
+                request = ExportLogsServiceRequest.FromString(body)
+                for resource_logs in request.resource_logs:
+                    resource = {
+                        kv.key: kv.value.string_value for kv in resource_logs.resource.attributes
+                    }
+                    for scope_logs in resource_logs.scope_logs:
+                        records.extend((resource, record) for record in scope_logs.log_records)
+        return records
 
     def close(self) -> None:
         self.server.shutdown()
@@ -402,5 +419,121 @@ def test_an_unsupported_exporter_name_is_reported_once_and_ignored(
     [record] = [r for r in caplog.records if "zipkin-for-this-test" in r.getMessage()]
     assert "OTEL_TRACES_EXPORTER" in record.getMessage()
     assert "supported: otlp, console, none" in record.getMessage()
-    with pytest.raises(ValueError, match="signal must be 'traces' or 'metrics', got 'logs'"):
-        otel.env_exporters("logs")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match="signal must be 'traces', 'metrics' or 'logs', got 'profiles'"
+    ):
+        otel.env_exporters("profiles")  # type: ignore[arg-type]
+
+
+# -- the logs signal ----------------------------------------------------------------------------
+
+
+def _log(setup: otel.OTel, message: str = "job done") -> None:
+    from vsrtel import logs
+
+    logger = logging.getLogger("test_export_otel.logs")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logs.OTelHandler(setup.logger_provider)
+    logger.addHandler(handler)
+    try:
+        logger.warning(message)
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_an_otlp_endpoint_exports_log_records_too(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    setup = otel.configure("logged")
+    _log(setup)
+    assert setup.shutdown() is True
+    [(resource, record)] = collector.log_records()
+    assert resource["service.name"] == "logged"
+    assert (record.body.string_value, record.severity_text) == ("job done", "WARN")
+
+
+def test_the_logs_endpoint_and_exporter_variables_choose_the_log_exporters(
+    collector: _Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"{collector.url}/v1/logs")
+    setup = otel.configure()
+    _emit(setup)
+    _log(setup)
+    assert setup.shutdown() is True
+    assert {path for path, _ in collector.requests} == {"/v1/logs"}
+
+    collector.requests.clear()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "none")
+    setup = otel.configure()
+    _log(setup)
+    assert setup.shutdown() is True
+    assert collector.log_records() == []
+
+
+def test_console_log_exporter_on_request() -> None:
+    out = io.StringIO()
+    setup = otel.configure("printed", console=out)
+    _log(setup, "printed line")
+    assert setup.shutdown() is True
+    assert '"body": "printed line"' in out.getvalue()
+
+
+def test_console_log_exporter_asked_for_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_LOGS_EXPORTER", "console")
+    out = io.StringIO()
+    setup = otel.configure("printed", console_out=out)
+    _emit(setup)
+    _log(setup, "only logs")
+    assert setup.shutdown() is True
+    assert '"body": "only logs"' in out.getvalue() and '"jobs"' not in out.getvalue()
+
+
+def test_no_environment_builds_a_silent_logger_provider() -> None:
+    before = threading.active_count()
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    memory = InMemoryLogRecordExporter()
+    setup = otel.configure(log_processors=[SimpleLogRecordProcessor(memory)])
+    assert threading.active_count() == before
+    _log(setup)
+    [record] = memory.get_finished_logs()
+    assert record.log_record.body == "job done"
+    assert setup.shutdown() is True
+
+
+@pytest.mark.parametrize(
+    ("environ", "logs"),
+    [
+        ({}, set()),
+        ({"OTEL_LOGS_EXPORTER": "console"}, {"console"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}, {"otlp"}),
+        ({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://x:4318/v1/logs"}, {"otlp"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "OTEL_LOGS_EXPORTER": "none"}, set()),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://x:4318/v1/traces"}, set()),
+    ],
+)
+def test_env_exporters_of_the_logs_signal(environ: dict[str, str], logs: set[str]) -> None:
+    assert otel.env_exporters("logs", environ) == logs
+    assert otel.exports_otlp("logs", environ) == ("otlp" in logs)
+
+
+def test_set_global_installs_the_logger_provider_too() -> None:
+    code = (
+        "from opentelemetry import _logs\n"
+        "from vsrtel.export import otel\n"
+        "a = otel.configure()\n"
+        "assert _logs.get_logger_provider() is not a.logger_provider\n"
+        "b = otel.configure(set_global=True)\n"
+        "assert _logs.get_logger_provider() is b.logger_provider\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

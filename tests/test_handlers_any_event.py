@@ -12,6 +12,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -19,7 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import vsrtel
+from vsrtel import logs as log_export
 from vsrtel import metrics as m
+from vsrtel.export import otel
 from vsrtel.handlers import logs, spans
 from vsrtel.handlers.metrics import MetricsReporter
 from vsrtel.testing import capture
@@ -114,6 +117,13 @@ class World:
         )
         logs.attach_logger("app", logger=logger, registry=self.registry)
         logs.debug("app", file=self.debug, registry=self.registry)
+        # Events exported as OpenTelemetry log records, through the logs handler.
+        self.log_records = InMemoryLogRecordExporter()
+        self.otel = otel.configure(log_processors=[SimpleLogRecordProcessor(self.log_records)])
+        logs.attach_logger(
+            "app", logger=log_export.otel_logger(self.otel.logger_provider),
+            registry=self.registry,
+        )
         spans.attach_tracer(["app"], tracer_provider=self.tracer_provider, registry=self.registry)
         self.reporter = MetricsReporter(
             [
@@ -126,8 +136,10 @@ class World:
             registry=self.registry,
         ).attach()
         self.handlers = {r.id for r in self.registry.list_handlers()}
+        self.exported = 0  # log records exported so far
 
     def close(self) -> None:
+        self.otel.shutdown()
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
 
@@ -178,6 +190,9 @@ def test_any_payload_leaves_every_handler_attached_and_working(
         else:
             registry.execute("app.event", measurements, metadata)
     assert seen  # the payload reached the handlers
+    exported = len(world.log_records.get_finished_logs())
+    assert exported >= world.exported + len(seen)  # each event became a log record
+    world.exported = exported
 
     assert {r.id for r in registry.list_handlers()} == world.handlers
 
@@ -190,6 +205,8 @@ def test_any_payload_leaves_every_handler_attached_and_working(
     assert "app.event" in world.log.getvalue()[log_end:]
     assert "app.event" in world.debug.getvalue()[debug_end:]
     assert len(world.exporter.get_finished_spans()) == spans_before + 1
+    world.exported = len(world.log_records.get_finished_logs())
+    assert world.log_records.get_finished_logs()[-2].log_record.body == "app.event"
 
 
 def test_the_strategies_reach_the_odd_cases() -> None:

@@ -1,11 +1,12 @@
 """OTLP export end to end, through a real collector: rotel (``rotel-agent``, the ``rotel`` wheel).
 
 The other OTLP tests talk to a receiver written in their own file. Here an independent
-collector receives what ``vsrtel demo`` and the metrics reporter export over OTLP/HTTP, and the
-tests check what it received. rotel is started on free loopback ports with the ``blackhole``
-exporter and its Python processor hook (``--otlp-with-trace-processor``,
-``--otlp-with-metrics-processor``): the processor below runs inside rotel's own embedded
-interpreter on every batch rotel has decoded, and writes it as JSON for the test to read.
+collector receives what ``vsrtel demo``, the metrics reporter and a small logging app export
+over OTLP/HTTP, and the tests check what it received. rotel is started on free loopback ports
+with the ``blackhole`` exporter and its Python processor hook (``--otlp-with-trace-processor``,
+``--otlp-with-metrics-processor``, ``--otlp-with-logs-processor``): the processor below runs
+inside rotel's own embedded interpreter on every batch rotel has decoded, and writes it as JSON
+for the test to read.
 """
 
 from __future__ import annotations
@@ -103,6 +104,27 @@ def process_spans(resource_spans):
     _write("traces", record)
 
 
+def process_logs(resource_logs):
+    try:
+        records = []
+        for scope_logs in resource_logs.scope_logs:
+            scope = scope_logs.scope
+            for log_record in scope_logs.log_records:
+                records.append({{
+                    "scope": scope.name if scope is not None else "",
+                    "trace_id": bytes(log_record.trace_id).hex(),
+                    "span_id": bytes(log_record.span_id).hex(),
+                    "severity_number": int(log_record.severity_number),
+                    "severity_text": log_record.severity_text,
+                    "body": _value(log_record.body),
+                    "attributes": _attributes(log_record.attributes),
+                }})
+        record = {{"resource": _resource(resource_logs.resource), "logs": records}}
+    except Exception as exc:
+        record = {{"error": repr(exc)}}
+    _write("logs", record)
+
+
 def process_metrics(resource_metrics):
     try:
         metrics = []
@@ -181,7 +203,7 @@ class Rotel:
                 "--otlp-grpc-endpoint", f"127.0.0.1:{grpc_port}",
                 "--otlp-with-trace-processor", processor,
                 "--otlp-with-metrics-processor", processor,
-                "--otlp-receiver-logs-disabled",
+                "--otlp-with-logs-processor", processor,
                 "--pid-file", str(self.workdir / "rotel.pid"),
                 "--log-file", str(self.workdir / "rotel.log"),
             ]
@@ -224,7 +246,8 @@ class Rotel:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def records(self, signal_name: str) -> list[dict[str, Any]]:
-        """The batches of ``signal_name`` ("traces", "metrics") processed so far, in order."""
+        """The batches of ``signal_name`` ("traces", "metrics", "logs") processed so far, in
+        order."""
         return [json.loads(path.read_text())
                 for path in sorted(self.workdir.glob(f"{signal_name}-*.json"))]
 
@@ -300,8 +323,17 @@ def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None
         return {metric["name"]: (record["resource"], metric)
                 for record in rotel.records("metrics") for metric in record.get("metrics", ())}
 
+    def logs_received() -> list[dict[str, Any]]:
+        return [log for record in rotel.records("logs") for log in record.get("logs", ())]
+
+    rejected_reference = sum(
+        s.name == OPERATION and s.status.status_code.value == STATUS_ERROR for s in reference
+    )
     rotel.wait_for(lambda: len(received()) >= len(reference))
     rotel.wait_for(lambda: "vsr.protocol.client_request.stop.duration" in metrics_received())
+    rotel.wait_for(lambda: sum(
+        log["body"] == f"{OPERATION}.exception" for log in logs_received()
+    ) >= rejected_reference)
     rotel.stop()  # everything it had is processed: the records are final
 
     # The demo's metrics went over OTLP too, as the same service.
@@ -360,6 +392,23 @@ def test_demo_traces_arrive_at_rotel_one_trace_per_request(rotel: Rotel) -> None
     assert len(requests_seen) == requests
     assert rejected >= 1
 
+    # The demo's log records: each rejected operation logged at error by each replica, with the
+    # trace and span of that replica's operation span, as the same service.
+    log_batches = rotel.records("logs")
+    assert [r["error"] for r in log_batches if "error" in r] == []
+    assert {r["resource"].get("service.name") for r in log_batches} == {demo.SERVICE_NAME}
+    failed_operations = {
+        (s["trace_id"], s["span_id"])
+        for s in spans if s["name"] == OPERATION and s["status_code"] == STATUS_ERROR
+    }
+    errors = [log for log in logs_received() if log["body"] == f"{OPERATION}.exception"]
+    assert len(errors) == len(failed_operations) == 3 * rejected
+    assert {(log["trace_id"], log["span_id"]) for log in errors} == failed_operations
+    assert {(log["severity_number"], log["severity_text"]) for log in errors} == {(17, "ERROR")}
+    assert all(
+        "division by zero" in log["attributes"]["exception.stacktrace"] for log in errors
+    )
+
 
 def test_metrics_arrive_at_rotel_over_otlp(
     rotel: Rotel, monkeypatch: pytest.MonkeyPatch
@@ -411,3 +460,102 @@ def test_metrics_arrive_at_rotel_over_otlp(
     assert commit_number["kind"] == "Gauge"
     assert sorted(p["attributes"]["node_id"] for p in commit_number["points"]) == ["0", "1", "2"]
     assert metrics["vsr.protocol.prepare.sent.count"]["kind"] == "Sum"
+
+
+# A small application: stdlib logging and structlog, both exporting to the logger provider that
+# otel.configure builds from the OTEL_* variables, inside vsrtel spans traced over OTLP.
+APP = """
+import logging
+
+import structlog
+
+import vsrtel
+from vsrtel import logs
+from vsrtel.export import otel
+from vsrtel.handlers import spans
+
+telemetry = otel.configure("logs-example-app")
+spans.attach_tracer(["shop"], tracer_provider=telemetry.tracer_provider)
+
+root = logging.getLogger()
+root.setLevel(logging.INFO)
+root.addHandler(logs.OTelHandler(telemetry.logger_provider))
+structlog.configure(
+    processors=[
+        structlog.processors.add_log_level,
+        logs.add_trace_context,
+        logs.OTelProcessor(telemetry.logger_provider, name="shop.structlog"),
+        structlog.processors.JSONRenderer(),
+    ],
+)
+log = structlog.get_logger()
+
+for order in (1, 2):
+    with vsrtel.span("shop.order", {"order": order}):
+        logging.getLogger("shop.stdlib").warning(
+            "order %d: charging with password=%s", order, "SECRET-VALUE"
+        )
+        log.error("order charged", order=order, api_key="SECRET-VALUE")
+logging.getLogger("shop.stdlib").info("outside every span")
+assert telemetry.shutdown()
+"""
+
+
+def test_an_app_using_stdlib_logging_and_structlog_exports_logs_with_their_traces(
+    rotel: Rotel, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    env = _clean_env()
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep),
+        OTEL_EXPORTER_OTLP_ENDPOINT=rotel.endpoint,
+        OTEL_EXPORTER_OTLP_TIMEOUT="5",
+        OTEL_METRICS_EXPORTER="none",
+    )
+    run = subprocess.run(
+        [sys.executable, str(app)], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=DEMO_TIMEOUT, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stderr
+
+    def logs_received() -> list[dict[str, Any]]:
+        return [log for record in rotel.records("logs") for log in record.get("logs", ())]
+
+    def spans_received() -> list[dict[str, Any]]:
+        return [span for record in rotel.records("traces") for span in record.get("spans", ())]
+
+    rotel.wait_for(lambda: len(logs_received()) >= 5 and len(spans_received()) >= 2)
+    rotel.stop()
+    batches = rotel.records("logs")
+    assert [r["error"] for r in batches if "error" in r] == []
+    assert {r["resource"].get("service.name") for r in batches} == {"logs-example-app"}
+    orders = {
+        span["attributes"]["order"]: (span["trace_id"], span["span_id"])
+        for span in spans_received()
+    }
+    assert len(orders) == 2 and len({trace_id for trace_id, _ in orders.values()}) == 2
+    received = logs_received()
+    assert "SECRET-VALUE" not in json.dumps(received)
+    by_scope: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for log in received:
+        by_scope[log["scope"]].append(log)
+    stdlib, structlogged = by_scope["shop.stdlib"], by_scope["shop.structlog"]
+    assert [
+        (log["body"], log["severity_text"], log["severity_number"], log["trace_id"],
+         log["span_id"])
+        for log in stdlib
+    ] == [
+        ("order 1: charging with password=[REDACTED]", "WARN", 13, *orders[1]),
+        ("order 2: charging with password=[REDACTED]", "WARN", 13, *orders[2]),
+        ("outside every span", "INFO", 9, "", ""),
+    ]
+    assert [
+        (log["body"], log["severity_text"], log["attributes"]["order"],
+         log["attributes"]["api_key"], log["trace_id"], log["span_id"])
+        for log in structlogged
+    ] == [
+        ("order charged", "ERROR", 1, "[REDACTED]", *orders[1]),
+        ("order charged", "ERROR", 2, "[REDACTED]", *orders[2]),
+    ]

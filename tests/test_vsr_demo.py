@@ -161,3 +161,44 @@ def test_logs_take_a_minimum_level() -> None:
 def test_an_unknown_log_level_is_refused_by_name(level: object) -> None:
     with pytest.raises(ValueError, match=f"unknown log level {level!r}"):
         demo.attach_logs(vsrtel.Registry(), io.StringIO(), level)  # type: ignore[arg-type]
+
+
+def test_export_to_otlp_exports_log_records_with_the_trace_of_their_span() -> None:
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    spans_out = InMemorySpanExporter()
+    logs_out = InMemoryLogRecordExporter()
+    registry = vsrtel.Registry()
+    setup, detach = demo.export_to_otlp(
+        registry, metrics=False, span_processors=[SimpleSpanProcessor(spans_out)],
+        log_processors=[SimpleLogRecordProcessor(logs_out)],
+    )
+    try:
+        # Runs until one has an operation the state machine rejects (each run is exported).
+        for seed in range(1, 50):
+            simulate(seed=seed, requests=12, clients=3, faults="light", registry=registry,
+                     propagation=demo.trace_propagation())
+            if any(span.status.status_code.value == 2 for span in spans_out.get_finished_spans()
+                   if span.name == "vsr.state_machine.operation"):
+                break
+    finally:
+        detach()
+        setup.shutdown()
+    assert not registry.list_handlers()
+    rejected = {
+        (span.context.trace_id, span.context.span_id)
+        for span in spans_out.get_finished_spans()
+        if span.name == "vsr.state_machine.operation" and span.status.status_code.value == 2
+    }
+    records = [readable.log_record for readable in logs_out.get_finished_logs()]
+    errors = [r for r in records if r.body == "vsr.state_machine.operation.exception"]
+    assert rejected and {(r.trace_id, r.span_id) for r in errors} == rejected
+    assert len(errors) == len(rejected)
+    assert all(r.severity_text == "ERROR" for r in errors)
+    assert all(
+        "OperationRejected: division by zero" in r.attributes["exception.stacktrace"]
+        for r in errors
+    )
+    levels = {r.body: r.severity_text for r in records}
+    assert levels.get("vsr.view_change.start", "WARN") == "WARN"
+    assert {body for body in levels} <= {name for name, _ in demo.EXPORTED_LOG_EVENTS}

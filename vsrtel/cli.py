@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an instrumented VSR cluster in simulation and report on it",
         description="Run a Viewstamped Replication cluster in deterministic simulation for a few "
         "seconds, with logs (view changes, state transfers), Prometheus metrics and the live "
-        "dashboard while it runs, and traces and metrics exported as the OTEL_* variables say "
-        "(OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER and OTEL_METRICS_EXPORTER: otlp, "
-        "console (printed to stderr) or none), then print a report on stdout. Ctrl-C stops it "
+        "dashboard while it runs, and traces, metrics and log records exported as the OTEL_* "
+        "variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER "
+        "and OTEL_LOGS_EXPORTER: otlp, console (printed to stderr) or none), then print a report "
+        "on stdout. Ctrl-C stops it "
         "and prints the report so far. See docs/vsr.md.",
     )
     demo.add_argument("--replicas", type=_odd, default=3, help="cluster size, 2f+1 (default 3)")
@@ -355,12 +356,14 @@ def _export(
     from vsrtel.vsr import NO_PROPAGATION
     from vsrtel.vsr import demo as wiring
 
-    chosen = {signal: set(otel.env_exporters(signal)) for signal in ("traces", "metrics")}
+    chosen = {
+        signal: set(otel.env_exporters(signal)) for signal in ("traces", "metrics", "logs")
+    }
     otlp_signals = [signal for signal, names in chosen.items() if "otlp" in names]
     if otlp_signals and not wiring.otlp_exporter_installed():
         if show_warnings:
             print("vsrtel demo: OTLP export is configured but its exporter is not installed "
-                  f"(pip install 'vsrtel[otlp]'): {' and '.join(otlp_signals)} are not exported "
+                  f"(pip install 'vsrtel[otlp]'): {_listed(otlp_signals)} are not exported "
                   "over OTLP", file=sys.stderr)
         for signal in otlp_signals:
             chosen[signal].discard("otlp")
@@ -370,7 +373,7 @@ def _export(
     # Console output goes to stderr: stdout is the report (one JSON object with --json).
     setup, detach = wiring.export_to_otlp(
         registry, traces="traces" in signals, metrics="metrics" in signals,
-        console_out=progress.log_stream(),
+        logs="logs" in signals, console_out=progress.log_stream(),
     )
     stack.callback(setup.shutdown)
     stack.callback(detach)
@@ -383,6 +386,11 @@ def _export(
     if any("console" in chosen[signal] for signal in signals):
         return setup.shutdown, propagation
     return lambda: None, propagation  # OTLP alone: flushed after the report, on the way out
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _run(sim: Any, progress: _Progress, *, paced: bool) -> None:

@@ -1,25 +1,28 @@
 """OpenTelemetry setup that follows the ``OTEL_*`` environment conventions.
 
-`configure` builds a `TracerProvider` and a `MeterProvider` for vsrtel's handlers. Exporters are
-chosen from the standard environment variables, so the same program runs silently on a laptop
-and ships telemetry in production:
+`configure` builds a `TracerProvider`, a `MeterProvider` and a `LoggerProvider` for vsrtel's
+handlers. Exporters are chosen from the standard environment variables, so the same program runs
+silently on a laptop and ships telemetry in production:
 
 - ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the resource (service name defaults to
   ``"vsrtel"``).
-- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (both signals), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
-  ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``: add the OTLP/HTTP exporters (extra ``vsrtel[otlp]``);
-  headers, timeout, compression and certificates come from the matching ``OTEL_EXPORTER_OTLP_*``
-  variables, read by the exporter itself.
-- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``: a comma-separated list of the names the
-  SDK defines; ``none`` turns a signal's exporters off, ``otlp`` turns OTLP on without an
-  endpoint variable (default ``http://localhost:4318``), ``console`` prints to stdout (or to
-  ``configure(console_out=...)``). Any other name is ignored, with a warning (once per process).
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (every signal), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
+  ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``, ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``: add the
+  OTLP/HTTP exporters (extra ``vsrtel[otlp]``); headers, timeout, compression and certificates
+  come from the matching ``OTEL_EXPORTER_OTLP_*`` variables, read by the exporter itself.
+- ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` / ``OTEL_LOGS_EXPORTER``: a
+  comma-separated list of the names the SDK defines; ``none`` turns a signal's exporters off,
+  ``otlp`` turns OTLP on without an endpoint variable (default ``http://localhost:4318``),
+  ``console`` prints to stdout (or to ``configure(console_out=...)``). Any other name is
+  ignored, with a warning (once per process).
 - ``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_TRACES_SAMPLER``, ``OTEL_SDK_DISABLED``
   and ``OTEL_PROPAGATORS`` are honoured by the SDK components themselves.
 
-Spans are exported by a `BatchSpanProcessor` and metrics by a `PeriodicExportingMetricReader`:
-both run on their own threads, so an exporter that is slow or unreachable never delays
-`vsrtel.execute`; its failures are logged by the exporter and bounded by its timeout.
+Spans are exported by a `BatchSpanProcessor`, metrics by a `PeriodicExportingMetricReader` and
+log records by a `BatchLogRecordProcessor` (the logs signal's SDK is experimental: vsrtel
+reaches it through ``vsrtel._otel_logs`` alone): all run on their own threads, so an exporter
+that is slow or unreachable never delays `vsrtel.execute`; its failures are logged by the
+exporter and bounded by its timeout.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
+from vsrtel import _otel_logs
+
 if TYPE_CHECKING:
     from vsrtel.export.prometheus import MetricsServer
 
@@ -60,7 +65,8 @@ __all__ = [
 ]
 
 DEFAULT_SERVICE_NAME = "vsrtel"
-#: The values of ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` that vsrtel honours.
+#: The values of ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` / ``OTEL_LOGS_EXPORTER``
+#: that vsrtel honours.
 EXPORTER_NAMES = ("otlp", "console", "none")
 _reported: set[tuple[str, str]] = set()  # (variable, unsupported name) already warned about
 
@@ -78,8 +84,9 @@ class _Exporter(Protocol):
 class OTel:
     """The providers built by `configure`, and how to flush and stop them.
 
-    ``tracer_provider`` and ``meter_provider`` are the SDK providers; pass them to the handlers
-    (``attach_tracer(..., tracer_provider=otel.tracer_provider)``). ``metrics_server`` is the
+    ``tracer_provider``, ``meter_provider`` and ``logger_provider`` are the SDK providers; pass
+    them to the handlers (``attach_tracer(..., tracer_provider=otel.tracer_provider)``,
+    ``vsrtel.logs.OTelHandler(otel.logger_provider)``). ``metrics_server`` is the
     Prometheus endpoint when ``configure(prometheus_port=...)`` started one, else None.
     """
 
@@ -89,9 +96,13 @@ class OTel:
         meter_provider: MeterProvider,
         exporters: Iterable[_Exporter] = (),
         metrics_server: MetricsServer | None = None,
+        logger_provider: _otel_logs.LoggerProvider | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        if logger_provider is None:
+            logger_provider = _otel_logs.provider(tracer_provider.resource)
+        self.logger_provider = logger_provider
         self.metrics_server = metrics_server
         self._exporters = tuple(exporters)
         self._lock = threading.Lock()
@@ -106,12 +117,13 @@ class OTel:
         """Export everything buffered so far; return False if it did not finish in time."""
         return _run_bounded(
             lambda: self.tracer_provider.force_flush(timeout_millis)
-            and self.meter_provider.force_flush(timeout_millis),
+            and self.meter_provider.force_flush(timeout_millis)
+            and self.logger_provider.force_flush(timeout_millis),
             timeout_millis,
         )
 
     def shutdown(self, timeout_millis: int = 5000) -> bool:
-        """Flush and stop both providers within ``timeout_millis``; later calls do nothing.
+        """Flush and stop the providers within ``timeout_millis``; later calls do nothing.
 
         Returns True when everything was flushed. When an exporter is still busy at the deadline
         (an unreachable endpoint being retried), its retries are cut short, a warning is logged
@@ -131,6 +143,7 @@ class OTel:
             for name, provider_shutdown in (
                 ("tracer provider", self.tracer_provider.shutdown),
                 ("meter provider", lambda: self.meter_provider.shutdown(timeout_millis)),
+                ("logger provider", self.logger_provider.shutdown),
             ):
                 try:
                     provider_shutdown()
@@ -194,17 +207,21 @@ def configure(
     metric_readers: Iterable[MetricReader] = (),
     prometheus_port: int | None = None,
     prometheus_host: str = "127.0.0.1",
+    log_processors: Iterable[_otel_logs.LogRecordProcessor] = (),
 ) -> OTel:
-    """Build tracer and meter providers with exporters chosen from the ``OTEL_*`` variables.
+    """Build tracer, meter and logger providers with exporters chosen from the ``OTEL_*``
+    variables.
 
     ``service_name`` wins over ``OTEL_SERVICE_NAME``, which wins over ``service.name`` in
     ``OTEL_RESOURCE_ATTRIBUTES``; the default is ``"vsrtel"``. ``resource_attributes`` are added
     to the resource (over the environment's). ``console=True`` (or a text stream) also prints
-    spans and metrics there. ``console_out`` is where a console exporter that
-    ``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER=console`` or ``console=True`` asks for
-    prints (default stdout). ``span_processors`` and ``metric_readers`` are added as given
-    (tests pass an in-memory exporter or reader here). With nothing configured there is no
-    exporter, no thread and no network traffic.
+    spans, metrics and log records there. ``console_out`` is where a console exporter that
+    ``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER``/``OTEL_LOGS_EXPORTER=console`` or
+    ``console=True`` asks for prints (default stdout). ``span_processors``, ``metric_readers``
+    and ``log_processors`` are added as given (tests pass an in-memory exporter or reader here).
+    The logger provider receives what `vsrtel.logs` exports (``OTelHandler``, ``OTelProcessor``,
+    ``otel_logger``). With nothing configured there is no exporter, no thread and no network
+    traffic.
 
     ``prometheus_port`` also serves the meter provider's metrics
     at ``http://{prometheus_host}:{port}/metrics`` (``0`` picks a free port; loopback unless
@@ -261,10 +278,15 @@ def configure(
             tracer_provider.shutdown()
             raise
 
+    log_exporters = _log_exporters(always, out)
+    exporters.extend(log_exporters)
+    logger_provider = _otel_logs.provider(resource, log_exporters, log_processors)
+
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
-    return OTel(tracer_provider, meter_provider, exporters, server)
+        _otel_logs.set_global(logger_provider)
+    return OTel(tracer_provider, meter_provider, exporters, server, logger_provider)
 
 
 def _console_stream(console: bool | TextIO) -> TextIO | None:
@@ -308,7 +330,7 @@ def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) ->
 
 
 def exports_otlp(
-    signal: Literal["traces", "metrics"], environ: Mapping[str, str] | None = None
+    signal: Literal["traces", "metrics", "logs"], environ: Mapping[str, str] | None = None
 ) -> bool:
     """Return whether the ``OTEL_*`` variables ask for OTLP export of ``signal``.
 
@@ -319,7 +341,7 @@ def exports_otlp(
 
 
 def env_exporters(
-    signal: Literal["traces", "metrics"], environ: Mapping[str, str] | None = None
+    signal: Literal["traces", "metrics", "logs"], environ: Mapping[str, str] | None = None
 ) -> frozenset[str]:
     """Return the exporters the ``OTEL_*`` variables ask for, for ``signal``: a subset of
     ``{"otlp", "console"}``, as `configure` decides it; ``environ`` defaults to ``os.environ``.
@@ -329,8 +351,8 @@ def env_exporters(
     outside :data:`EXPORTER_NAMES` is ignored and reported once per process (a warning to the
     ``"vsrtel"`` logger, naming the variable and the name).
     """
-    if signal not in ("traces", "metrics"):
-        raise ValueError(f"signal must be 'traces' or 'metrics', got {signal!r}")
+    if signal not in ("traces", "metrics", "logs"):
+        raise ValueError(f"signal must be 'traces', 'metrics' or 'logs', got {signal!r}")
     environ = os.environ if environ is None else environ
     variable = f"OTEL_{signal.upper()}_EXPORTER"
     names = {name.strip().lower() for name in environ.get(variable, "").split(",")}
@@ -359,9 +381,11 @@ def _otlp_module(signal: str) -> Any:
         _log.warning(
             "vsrtel.export.otel: OTLP protocol %r is not supported, using http/protobuf", protocol
         )
-    module = "trace_exporter" if signal == "TRACES" else "metric_exporter"
+    modules = {"TRACES": "trace_exporter", "METRICS": "metric_exporter"}
     try:
-        return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{module}")
+        if signal == "LOGS":
+            return importlib.import_module(_otel_logs.OTLP_MODULE)
+        return importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{modules[signal]}")
     except ImportError:
         _log.error(
             "vsrtel.export.otel: an OTLP endpoint is configured but the OTLP/HTTP exporter is not "
@@ -396,3 +420,15 @@ def _metric_readers(
     exporters.extend(pushed)
     readers.extend(PeriodicExportingMetricReader(exporter) for exporter in pushed)
     return readers
+
+
+def _log_exporters(console: bool, out: TextIO) -> list[Any]:
+    """The log record exporters: those the environment asks for, and the console if
+    ``console``."""
+    wanted = env_exporters("logs")
+    exporters: list[Any] = []
+    if "otlp" in wanted and _otlp_module("LOGS") is not None:
+        exporters.append(_otel_logs.otlp_exporter())
+    if console or "console" in wanted:
+        exporters.append(_otel_logs.console_exporter(out))
+    return exporters

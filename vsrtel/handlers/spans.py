@@ -259,11 +259,20 @@ def _common_prefix(names: list[EventName]) -> EventName:
 
 
 def _context_of(span: vsrtel.Span) -> Context | None:
-    key = span.context
+    otel_span = traced_span(span.context)
+    return None if otel_span is None else trace.set_span_in_context(otel_span)
+
+
+def traced_span(span_context: Any) -> trace.Span | None:
+    """The OpenTelemetry span an attached tracer opened for the vsrtel span whose
+    ``telemetry_span_context`` is ``span_context`` and has not ended yet, else None."""
     for tracer in list(_tracers):
-        entry = tracer.open.get(key)
+        try:
+            entry = tracer.open.get(span_context)
+        except TypeError:  # an unhashable context, which no tracer opened
+            return None
         if entry is not None:
-            return trace.set_span_in_context(entry[0])
+            return entry[0]
     return None
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEBUG_EVENTS",
+    "EXPORTED_LOG_EVENTS",
     "LEVEL_NAMES",
     "LOGGED_EVENTS",
     "SERVICE_NAME",
@@ -112,6 +113,16 @@ def attach_logs(registry: Registry, stream: TextIO, level: int | str = "info") -
     ]
 
 
+#: The events the demo exports as OpenTelemetry log records (:func:`export_to_otlp`), with
+#: their levels: a view change begun (a primary suspected dead) at warning, the other
+#: :data:`LOGGED_EVENTS` at info, and an operation the state machine rejected at error (inside
+#: its span: the record carries the span's trace).
+EXPORTED_LOG_EVENTS: tuple[tuple[str, str], ...] = (
+    ("vsr.view_change.start", "warning"),
+    *((name, "info") for name in LOGGED_EVENTS if name != "vsr.view_change.start"),
+    (f"{dotted(STATE_MACHINE_OPERATION)}.exception", "error"),
+)
+
 #: The standard level names :func:`log_level` accepts, lowest first.
 LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
@@ -146,25 +157,35 @@ def serve_metrics(registry: Registry, port: int) -> tuple[MetricsServer, Metrics
 
 def otlp_exporter_installed() -> bool:
     """Whether the OTLP/HTTP exporters (the ``vsrtel[otlp]`` extra) can be imported."""
+    from vsrtel._otel_logs import OTLP_MODULE
+
     try:
         importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
         importlib.import_module("opentelemetry.exporter.otlp.proto.http.metric_exporter")
+        importlib.import_module(OTLP_MODULE)
     except ImportError:
         return False
     return True
 
 
 def export_to_otlp(
-    registry: Registry, *, traces: bool = True, metrics: bool = True, **configure: Any
+    registry: Registry,
+    *,
+    traces: bool = True,
+    metrics: bool = True,
+    logs: bool = True,
+    **configure: Any,
 ) -> tuple[OTel, Callable[[], None]]:
-    """Export the demo's spans and metrics with the exporters the ``OTEL_*`` variables choose
-    (OTLP, the console: see :func:`vsrtel.export.otel.configure`).
+    """Export the demo's spans, metrics and log records with the exporters the ``OTEL_*``
+    variables choose (OTLP, the console: see :func:`vsrtel.export.otel.configure`).
 
     ``traces`` attaches the spans handler for :data:`TRACED_SPANS` (use
     :func:`trace_propagation` in the simulation so that each request is one trace); ``metrics``
-    a reporter of :data:`vsrtel.vsr.METRICS`. ``configure`` goes to
+    a reporter of :data:`vsrtel.vsr.METRICS`; ``logs`` a logs handler exporting
+    :data:`EXPORTED_LOG_EVENTS` as OpenTelemetry log records (attached before the spans handler,
+    so that a span's exception is logged while its span is current). ``configure`` goes to
     :func:`vsrtel.export.otel.configure`.
-    Returns the OTel setup (call ``.shutdown()`` to flush) and a function that detaches both.
+    Returns the OTel setup (call ``.shutdown()`` to flush) and a function that detaches them.
     """
     from vsrtel.export import otel
     from vsrtel.handlers.metrics import MetricsReporter
@@ -174,6 +195,15 @@ def export_to_otlp(
     setup = otel.configure(configure.pop("service_name", SERVICE_NAME), **configure)
     handler_ids: list[Hashable] = []
     reporters: list[MetricsReporter] = []
+    if logs:
+        from vsrtel.handlers.logs import attach_logger
+        from vsrtel.logs import otel_logger
+
+        logger = otel_logger(setup.logger_provider, name="vsrtel.vsr")
+        handler_ids.extend(
+            attach_logger(name, level=level, logger=logger, registry=registry)
+            for name, level in EXPORTED_LOG_EVENTS
+        )
     if traces:
         handler_ids.append(attach_tracer(TRACED_SPANS, tracer_provider=setup.tracer_provider,
                                          registry=registry, span_events=False))
