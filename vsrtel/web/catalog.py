@@ -93,7 +93,7 @@ CATALOG = Catalog(
             CLIENT_REQUEST,
             "span",
             "a request through the httpx TelemetryTransport, from sending it to its response's "
-            "headers; exception when the transport fails (connection refused, timeout). "
+            "headers; exception when the transport fails (connection refused, timeout). Plus "
             + _HEADERS.format("http.request.header"),
             metadata=CLIENT_METADATA,
             optional_metadata=CLIENT_OPTIONAL,
