@@ -212,7 +212,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from vsrtel.vsr.recommended import render_markdown
 
     if args.domain == "web":
-        from vsrtel.web import METRICS
+        from vsrtel.web.recommended import METRICS
 
         print(render_markdown(METRICS))
     else:
