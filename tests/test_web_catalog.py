@@ -49,7 +49,7 @@ def test_every_event_of_the_middleware_and_transports_is_declared() -> None:
                                  (b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]}
             messages = [{"type": "http.request", "body": b"xy", "more_body": False}]
 
-            async def receive() -> Any:
+            async def receive(messages: list[Any] = messages) -> Any:
                 return messages.pop() if messages else {"type": "http.disconnect"}
 
             async def send(message: Any) -> None:
