@@ -63,6 +63,15 @@ async def endless(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+async def fanout(request: Request) -> Response:
+    async def part(i: int) -> None:
+        with vsrtel.span("app.part", {"index": i}):
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(asyncio.create_task(part(i)) for i in range(2)))
+    return PlainTextResponse("done")
+
+
 async def slow(request: Request) -> Response:
     await asyncio.sleep(1)
     return PlainTextResponse("late")
@@ -81,6 +90,7 @@ APP = Starlette(
         Route("/stream", stream),
         Route("/endless", endless),
         Route("/slow", slow),
+        Route("/fanout", fanout),
         Mount("/api", API),
     ]
 )
@@ -337,3 +347,83 @@ def test_nothing_is_emitted_or_injected_when_nobody_listens(base_url: str) -> No
         assert client.get(url).status_code == 204
     headers = dict(seen[0]["headers"])
     assert b"traceparent" not in headers
+
+
+def test_spans_opened_in_tasks_of_the_handler_nest_under_the_request_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter, base_url: str
+) -> None:
+    with httpx.Client(base_url=base_url) as client:
+        assert client.get("/fanout").text == "done"
+    [server] = server_spans(exporter, 1)
+    parts = named(exporter, "app.part")
+    assert len(parts) == 2 and server.context is not None
+    assert all(p.parent is not None and p.parent.span_id == server.context.span_id
+               for p in parts)
+
+
+@pytest.mark.parametrize("kind", ["lifespan", "websocket"])
+def test_lifespan_and_websocket_scopes_pass_through_untouched(kind: str) -> None:
+    seen: list[tuple[Any, Any, Any]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope, receive, send))
+
+    async def receive() -> Any:
+        return {}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {"type": kind, "path": "/ws", "headers": []}
+    with capture() as events:
+        asyncio.run(TelemetryMiddleware(inner)(scope, receive, send))
+    assert seen == [(scope, receive, send)]
+    assert seen[0][1] is receive and seen[0][2] is send and scope == {
+        "type": kind, "path": "/ws", "headers": []}
+    assert events == []
+
+
+def test_one_trace_per_request_reaches_the_rotel_collector(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_otlp_collector import Rotel, _agent_binary
+    from vsrtel.export import otel
+
+    collector = Rotel(_agent_binary(), tmp_path)
+    try:
+        collector.start()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5")
+        setup = otel.configure("web-collector-test")
+        try:
+            spans.attach_tracer(["http", "app"], tracer_provider=setup.tracer_provider)
+            with uvicorn_server(TelemetryMiddleware(APP)) as url, httpx.Client(
+                transport=TelemetryTransport(), base_url=url
+            ) as client, capture("http.server.request.stop") as stops:
+                for user_id in (1, 2):
+                    assert client.get(f"/users/{user_id}").status_code == 200
+                assert client.get("/unavailable").status_code == 503
+                wait_for(lambda: len(stops) == 3, "the server spans did not end")
+        finally:
+            setup.shutdown()  # flushes the batch of spans to the collector
+
+        def received() -> list[dict[str, Any]]:
+            return [span for batch in collector.records("traces") for span in batch["spans"]]
+
+        collector.wait_for(lambda: len(received()) >= 8)
+    finally:
+        collector.stop()
+    by_trace: dict[str, dict[str, dict[str, Any]]] = {}
+    for span in received():
+        by_trace.setdefault(span["trace_id"], {})[span["name"]] = span
+    assert len(by_trace) == 3  # one trace per request
+    routes = []
+    for trace_spans in by_trace.values():
+        client_span, server = trace_spans["http.client.request"], trace_spans["http.server.request"]
+        assert server["parent_span_id"] == client_span["span_id"]
+        routes.append(server["attributes"]["http.route"])
+        if "app.lookup" in trace_spans:
+            assert trace_spans["app.lookup"]["parent_span_id"] == server["span_id"]
+    assert sorted(routes) == ["/unavailable", "/users/{user_id}", "/users/{user_id}"]
+    assert sum("app.lookup" in t for t in by_trace.values()) == 2
+
