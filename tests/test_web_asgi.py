@@ -427,3 +427,19 @@ def test_one_trace_per_request_reaches_the_rotel_collector(
     assert sorted(routes) == ["/unavailable", "/users/{user_id}", "/users/{user_id}"]
     assert sum("app.lookup" in t for t in by_trace.values()) == 2
 
+
+
+def test_added_with_starlettes_add_middleware_it_still_sees_the_route() -> None:
+    app = Starlette(routes=[Route("/users/{user_id}", user), Route("/boom", boom)])
+    app.add_middleware(TelemetryMiddleware)
+    with capture("http.server.request") as events, uvicorn_server(app) as url, httpx.Client(
+        base_url=url
+    ) as client:
+        assert client.get("/users/5").status_code == 200
+        assert client.get("/boom").status_code == 500
+        wait_for(lambda: len(events) == 4, "the server spans did not end")
+    stop, exception = (e for e in events if e.name[-1] != "start")
+    assert stop.metadata["http.route"] == "/users/{user_id}"
+    assert exception.metadata["http.route"] == "/boom"
+    assert exception.metadata["kind"] is RuntimeError
+    assert "http.response.status_code" not in exception.metadata  # answered outside it
