@@ -43,17 +43,18 @@ def header_names(names: Iterable[str], what: str) -> dict[str, str]:
         raise TypeError(f"headers must be a collection of header names, not {names!r}")
     keys = {}
     for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"header name {name!r} is not a non-empty str")
+        if not isinstance(name, str) or not name.strip() or not name.isascii():
+            raise ValueError(f"header name {name!r} is not a non-empty ASCII str")
         keys[name.strip().lower()] = f"{what}.{name.strip().lower()}"
     return keys
 
 
-def header_value(name: str, values: list[str]) -> tuple[str, ...]:
-    """The metadata value of a listed header, through the redaction rule: a secret header
-    (``authorization``, ``cookie``, ``x-api-key``...) is never shown, and credentials in the
-    others' text are scrubbed."""
-    if DEFAULT.is_secret(name):
+def header_value(key: str, values: list[str]) -> tuple[str, ...]:
+    """The metadata value of a listed header (``key``: its metadata key), through the redaction
+    rule, as every handler would judge that key: a secret header (``authorization``,
+    ``cookie``, ``x-api-key``...) is never shown, and credentials in the others' text are
+    scrubbed."""
+    if DEFAULT.is_secret(key):
         return (REDACTED,)
     return tuple(DEFAULT.scrub(value) for value in values)
 

@@ -185,7 +185,7 @@ class _Exchange:
                 found.setdefault(listed[name], []).append(value.decode("latin-1"))
         if found:
             for key, values in found.items():
-                metadata[key] = header_value(key.rpartition(".")[2], values)
+                metadata[key] = header_value(key, values)
         if carrier is not None and "traceparent" in carrier:
             # Read by the spans handler (vsrtel.handlers.spans.extract): the caller's span is
             # the parent. Left as text here, so that nothing is parsed when nobody traces.
@@ -219,7 +219,7 @@ class _Exchange:
                     if name in listed:
                         found.setdefault(listed[name], []).append(bytes(value).decode("latin-1"))
                 self.response_headers = {
-                    key: header_value(key.rpartition(".")[2], values)
+                    key: header_value(key, values)
                     for key, values in found.items()
                 }
         await self._send(message)

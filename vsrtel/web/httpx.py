@@ -62,7 +62,7 @@ class _Options:
         for name, key in self.headers.items():
             values = request.headers.get_list(name)
             if values:
-                metadata[key] = header_value(name, values)
+                metadata[key] = header_value(key, values)
         return metadata
 
 

@@ -118,7 +118,7 @@ class TelemetryMiddleware:
         for name, key in self._headers.items():
             value = environ.get(name)
             if value is not None:
-                metadata[key] = header_value(key.rpartition(".")[2], [value])
+                metadata[key] = header_value(key, [value])
         traceparent = environ.get("HTTP_TRACEPARENT")
         if traceparent:
             # Read by the spans handler (vsrtel.handlers.spans.extract): the caller's span is
@@ -161,7 +161,7 @@ class _Response:
                 if key is not None:
                     found.setdefault(key, []).append(value)
             self.headers = {
-                key: header_value(key.rpartition(".")[2], values) for key, values in found.items()
+                key: header_value(key, values) for key, values in found.items()
             }
         if exc_info is None:
             return self._start_response(status, headers)
