@@ -176,3 +176,17 @@ def test_no_span_is_left_current_in_the_server_thread(
     servers = named(exporter, "http.server.request")
     assert all(s.parent is None for s in servers)  # each a root: none nested in the last
     assert len({s.context.trace_id for s in servers if s.context is not None}) == 3
+
+
+def test_a_response_closed_before_its_last_chunk_records_the_client_leaving() -> None:
+    middleware = TelemetryMiddleware(app)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/stream", "wsgi.url_scheme": "http",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1"}
+    with capture("http.server.request.stop") as stops:
+        body = middleware(environ, lambda status, headers, exc_info=None: None)
+        next(iter(body))  # the server wrote one chunk, then the client went away
+        body.close()  # type: ignore[attr-defined]
+    [stop] = stops
+    assert stop.metadata["error.type"] == "client_disconnected"
+    assert stop.metadata["http.response.body.size"] == len(b"chunk 0\n")
+    assert vsrtel.current_span() is None  # the server's thread is left clean
