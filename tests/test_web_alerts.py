@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_vsr_alerts import promtool
 
 import vsrtel.web
-from tests.test_vsr_alerts import promtool
 from vsrtel.export.prometheus import exposition
 from vsrtel.web import METRICS
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _web_servers import uvicorn_server, wait_for
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -19,7 +20,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Mount, Route
 
 import vsrtel
-from tests._web_servers import uvicorn_server, wait_for
 from vsrtel.handlers import spans
 from vsrtel.testing import capture
 from vsrtel.web.asgi import TelemetryMiddleware
@@ -386,7 +386,8 @@ def test_lifespan_and_websocket_scopes_pass_through_untouched(kind: str) -> None
 def test_one_trace_per_request_reaches_the_rotel_collector(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_otlp_collector import Rotel, _agent_binary
+    from test_otlp_collector import Rotel, _agent_binary
+
     from vsrtel.export import otel
 
     collector = Rotel(_agent_binary(), tmp_path)

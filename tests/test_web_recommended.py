@@ -7,13 +7,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from _web_servers import uvicorn_server, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests._web_servers import uvicorn_server, wait_for
 from vsrtel import metrics as m
 from vsrtel.export.prometheus import MetricsServer, serve_metrics
 from vsrtel.handlers.metrics import MetricsReporter

@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from _web_servers import wait_for, wsgiref_server
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 import vsrtel
-from tests._web_servers import wait_for, wsgiref_server
 from vsrtel.handlers import spans
 from vsrtel.testing import capture
 from vsrtel.web.httpx import TelemetryTransport
