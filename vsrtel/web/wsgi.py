@@ -90,6 +90,8 @@ class TelemetryMiddleware:
         except BaseException as error:
             response.end(span, error)
             raise
+        if hasattr(result, "__len__"):  # a list: servers may count it for Content-Length
+            return _SizedBody(result, span, response)
         return _Body(result, span, response)
 
     def _request_metadata(self, environ: Environ) -> dict[str, Any]:
@@ -232,3 +234,13 @@ class _Body:
         span, self.span = self.span, None
         if span is not None:
             self.response.end(span, error, self.complete)
+
+
+class _SizedBody(_Body):
+    """A body whose chunks the server may count (``len``), as it could the app's own list:
+    wsgiref then sets Content-Length for a one-chunk body."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self.result)  # type: ignore[arg-type]
