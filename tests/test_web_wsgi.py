@@ -192,3 +192,23 @@ def test_a_response_closed_before_its_last_chunk_records_the_client_leaving() ->
     assert stop.metadata["error.type"] == "client_disconnected"
     assert stop.metadata["http.response.body.size"] == len(b"chunk 0\n")
     assert vsrtel.current_span() is None  # the server's thread is left clean
+
+
+def test_a_failing_route_function_falls_back_to_the_path_and_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def route(environ: dict[str, Any]) -> str:
+        raise LookupError(f"no route for {environ['PATH_INFO']}?token=abc")
+
+    middleware = TelemetryMiddleware(app, route=route)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/orders/9", "wsgi.url_scheme": "http",
+               "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80"}
+    with capture("http.server.request.stop") as stops, caplog.at_level("WARNING", "vsrtel"):
+        for _ in range(2):
+            body = middleware(dict(environ), lambda status, headers, exc_info=None: None)
+            b"".join(body)
+            body.close()  # type: ignore[attr-defined]
+    assert [stop.metadata["http.route"] for stop in stops] == ["/orders/9", "/orders/9"]
+    [record] = [r for r in caplog.records if "route function" in r.getMessage()]
+    # The message is scrubbed (the traceback's source lines are shown as they are).
+    assert record.getMessage().endswith("LookupError: no route for /orders/9?token=[REDACTED]")

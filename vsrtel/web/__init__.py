@@ -13,9 +13,9 @@ Nothing here is imported by ``import vsrtel``, and ``import vsrtel.web`` loads n
 
 from __future__ import annotations
 
-from vsrtel.web.catalog import CATALOG, CLIENT_REQUEST, SERVER_REQUEST
+from vsrtel.web.catalog import CATALOG, CLIENT_REQUEST, SERVER_ACTIVE, SERVER_REQUEST
 
-__all__ = ["CATALOG", "CLIENT_REQUEST", "METRICS", "SERVER_REQUEST"]
+__all__ = ["CATALOG", "CLIENT_REQUEST", "METRICS", "SERVER_ACTIVE", "SERVER_REQUEST"]
 
 
 def __getattr__(name: str) -> object:

@@ -120,9 +120,11 @@ class RouteFunction:
             return path
         try:
             route = self.function(request)
-        except Exception:
+        except Exception as error:
             if not self.reported:
                 self.reported = True
-                _log.exception("route function %r failed: the path is used", self.function)
+                # Scrubbed as the handlers' reports are: the message may quote a request.
+                _log.warning("route function %r failed: the path is used (reported once)\n%s",
+                             self.function, DEFAULT.format_exception(error))
             return path
         return route if isinstance(route, str) else path
