@@ -304,6 +304,18 @@ def test_catalog_prints_markdown_or_json() -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_catalog_and_metrics_of_the_web_domain() -> None:
+    from vsrtel.vsr.recommended import render_markdown
+    from vsrtel.web import CATALOG as WEB_CATALOG
+    from vsrtel.web.recommended import METRICS as WEB_METRICS
+
+    assert json.loads(run("catalog", "web", "--format", "json").stdout) == WEB_CATALOG.to_dict()
+    assert run("metrics", "web").stdout == render_markdown(WEB_METRICS) + "\n"
+    assert run("metrics").stdout == render_markdown() + "\n"
+    bad = run("catalog", "shop")
+    assert bad.returncode == 2 and "shop" in bad.stderr
+
+
 @pytest.mark.integration
 def test_demo_serve_keeps_metrics_up_until_ctrl_c() -> None:
     with socket.socket() as probe:

@@ -27,6 +27,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# The domains whose catalogue and recommended metrics ship with vsrtel.
+_DOMAINS = ("vsr", "web")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of the ``vsrtel`` command and its subcommands."""
     parser = Parser(prog="vsrtel", description="vsrtel: a telemetry event bus with span tracing.")
@@ -86,17 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     sweep.set_defaults(run=_sweep, parser=sweep)
 
-    catalog = commands.add_parser("catalog", help="print the VSR event catalogue",
-                                  description="Print the VSR event catalogue.")
+    catalog = commands.add_parser(
+        "catalog", help="print an event catalogue (VSR, or web: the HTTP events)",
+        description="Print an event catalogue: vsr (vsrtel.vsr.CATALOG, the default) or web "
+        "(vsrtel.web.CATALOG, the HTTP events of the middleware and the httpx transports).")
+    catalog.add_argument("domain", nargs="?", choices=_DOMAINS, default="vsr",
+                         help="whose catalogue (default vsr)")
     catalog.add_argument("--format", choices=("markdown", "json"), default="markdown",
                          help="output format (default markdown)")
     catalog.set_defaults(run=_catalog, parser=catalog)
 
     metrics = commands.add_parser(
         "metrics",
-        help="print the recommended VSR metrics with their Prometheus names",
-        description="Print vsrtel.vsr.METRICS as a table: Prometheus series, type, unit, labels.",
+        help="print recommended metrics (VSR, or web) with their Prometheus names",
+        description="Print vsrtel.vsr.METRICS (or, for web, vsrtel.web.METRICS) as a table: "
+        "Prometheus series, type, unit, labels.",
     )
+    metrics.add_argument("domain", nargs="?", choices=_DOMAINS, default="vsr",
+                         help="whose metrics (default vsr)")
     metrics.set_defaults(run=_metrics, parser=metrics)
 
     serve_dir = commands.add_parser(
@@ -189,7 +200,10 @@ def _faults(text: str) -> str:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    from vsrtel.vsr import CATALOG
+    if args.domain == "web":
+        from vsrtel.web import CATALOG
+    else:
+        from vsrtel.vsr import CATALOG
 
     print(CATALOG.to_json() if args.format == "json" else CATALOG.render_markdown())
     return 0
@@ -198,7 +212,12 @@ def _catalog(args: argparse.Namespace) -> int:
 def _metrics(args: argparse.Namespace) -> int:
     from vsrtel.vsr.recommended import render_markdown
 
-    print(render_markdown())
+    if args.domain == "web":
+        from vsrtel.web.recommended import METRICS
+
+        print(render_markdown(METRICS))
+    else:
+        print(render_markdown())
     return 0
 
 
