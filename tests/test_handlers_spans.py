@@ -1228,3 +1228,20 @@ def test_a_span_emitted_by_hand_with_a_context_may_outlive_a_with_span(
     assert no_current_otel_span()  # not app.w, which ended first
     w, h, inside = (only(exporter, n) for n in ("app.w", "app.h", "app.inside"))
     assert parent_id(h) == span_id(w) and parent_id(inside) == span_id(h)
+
+
+def test_a_stop_setting_error_type_sets_status_error_without_an_exception(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handle = spans.attach_tracer([("app", "call")], tracer_provider=provider)
+    try:
+        with vsrtel.span(("app", "call"), {}) as span:
+            span.metadata["error.type"] = "503"
+        with vsrtel.span(("app", "call"), {}):
+            pass
+    finally:
+        handle.detach()
+    failed, fine = exporter.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert not failed.events  # no exception recorded
+    assert fine.status.status_code is StatusCode.UNSET

@@ -211,8 +211,6 @@ def test_a_5xx_response_is_a_stop_with_error_type(
     assert client_span.attributes is not None and client_span.attributes["error.type"] == "503"
 
 
-@pytest.mark.xfail(strict=True, reason="needs the spans handler to set status ERROR for a stop "
-                   "carrying error.type (vsrtel/handlers/spans.py, owned elsewhere)")
 def test_a_5xx_response_sets_the_span_status_to_error(
     provider: TracerProvider, exporter: InMemorySpanExporter, base_url: str
 ) -> None:

@@ -3,17 +3,18 @@
 >>> from vsrtel.handlers import spans
 >>> handle = spans.attach_tracer(["app.request"], tracer_provider=otel.tracer_provider)
 
-For each span under a traced prefix, the ``start`` event opens an OpenTelemetry span (a child
-of the current OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata
-key) starting at the event's ``system_time``; a span entered with ``with``/``async with``/the
-decorator is made the current OpenTelemetry span for its body, so nesting follows threads and
-asyncio tasks, and the previous context is restored when the vsrtel span ends, however it ends
-(even with the handler detached meanwhile). The ``stop`` event ends it with the stop metadata and
-extra measurements as attributes; the ``exception`` event records the exception, sets status
-ERROR and ends it. Events are matched by ``telemetry_span_context``: a stop or exception nobody
-started is ignored. A span the handler cannot open (a ``span_name`` function that raises, an
-unhashable span context) is skipped, logged once and counted in the handle's ``skipped``;
-tracing goes on.
+For each span under a traced prefix, the ``start`` event opens an OpenTelemetry span (a child of
+the current OpenTelemetry span, or of the remote parent in the ``"trace_parent"`` metadata key)
+starting at the event's ``system_time``; a span entered with ``with``/``async with``/the decorator
+is made the current OpenTelemetry span for its body, so nesting follows threads and asyncio tasks,
+and the previous context is restored when the vsrtel span ends, however it ends (even with the
+handler detached meanwhile). The ``stop`` event ends it with the stop metadata and extra
+measurements as attributes (a stop whose metadata sets ``error.type``, as OpenTelemetry's semantic
+conventions mark a failure without an exception such as an HTTP 5xx, sets status ERROR); the
+``exception`` event records the exception, sets status ERROR and ends it. Events are matched by
+``telemetry_span_context``: a stop or exception nobody started is ignored. A span the handler
+cannot open (a ``span_name`` function that raises, an unhashable span context) is skipped, logged
+once and counted in the handle's ``skipped``; tracing goes on.
 
 A span emitted by hand with ``execute`` (a callback-style integration: the stop comes from a
 callback, a response's ``close()``) is made current where its ``start`` ran until its stop, as
@@ -422,6 +423,10 @@ class _Tracer:
         if changed:
             exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
             span.set_attributes(self.attributes(changed, exclude))
+            if kind != _EXCEPTION and changed.get("error.type") is not None:
+                # Failed without an exception (an HTTP 5xx): OpenTelemetry's semantic
+                # conventions mark that with error.type, and the span's status is then ERROR.
+                span.set_status(Status(StatusCode.ERROR))
         if not _CLOCK_KEYS.issuperset(measurements):
             extra = {k: v for k, v in measurements.items() if k not in _CLOCK_KEYS}
             span.set_attributes(self.attributes(extra))
