@@ -311,7 +311,8 @@ class Dashboard:
             return [b"method not allowed\n"]
         if path == API_PATH:
             self._ensure_sampling()
-            since = parse_qs(environ.get("QUERY_STRING", "")).get("since", ["0"])[-1]
+            query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+            since = query.get("since", ["0"])[-1]
             if not (since.isascii() and since.isdigit() and len(since) <= 18):
                 start_response("400 Bad Request",
                                [("Content-Type", "text/plain; charset=utf-8"), *_COMMON])
