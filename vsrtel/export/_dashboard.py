@@ -48,6 +48,7 @@ _CSP = (
     "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _NAN = math.nan
+_KEYS_KEPT = 10_000
 
 
 @cache
@@ -89,11 +90,14 @@ class _Series:
 
 
 class _Chart:
-    __slots__ = ("help", "hidden", "name", "series", "type", "unit")
+    __slots__ = ("help", "hidden", "keys", "name", "series", "type", "unit")
 
     def __init__(self, name: str, kind: str, help: str, unit: str) -> None:
         self.name, self.type, self.help, self.unit = name, kind, help, unit
         self.series: dict[str, _Series] = {}
+        # The key of each label set lately read (a bucket's bound left out), not worked out
+        # again every second; at most _KEYS_KEPT.
+        self.keys: dict[tuple[tuple[str, str], ...], tuple[str, str, bool]] = {}
         self.hidden = 0  # tag sets past MAX_SERIES at the latest tick
 
 
@@ -172,7 +176,13 @@ class History:
                     continue
             elif s.name != (name + "_total" if kind == "counter" else name):
                 continue
-            key, label, overflow = _series_key(s.labels)
+            names = tuple(item for item in s.labels.items() if item[0] != "le")
+            found_key = chart.keys.get(names)
+            if found_key is None:
+                if len(chart.keys) >= _KEYS_KEPT:
+                    chart.keys.clear()
+                found_key = chart.keys[names] = _series_key(s.labels)
+            key, label, overflow = found_key
             if kind == "histogram":
                 found = readings.setdefault(key, (label, overflow, []))
                 found[2].append((float(s.labels["le"]), s.value))
