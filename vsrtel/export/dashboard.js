@@ -210,7 +210,6 @@ function makeSeries(chart, s, length) {
 // ------------------------------------------------------------------ data
 
 function merge(data) {
-  const n = data.times.length;
   if (data.start !== state.end) { // a gap (the server restarted, or the page slept): start over
     state.times = [];
     for (const chart of state.charts.values()) { chart.series.clear(); chart.legend.replaceChildren(); }
@@ -226,7 +225,7 @@ function merge(data) {
     seen.add(family.name);
     let chart = state.charts.get(family.name);
     if (!chart) state.charts.set(family.name, chart = makeChart(family));
-    chart.hidden = family.hidden;
+    chart.leftOut = family.hidden; // tag sets past the server's cap
     const keys = new Set();
     for (const s of family.series) {
       keys.add(s.key);
@@ -239,7 +238,12 @@ function merge(data) {
     }
   }
   for (const [name, chart] of state.charts) {
-    if (!seen.has(name)) { chart.box.remove(); state.charts.delete(name); }
+    if (!seen.has(name)) {
+      onScreen.unobserve(chart.box);
+      resized.unobserve(chart.svg);
+      chart.box.remove();
+      state.charts.delete(name);
+    }
   }
   const extra = state.times.length - state.points;
   if (extra > 0) {
@@ -248,7 +252,6 @@ function merge(data) {
       for (const series of chart.series.values()) series.values.forEach((v) => v.splice(0, extra));
     }
   }
-  return n;
 }
 
 // The window on show: the latest `windowMs`, or all the history while it is shorter.
@@ -355,8 +358,8 @@ function draw(chart) {
     }
   }
   chart.lines.replaceChildren(...lines);
-  chart.note.textContent = chart.hidden
-    ? `${chart.hidden} more tag set(s) not drawn (at most ${state.maxSeries} per chart)` : "";
+  chart.note.textContent = chart.leftOut
+    ? `${chart.leftOut} more tag set(s) not drawn (at most ${state.maxSeries} per chart)` : "";
   drawMarks(chart);
 }
 
