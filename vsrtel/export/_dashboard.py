@@ -207,7 +207,8 @@ class History:
             series.seen = tick
             values = self._values(kind, raw, series.last, now)
             for ring, value in zip(series.rings, values, strict=True):
-                ring[slot] = value
+                # 6 significant digits: more than a chart shows, and a shorter JSON.
+                ring[slot] = float(format(value, ".6g"))
             series.last = (now, sorted(raw) if kind == "histogram" else raw)
 
     @staticmethod

@@ -16,7 +16,7 @@ const state = {
   end: 0, // ticks the page has, as the server counts them
   times: [], // ms since the epoch of each point
   points: 900,
-  windowMs: 5 * 60 * 1000,
+  windowMs: 15 * 60 * 1000, // all the history the server keeps
   hover: null, // the instant under the pointer, on every chart
   hoverChart: null,
   quantiles: [0.5, 0.9, 0.99],
