@@ -394,8 +394,6 @@ class _Handler(WSGIRequestHandler):
 def _app(
     registry: CollectorRegistry, dashboard: bool = False
 ) -> Callable[[_Environ, _StartResponse], Iterable[bytes]]:
-    pages = _dashboard.app(_served(registry)) if dashboard else None
-
     def scrape(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD")
         if method == "OPTIONS":
@@ -415,8 +413,6 @@ def _app(
 
     def app(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if pages is not None and path in _dashboard.PATHS:
-            return pages(environ, start_response)
         if path == "/metrics":
             try:
                 return scrape(environ, start_response)
@@ -432,9 +428,9 @@ def _app(
             start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"OK"]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: try /metrics or /health" + (b" or /" if pages else b"") + b"\n"]
+        return [b"not found: try /metrics or /health" + (b" or /" if dashboard else b"") + b"\n"]
 
-    return app
+    return _dashboard.Dashboard(_served(registry), app) if dashboard else app
 
 
 def _head_complete(head: bytearray, start: int) -> bool:
@@ -646,6 +642,8 @@ class MetricsServer:
         self._httpd.stop()
         self._thread.join()
         self._httpd.server_close()
+        if isinstance(app := self._httpd.get_app(), _dashboard.Dashboard):
+            app.close()  # its history's sampling thread
         if self._owns_provider and self.meter_provider is not None:
             self.meter_provider.shutdown()
 
