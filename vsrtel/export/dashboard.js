@@ -336,7 +336,9 @@ function draw(chart) {
   for (let t = Math.ceil(from.start / step) * step; t <= from.end; t += step) {
     const at = px(x(t));
     axes.push(svgEl("line", { x1: at, x2: at, y1: PAD_TOP, y2: HEIGHT - PAD_BOTTOM, stroke: "#f0f0f0" }));
-    const label = svgEl("text", { x: at, y: HEIGHT - 6, class: "x-tick", "text-anchor": "middle" });
+    // A label centred near the right edge would be cut off: end it at the tick instead.
+    const anchor = Number(at) + 28 > width ? "end" : "middle";
+    const label = svgEl("text", { x: at, y: HEIGHT - 6, class: "x-tick", "text-anchor": anchor });
     label.textContent = clock(t, step < 60000);
     axes.push(label);
   }
