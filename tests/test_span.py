@@ -294,6 +294,20 @@ def test_spans_exited_out_of_order_restore_the_live_span() -> None:
     assert vsrtel.current_span() is None
 
 
+def test_spans_exited_out_of_order_are_forgotten_once_the_outer_span_exits() -> None:
+    outer, a, b = vsrtel.span("outer"), vsrtel.span("a"), vsrtel.span("b")
+    with outer:
+        a.__enter__()
+        b.__enter__()
+        context = a.context
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)  # skips a, which ended: outer is current again
+    # Nothing runs any more, so a is nobody's ancestor: a span given its context keeps it.
+    again = vsrtel.span("again", {"telemetry_span_context": context})
+    with again:
+        assert again.context is context
+
+
 def test_generators_consumed_alternately_leave_no_stale_span() -> None:
     @vsrtel.span("gen.one")
     def one() -> Any:

@@ -63,7 +63,6 @@ _span_ids = itertools.count(1)
 # The span whose start event `Span.start()` is emitting in this thread or task: a handler that
 # makes a span started by hand current (the spans handler) leaves an explicit start alone.
 _explicit: ContextVar[Span | None] = ContextVar("vsrtel_explicit_start", default=None)
-_TOP = Token.MISSING  # the old value of a token set where no span was current yet
 
 #: Each span prefix seen, as given (str or tuple) -> its start, stop and exception event names,
 #: dotted (a str caches its hash: the cheapest key into the registry's routes), then the prefix.
@@ -96,10 +95,10 @@ def new_span(
     propagates there.
     """
     # Span has no __init__ (its call would be over 10% of a span nobody listens to): the fields
-    # are set here.
+    # are set here, but for those its start sets (_token, _timed).
     span = Span()
     span._registry = registry
-    span._clock = clock or registry.clock
+    span._clock = clock  # None: the registry's, looked up when the span is timed
     try:
         span._names = _event_names[prefix]
     except (KeyError, TypeError):
@@ -107,7 +106,7 @@ def new_span(
     span._template = metadata
     # Set when the span starts; the metadata is copied on first use, so a span nobody listens
     # to never pays for it.
-    span._started_at = span._metadata = span._extra = span._token = span._callbacks = None
+    span._started_at = span._metadata = span._extra = span._callbacks = None
     return span
 
 
@@ -156,14 +155,14 @@ class Span:
     )
 
     _registry: Dispatcher
-    _clock: Clock
+    _clock: Clock | None  # None until timed: then the registry's clock
     _names: SpanNames
     _template: SpanMetadata
     _started_at: int | None  # None: not running; 0: running, not timed
     _timed: bool  # whether anybody listened when it started: only then are its events emitted
     _metadata: dict[str, Any] | None
     _extra: dict[str, Any] | None
-    _token: Token[Span | None] | None  # set when entered with `with`
+    _token: Token[Span | None] | None  # set when it starts: None unless entered with `with`
     _callbacks: list[Callable[[], object]] | None
 
     @property
@@ -232,10 +231,11 @@ class Span:
 
     def _start_timed(self, routes: SpanRoutes) -> None:
         self._timed = True
-        self._started_at = now = self._clock.monotonic_ns()
+        clock = self._clock = self._clock or self._registry.clock
+        self._started_at = now = clock.monotonic_ns()
         route = routes[0]
         if route is not None:
-            measurements = {"monotonic_time": now, "system_time": self._clock.time_ns()}
+            measurements = {"monotonic_time": now, "system_time": clock.time_ns()}
             self._registry._dispatch(route, measurements, {**self.metadata})
 
     def stop(self, error: BaseException | None = None) -> None:
@@ -263,7 +263,9 @@ class Span:
                 self._run_callbacks()
 
     def _stop_timed(self, started_at: int, error: BaseException | None) -> None:
-        now = self._clock.monotonic_ns()
+        clock = self._clock
+        assert clock is not None  # set by _start_timed
+        now = clock.monotonic_ns()
         name = self._names[1] if error is None else self._names[2]
         try:
             route = self._registry._routes[name]
@@ -365,13 +367,14 @@ class Span:
         finally:
             # _leave, inlined for the common case: this span is current, its parent still runs.
             if _get_current() is self and self._callbacks is None:
-                token = self._token
                 try:
-                    _reset_current(token)  # type: ignore[arg-type]
+                    _reset_current(self._token)  # type: ignore[arg-type]
                 except ValueError:
                     raise _ExitedElsewhere(self._wrong_context) from None
-                parent = token.old_value  # type: ignore[union-attr]
-                if parent is not _TOP and parent is not None and parent._started_at is None:
+                # The reset made current again the span that was when this one was entered (or
+                # None): if it ended meanwhile, its innermost ancestor still running is.
+                parent = _get_current()
+                if parent is not None and parent._started_at is None:
                     _current.set(_live_ancestor(parent))
             else:
                 self._leave()
