@@ -154,6 +154,60 @@ def test_counters_sums_and_histograms_add_up_over_every_process(directory: Path)
     assert total.value == 490
 
 
+def test_series_in_any_order_and_in_some_processes_only_add_up_series_by_series(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _aggregation
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", True)  # a cell per thread, as without a GIL
+    scrape = Scrape(directory, [COUNT, DURATION])
+    # Per process: (route, events, duration in ms), in the order it records them.
+    Plan = list[tuple[str, int, int]]
+    plans: list[Plan] = [
+        [("/a", 1, 1), ("/b", 2, 2), ("/c", 3, 3)],
+        [("/c", 4, 5), ("/a", 5, 1)],
+        [("/d", 6, 7)],
+    ]
+
+    def run(plan: Plan) -> None:
+        for route, n, ms in plan:
+            record(n, route=route, duration=ms * 1_000_000)
+
+    def in_threads(*parts: Plan) -> None:
+        threads = [threading.Thread(target=run, args=(part,)) for part in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def check(done: list[Plan]) -> None:
+        count = {dict(k)["route"]: p.value for k, p in scrape.points(COUNT.name).items()}
+        hists = {dict(k)["route"]: p for k, p in scrape.points(DURATION.name).items()}
+        steps = [step for plan in done for step in plan]
+        routes = {route for route, _, _ in steps}
+        assert count == {r: sum(n for x, n, _ in steps if x == r) for r in routes}
+        assert set(hists) == routes
+        for route, hist in hists.items():
+            mine = [(n, ms) for x, n, ms in steps if x == route]
+            assert hist.count == sum(hist.bucket_counts) == sum(n for n, _ in mine)
+            assert hist.sum == pytest.approx(sum(n * ms / 1000 for n, ms in mine))
+            assert hist.min == pytest.approx(min(ms for _, ms in mine) / 1000)
+            assert hist.max == pytest.approx(max(ms for _, ms in mine) / 1000)
+
+    for plan in plans:
+        assert Worker(lambda plan=plan: run(plan)).wait() == 0
+    check(plans)
+    # A series no file had yet, in a live file; then a process with one cell per thread (a
+    # series in both threads' cells, others in one only).
+    more: list[Plan] = [[("/e", 3, 2)], [("/b", 7, 9), ("/a", 2, 8)], [("/a", 1, 4), ("/f", 2, 6)]]
+    run(more[0])
+    assert Worker(lambda: in_threads(more[1], more[2])).wait() == 0
+    check(plans + more)
+    check(plans + more)  # again, from what the previous scrape kept
+
+
 def test_a_scrape_of_any_process_is_the_merged_one_in_prometheus_text(directory: Path) -> None:
     from vsrtel.export.prometheus import prometheus_reader
 

@@ -23,6 +23,12 @@ archive: the worker files it already holds.
 **Liveness.** The writer holds an exclusive `flock` on its file for its whole life; the kernel
 drops it when the process ends, however it ends (SIGKILL too). A file nobody holds is dead.
 
+**Reading.** A reader keeps each file's records parsed (they are only ever appended) and, per
+metric, how to read its cells in one `struct` call and lay them out in one lasting order of the
+metric's series; a scrape then adds the files' numbers position by position (`Directory.added`),
+with no Python code per series or per number. An archive's numbers, which never change, are
+read once.
+
 **Compaction.** Dead files are folded into one archive, so the directory holds about one file
 per live worker, however many were recycled. Whoever finds dead files (a scrape, a new worker)
 takes the directory's lock (``.lock``, exclusive and non-blocking: one compactor at a time),
@@ -47,9 +53,10 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final, cast
 
 try:
@@ -57,7 +64,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock, no multi-process mode
     fcntl = None  # type: ignore[assignment]
 
-from vsrtel.handlers._aggregation import PER_THREAD, SCOPE, SHAPES, Cells, Series, Shape
+from vsrtel.handlers._aggregation import LAST, PER_THREAD, SCOPE, SHAPES, Cells, Series, Shape
 
 _log = logging.getLogger("vsrtel")
 
@@ -217,6 +224,9 @@ class Source:
             self.metrics: dict[str, MetricInfo] = {}
             self.series: dict[str, list[tuple[Key, int, int]]] = {}
             self.folded: frozenset[str] = frozenset()
+            # Per metric: its series records counted into a directory's order, and its gather.
+            self.enlisted: dict[str, int] = {}
+            self.gathers: dict[str, _Gather] = {}
             self._remap()
             assert self.map is not None
             magic, version, kind, pid, _start, _ = _HEAD.unpack_from(self.map, 0)
@@ -286,6 +296,37 @@ class Source:
             if count == size:
                 yield labels, cast("list[float]", view[at:at + count].tolist())
 
+    def enlist(
+        self, name: str, records: list[tuple[Key, int, int]], width: int, order: dict[Key, int]
+    ) -> None:
+        """Give each series of metric `name` in this file a place in `order` (appended).
+        `records`: the metric's `series` as the caller took them (another thread's `refresh`
+        may append to them meanwhile)."""
+        if self.enlisted.get(name) != len(records):
+            for labels, _, count in records:
+                if count == width:
+                    order.setdefault(labels, len(order))
+            self.enlisted[name] = len(records)
+
+    def gather(
+        self,
+        name: str,
+        records: list[tuple[Key, int, int]],
+        width: int,
+        identity: tuple[float, ...],
+        order: dict[Key, int],
+    ) -> _Gather:
+        """How to read metric `name`'s cells in `order` (rebuilt when either grew), once
+        `enlist`ed with the same `records`."""
+        key = (len(records), len(order))
+        found = self.gathers.get(name)
+        if found is None or found.key != key:
+            found = self.gathers[name] = _Gather(
+                [(labels, at) for labels, at, count in records if count == width],
+                width, identity, order, key,
+            )
+        return found
+
     def close(self) -> None:
         # Not unmapped: the mapping goes with its last reference (a scrape may still read it).
         with suppress(OSError):
@@ -301,6 +342,77 @@ class Source:
             return True
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
+
+
+class _Gather:
+    """One file's cells of one metric, read in one pass and laid out in a directory's order of
+    the metric's series: a `struct` unpacks every cell's doubles, skipping the records' text,
+    and the cells are put in that order (when the file's own differs). Layer k holds each
+    series' k-th cell in the file (a process has one cell per thread that recorded it), or
+    the identity cell (`Shape.new`) where it has none."""
+
+    __slots__ = ("cached", "complete", "getters", "identity", "key", "slots", "unpack")
+
+    def __init__(
+        self,
+        records: list[tuple[Key, int]],
+        width: int,
+        identity: tuple[float, ...],
+        order: dict[Key, int],
+        key: tuple[int, int],
+    ) -> None:
+        self.key = key
+        self.identity = identity
+        self.cached: list[tuple[float, ...]] | None = None
+        layout, pos = ["<"], 0
+        for _, at in records:
+            layout.append(f"{8 * at - pos}x{width}d")
+            pos = 8 * (at + width)
+        self.unpack = struct.Struct("".join(layout)).unpack_from
+        n = len(order)
+        where: list[list[int]] = []  # per layer: each place's record, or -1
+        seen: dict[Key, int] = {}
+        for i, (labels, _) in enumerate(records):
+            k = seen.get(labels, 0)
+            seen[labels] = k + 1
+            if k == len(where):
+                where.append([-1] * n)
+            where[k][order[labels]] = i
+        self.slots = [at for at, i in enumerate(where[0]) if i >= 0] if where else []
+        self.complete = len(self.slots) == n
+        pad = len(records) * width  # where `read` appends the identity cell
+        self.getters: list[Callable[[tuple[float, ...]], tuple[float, ...]] | None] = []
+        for layer in where:
+            if len(records) == n and layer == list(range(n)):  # the file's own order
+                self.getters.append(None)
+                continue
+            indices: list[int] = []
+            for i in layer:
+                start = i * width if i >= 0 else pad
+                indices.extend(range(start, start + width))
+            self.getters.append(itemgetter(*indices) if len(indices) > 1 else _one(indices[0]))
+
+    def read(self, buffer: mmap.mmap, final: bool) -> list[tuple[float, ...]]:
+        """The file's numbers of the metric, one flat tuple per layer; kept if `final` (an
+        archive: its numbers never change)."""
+        if self.cached is not None:
+            return self.cached
+        found: list[tuple[float, ...]] = []
+        if self.getters:
+            flat: tuple[float, ...] = self.unpack(buffer, 0)
+            if self.getters == [None]:
+                found = [flat]
+            else:
+                padded = flat + self.identity
+                found = [flat if get is None else get(padded) for get in self.getters]
+        if final:
+            self.cached = found
+        return found
+
+
+def _one(index: int) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+    """`itemgetter` of one index, its item in a tuple."""
+    return lambda flat: (flat[index],)
 
 
 def merge_into(
@@ -336,6 +448,9 @@ class Directory:
         self.skipped_files = 0
         """Files found unreadable (each counted once)."""
         self._scan: tuple[int, list[tuple[Source, bool]]] | None = None
+        # Per metric: each series' place in the merged view (see `added`), for good.
+        self._orders: dict[str, dict[Key, int]] = {}
+        self._merging = threading.Lock()
         self._lockfile = os.path.join(path, ".lock")
 
     def writer(self) -> Writer:
@@ -366,6 +481,7 @@ class Directory:
             self._writer.abandon()
         self._writer = None
         self._lock = threading.Lock()
+        self._merging = threading.Lock()
         self._scan = None
 
     @contextmanager
@@ -426,6 +542,62 @@ class Directory:
             with self._lock:
                 self._compact()
         return found
+
+    def added(
+        self, info: MetricInfo, sources: list[tuple[Source, bool]]
+    ) -> dict[Key, list[Any]]:
+        """A counter's, sum's or distribution's series in `sources`, every cell of each added
+        up (as `merge_into` adds them) and its numbers as a list cell holds them (`_numbers`).
+
+        In bulk: each file's cells are read in one pass in one order (`_Gather`) and added
+        position by position, with no Python code run per series or per number; the order,
+        and how to read each file, are kept from one scrape to the next."""
+        name = info.name
+        identity = tuple(SHAPES[info.shape].new(info.bounds))
+        width = len(identity)
+        with self._merging:
+            order = self._orders.setdefault(name, {})
+            readable = []
+            for source, _ in sources:
+                other = source.metrics.get(name)
+                if other is None:
+                    continue
+                if (other.shape, other.bounds) != (info.shape, info.bounds):
+                    self.mismatch(name, source.name)
+                    continue
+                records = source.series.get(name, [])[:]
+                source.enlist(name, records, width, order)
+                readable.append((source, records))
+            layers: list[tuple[float, ...]] = []
+            complete = False
+            present: set[int] = set()
+            for source, records in readable:
+                gather = source.gather(name, records, width, identity, order)
+                assert source.map is not None
+                layers.extend(gather.read(source.map, source.archive))
+                if gather.complete:
+                    complete = True
+                elif not complete:
+                    present.update(gather.slots)
+            places = list(order.values()) if complete else sorted(present)
+            keys = list(order)
+        if not layers:
+            return {}
+        total: list[Any]
+        if len(layers) == 1:
+            total = list(layers[0])
+        else:
+            total = list(map(sum, zip(*layers, strict=True)))
+            if info.shape == "buckets":  # its last two numbers: a min and a max
+                low, high = width - 2, width - 1
+                total[low::width] = map(min, *(layer[low::width] for layer in layers))
+                total[high::width] = map(max, *(layer[high::width] for layer in layers))
+        if info.shape == "buckets":  # counts as ints, as a list cell holds them
+            for i in range(width - 3):
+                total[i::width] = map(int, total[i::width])
+        else:
+            total = list(map(_integral, total))
+        return {keys[at]: total[at * width:at * width + width] for at in places}
 
     def _compact(self, minimum: int = 1) -> None:
         """`compact`, a failure (a full disk) reported instead of raised: the scrape or the
@@ -608,9 +780,11 @@ def metrics(directory: Directory) -> dict[str, MetricInfo]:
 
 def merged(
     directory: Directory, name: str, info: MetricInfo | None = None
-) -> tuple[MetricInfo | None, dict[Key, list[float]]]:
-    """Every process's series of metric `name`, added up per series (see `merge_into`); for a
-    gauge in mode "all", each live process's own series, its labels with a ``pid``.
+) -> tuple[MetricInfo | None, dict[Key, list[Any]]]:
+    """Every process's series of metric `name`, added up per series (see `merge_into`; a
+    counter's, sum's or distribution's in bulk: `Directory.added`); for a gauge in mode "all",
+    each live process's own series, its labels with a ``pid``. The numbers are as a list cell
+    holds them (`_numbers`: counts and whole totals as ints).
 
     `info` is the definition to merge by (the calling process's own); by default the first
     file's. Files defining the metric with another shape or buckets are skipped (a warning,
@@ -622,8 +796,8 @@ def merged(
         info = source.metrics.get(name)
     if info is None:
         return None, {}
-    shape = SHAPES[info.shape]
-    last = info.shape == "last"
+    if info.shape != "last":
+        return info, directory.added(info, sources)
     totals: dict[Key, list[float]] = {}
     for source, live in sources:
         other = source.metrics.get(name)
@@ -632,25 +806,25 @@ def merged(
         if (other.shape, other.bounds) != (info.shape, info.bounds):
             directory.mismatch(name, source.name)
             continue
-        if last and info.mode in _LIVE_ONLY and not live:
+        if info.mode in _LIVE_ONLY and not live:
             continue
         mine: dict[Key, list[float]] = {}
-        # A process's cells of one series (one per thread): the latest value of a gauge.
+        # A process's cells of one series (one per thread): the latest value.
         for labels, values in source.values(info):
             known = mine.get(labels)
             if known is None:
                 mine[labels] = values
             else:
-                merge_into(shape, "latest" if last else info.mode, known, values, info.bounds)
+                merge_into(LAST, "latest", known, values, info.bounds)
         for labels, values in mine.items():
-            if last and info.mode == "all":
+            if info.mode == "all":
                 labels = (*labels, ("pid", str(source.pid)))
             total = totals.get(labels)
             if total is None:
                 totals[labels] = values
             else:
-                merge_into(shape, info.mode, total, values, info.bounds)
-    return info, totals
+                merge_into(LAST, info.mode, total, values, info.bounds)
+    return info, {labels: _numbers(LAST, values, info.bounds) for labels, values in totals.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -806,48 +980,52 @@ class SharedCells(Cells):
         info, found = merged(self.directory, self.info.name, self.info)
         if info is None:
             return {}
-        result: dict[Series, list[Any]] = {}
-        overflow: list[float] | None = None
+        kept, keys = self.kept, self.keys
         cap = self.info.max_series
+        # Series new to this reader join those kept while there is room, in label order (the
+        # same choice in every process); a series once kept stays so.
+        for labels in sorted(labels for labels in found if labels not in kept):
+            if labels == _OVERFLOW_KEY or len(kept) < cap:
+                kept.add(labels)
+        result: dict[Series, list[Any]] = {}
+        overflow: list[Any] | None = None
         shape = self.shape
-        for labels in sorted(found):
-            values = found[labels]
-            if labels not in self.kept:
-                if labels != _OVERFLOW_KEY and len(self.kept) >= cap:
-                    if overflow is None:
-                        overflow = values
-                    else:
-                        merge_into(shape, info.mode, overflow, values, self.bounds)
-                    continue
-                self.kept.add(labels)
-            series = self.keys.get(labels)
-            if series is None:
-                series = self.keys[labels] = Series(dict(labels))
-            result[series] = values
-        if overflow is not None:
-            series = self.keys.get(_OVERFLOW_KEY)
-            if series is None:
-                series = self.keys[_OVERFLOW_KEY] = Series(dict(_OVERFLOW_KEY))
-            before = result.get(series)
-            if before is None:
-                result[series] = overflow
+        for labels, values in found.items():
+            if labels in kept:
+                series = keys.get(labels)
+                if series is None:
+                    series = keys[labels] = Series(dict(labels))
+                result[series] = values
+            elif overflow is None:
+                overflow = values
             else:
+                merge_into(shape, info.mode, overflow, values, self.bounds)
+        if overflow is not None:
+            series = keys.get(_OVERFLOW_KEY)
+            if series is None:
+                series = keys[_OVERFLOW_KEY] = Series(dict(_OVERFLOW_KEY))
+            before = result.get(series)
+            if before is not None:
                 merge_into(shape, info.mode, before, overflow, self.bounds)
-        return {series: _numbers(shape, values, self.bounds) for series, values in result.items()}
+                overflow = before
+            result[series] = _numbers(shape, overflow, self.bounds)
+        return result
 
 
 _OVERFLOW_KEY: Final[Key] = (("otel.metric.overflow", "true"),)
 
 
 def _integral(value: float) -> int | float:
-    return int(value) if value.is_integer() and -(2**53) <= value <= 2**53 else value
+    if isinstance(value, float) and value.is_integer() and -(2**53) <= value <= 2**53:
+        return int(value)
+    return value
 
 
 def _numbers(shape: Shape, values: list[float], bounds: tuple[float, ...]) -> list[Any]:
     """A merged cell as a list cell holds it: counts as ints, whole totals as ints."""
     if shape.name == "buckets":
         n = len(bounds) + 1
-        return [*(int(v) for v in values[:n]), *values[n:]]
+        return [*map(int, values[:n]), *values[n:]]
     return [_integral(values[0]), *values[1:]]
 
 
