@@ -379,6 +379,56 @@ def test_new_workers_compact_without_any_scrape(directory: Path) -> None:
     assert point.value == 40
 
 
+def crash_before_a_rename(work: Callable[[], None], before: Callable[[], None] = list) -> None:
+    """Run `before`, then `work`, in a forked child that dies (as if killed) when `work` first
+    renames a file."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            before()
+            os.rename = lambda *args, **kwargs: os._exit(3)  # type: ignore[assignment]
+            work()
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, "the child did not reach a rename"
+
+
+def test_temporary_files_a_crash_left_are_removed_by_the_next_compaction(
+    directory: Path,
+) -> None:
+    import fcntl
+
+    def temporary() -> list[str]:
+        return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+    scrape = Scrape(directory, [COUNT])
+    assert Worker(lambda: record(2)).wait() == 0  # a dead worker's file, to compact
+
+    # A worker scraping: it compacts, and dies before renaming the new archive into place.
+    crash_before_a_rename(
+        lambda: generate_latest(MergedMetrics(directory).registry), before=lambda: record(1)
+    )
+    crash_before_a_rename(lambda: record(1))  # a worker dying as it makes its file
+    assert len([n for n in temporary() if n.startswith(".archive-")]) == 1
+    [worker] = [n for n in temporary() if n.startswith(".w-")]
+    old = time.time() - 3600  # older than the minute a worker's file is left alone
+    os.utime(directory / worker, (old, old))
+    # A worker being born (its file locked, not yet renamed), and one made a moment ago.
+    held = directory / ".w-1-born.tmp"
+    held.write_bytes(b"")
+    os.utime(held, (old, old))
+    fresh = directory / ".w-2-fresh.tmp"
+    fresh.write_bytes(b"")
+    with open(held, "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert Worker(lambda: record(1)).wait() == 0
+        [point] = scrape.points("app.request.stop.count").values()  # compacts
+        assert temporary() == [held.name, fresh.name]
+    assert point.value == 2 + 1 + 1
+    assert not any(n.startswith("w-") for n in files(directory))  # all dead: compacted
+
+
 def test_scrapes_while_workers_come_and_go_never_see_a_counter_go_down(directory: Path) -> None:
     scrape = Scrape(directory, [COUNT])
     seen: list[int] = []

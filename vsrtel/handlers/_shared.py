@@ -39,7 +39,8 @@ directory and maps the files it will read, so it sees either the old archive and
 files or the new archive without them: never a file twice, never one missing. It then reads
 the values from its own mappings, which stay valid after a file is deleted, and a dead file's
 values no longer change, so a counter never goes down from one scrape to the next. (Integer
-counts are exact; a float sum folded in another order may differ in its last bit.)
+counts are exact; a float sum folded in another order may differ in its last bit.) A
+compactor also removes the temporary files a crash left behind (`Directory._sweep`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ _INITIAL_SIZE: Final = 1 << 16
 COMPACT_AFTER: Final = 8
 """Dead files a new worker leaves for a scrape to fold; past this many, it folds them itself."""
 SUFFIX: Final = ".vsm"
+STALE: Final = 60.0
+"""Seconds after which a compaction removes a new worker's temporary file nobody holds."""
 
 MODES: Final = frozenset({"sum", "max", "min", "latest", "live_sum", "all"})
 """How a `last_value` merges across processes (`reporter_options={"multiprocess_mode": ...}`)."""
@@ -656,12 +659,35 @@ class Directory:
                     dead.append(source)
         return archive, dead
 
+    def _sweep(self) -> None:
+        """Remove the temporary files a crash left (call with the directory's lock held): a
+        compaction's, which only the lock's holder writes; a new worker's file or a setup's
+        probe once no process holds it and it is older than `STALE` seconds (a worker makes its
+        file, locks it and renames it in a moment)."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        now = time.time()
+        for name in names:
+            path = os.path.join(self.path, name)
+            if name.startswith(".archive-") and name.endswith(".tmp"):
+                _remove(path)
+            elif name.startswith(".probe-") or (name.startswith(".w-") and name.endswith(".tmp")):
+                try:
+                    stale = now - os.stat(path).st_mtime > STALE
+                except OSError:
+                    continue
+                if stale and not _held(path):
+                    _remove(path)
+
     def compact(self, minimum: int = 1) -> bool:
         """Fold dead workers' files into a new archive, if there are at least `minimum` (call
         with `_lock` held); False if another process is compacting."""
         with self._dirlock(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
             if not locked:
                 return False
+            self._sweep()
             archive, dead = self._dead()
             if len(dead) < max(minimum, 1):
                 return True
