@@ -50,6 +50,7 @@ import logging
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -877,7 +878,25 @@ def directory(path: str | os.PathLike[str]) -> Directory:
         if found is None:
             check(full)
             found = _DIRECTORIES[full] = Directory(full)
+            _check_uwsgi(full)
         return found
+
+
+def _check_uwsgi(path: str) -> None:
+    """Warn when uWSGI will fork this process's workers without Python's fork hooks: it forks
+    from C, and only runs them with ``--py-call-osafterfork``; without it (or ``--lazy-apps``,
+    each worker loading the app itself) every worker would write into the cells the master made
+    before the fork, and counts would be lost."""
+    uwsgi = sys.modules.get("uwsgi")  # only inside a uWSGI process
+    options = getattr(uwsgi, "opt", None)
+    if not isinstance(options, dict):
+        return
+    if not any(options.get(name) for name in ("lazy-apps", "lazy", "py-call-osafterfork")):
+        _log.warning(
+            "metrics directory %s: uWSGI forks its workers without running Python's fork "
+            "hooks, so they would share this process's metric cells; run uWSGI with "
+            "--lazy-apps or --py-call-osafterfork", path,
+        )
 
 
 def check(path: str) -> None:
