@@ -316,13 +316,16 @@ def test_uwsgi_with_four_workers_counts_every_request_in_one_scrape(
 ) -> None:
     server = Server(tmp_path, WSGI_APP + '\nhandle("/imported")\n', uwsgi(fork))
     try:
+        # Imported in each worker, or once in the master.
+        imports = 4 if fork == "--lazy-apps" else 1
+        deadline = time.monotonic() + 60  # until every worker has loaded the app
+        while len(server.files()) < imports and time.monotonic() < deadline:
+            time.sleep(0.1)
         n = 400
         assert send(server, ["/hello"] * n) == n
         samples = server.scrape()
         assert samples[(COUNTER, (("route", "/hello"),))] == n
         assert samples[(HISTOGRAM_COUNT, (("route", "/hello"),))] == n
-        # Imported in each worker, or once in the master.
-        imports = 4 if fork == "--lazy-apps" else 1
         assert samples[(COUNTER, (("route", "/imported"),))] == imports
         assert "--py-call-osafterfork" not in server.output()  # no warning
         pids = {name.split("-")[1] for name in server.files() if name.startswith("w-")}
