@@ -667,6 +667,30 @@ def test_per_thread_cells_of_one_process_add_up(
     assert point.value == 2
 
 
+def test_more_cells_of_a_series_than_one_pass_adds_add_up(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _aggregation
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", True)
+    scrape = Scrape(directory, [COUNT, DURATION])
+    threads = [  # 40 cells of each series: several passes of the bulk addition
+        threading.Thread(target=record, args=(i + 1,), kwargs={"duration": (i + 1) * 1_000_000})
+        for i in range(40)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [count] = scrape.points(COUNT.name).values()
+    assert count.value == 40 * 41 // 2
+    [hist] = scrape.points(DURATION.name).values()
+    assert hist.count == sum(hist.bucket_counts) == 40 * 41 // 2
+    assert (hist.min, hist.max) == (pytest.approx(0.001), pytest.approx(0.040))
+
+
 def test_a_file_defining_a_metric_with_other_buckets_is_left_out_and_reported(
     directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from operator import itemgetter
@@ -414,6 +414,27 @@ class _Gather:
         return found
 
 
+_FOLD: Final = 16
+"""Layers `Directory.added` adds in one pass (more passes past it: its memory stays bounded)."""
+
+
+def _add(
+    total: list[Any] | None, layers: list[Sequence[float]], buckets: bool, width: int
+) -> list[Any]:
+    """`total` (if any) and `layers`, flat cells of one width in one order, added position by
+    position: a distribution's min and max (its last two numbers) as the smallest and largest."""
+    if total is not None:
+        layers = [total, *layers]
+    if len(layers) == 1:
+        return list(layers[0])
+    found = list(map(sum, zip(*layers, strict=True)))
+    if buckets:
+        low, high = width - 2, width - 1
+        found[low::width] = map(min, *(layer[low::width] for layer in layers))
+        found[high::width] = map(max, *(layer[high::width] for layer in layers))
+    return found
+
+
 def _one(index: int) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
     """`itemgetter` of one index, its item in a tuple."""
     return lambda flat: (flat[index],)
@@ -572,31 +593,28 @@ class Directory:
                 records = source.series.get(name, [])[:]
                 source.enlist(name, records, width, order)
                 readable.append((source, records))
-            layers: list[tuple[float, ...]] = []
+            buckets = info.shape == "buckets"
+            total: list[Any] | None = None
+            layers: list[Sequence[float]] = []
             complete = False
             present: set[int] = set()
             for source, records in readable:
                 gather = source.gather(name, records, width, identity, order)
                 assert source.map is not None
                 layers.extend(gather.read(source.map, source.archive))
+                if len(layers) >= _FOLD:  # bounded memory, however many files
+                    total, layers = _add(total, layers, buckets, width), []
                 if gather.complete:
                     complete = True
                 elif not complete:
                     present.update(gather.slots)
+            if layers:
+                total = _add(total, layers, buckets, width)
             places = list(order.values()) if complete else sorted(present)
             keys = list(order)
-        if not layers:
+        if total is None:
             return {}
-        total: list[Any]
-        if len(layers) == 1:
-            total = list(layers[0])
-        else:
-            total = list(map(sum, zip(*layers, strict=True)))
-            if info.shape == "buckets":  # its last two numbers: a min and a max
-                low, high = width - 2, width - 1
-                total[low::width] = map(min, *(layer[low::width] for layer in layers))
-                total[high::width] = map(max, *(layer[high::width] for layer in layers))
-        if info.shape == "buckets":  # counts as ints, as a list cell holds them
+        if buckets:  # counts as ints, as a list cell holds them
             for i in range(width - 3):
                 total[i::width] = map(int, total[i::width])
         else:
