@@ -537,3 +537,73 @@ def test_set_global_installs_the_logger_provider_too() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _in_a_forked_child(work: Any) -> Any:
+    """`work()`'s JSON result, run in a forked child (as a pre-fork server runs a worker)."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.close(read)
+            with os.fdopen(write, "w") as out:
+                json.dump(work(), out)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read) as found:
+        text = found.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the child failed"
+    return json.loads(text)
+
+
+def test_each_process_has_a_service_instance_id_of_its_own() -> None:
+    import uuid
+
+    setup = otel.configure("svc")
+    try:
+        mine = setup.tracer_provider.resource.attributes["service.instance.id"]
+        assert isinstance(mine, str) and uuid.UUID(mine).version == 4
+        assert setup.meter_provider._sdk_config.resource.attributes["service.instance.id"] == mine
+        # The same for every resource of the process: one process, one instance.
+        assert otel.resource("other").attributes["service.instance.id"] == mine
+        assert otel.default_resource().attributes["service.instance.id"] == mine
+
+        def child() -> list[Any]:
+            configured = otel.configure("svc")
+            try:
+                return [
+                    otel.default_resource().attributes["service.instance.id"],
+                    configured.tracer_provider.resource.attributes["service.instance.id"],
+                    otel.resource().attributes["service.instance.id"],
+                ]
+            finally:
+                configured.shutdown()
+
+        def child_before_configure() -> Any:  # the parent's configure, inherited (--preload)
+            return otel.default_resource().attributes["service.instance.id"]
+
+        first, second = _in_a_forked_child(child), _in_a_forked_child(child)
+        inherited = _in_a_forked_child(child_before_configure)
+        assert len(set(first)) == len(set(second)) == 1
+        assert len({mine, first[0], second[0], inherited}) == 4
+    finally:
+        setup.shutdown()
+
+
+def test_a_service_instance_id_the_user_sets_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    setup = otel.configure("svc", resource_attributes={"service.instance.id": "node-1"})
+    try:
+        assert setup.tracer_provider.resource.attributes["service.instance.id"] == "node-1"
+        assert _in_a_forked_child(
+            lambda: otel.default_resource().attributes["service.instance.id"]
+        ) == "node-1"
+    finally:
+        setup.shutdown()
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=worker-3")
+    assert otel.resource().attributes["service.instance.id"] == "worker-3"

@@ -154,6 +154,60 @@ def test_counters_sums_and_histograms_add_up_over_every_process(directory: Path)
     assert total.value == 490
 
 
+def test_series_in_any_order_and_in_some_processes_only_add_up_series_by_series(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _aggregation
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", True)  # a cell per thread, as without a GIL
+    scrape = Scrape(directory, [COUNT, DURATION])
+    # Per process: (route, events, duration in ms), in the order it records them.
+    Plan = list[tuple[str, int, int]]
+    plans: list[Plan] = [
+        [("/a", 1, 1), ("/b", 2, 2), ("/c", 3, 3)],
+        [("/c", 4, 5), ("/a", 5, 1)],
+        [("/d", 6, 7)],
+    ]
+
+    def run(plan: Plan) -> None:
+        for route, n, ms in plan:
+            record(n, route=route, duration=ms * 1_000_000)
+
+    def in_threads(*parts: Plan) -> None:
+        threads = [threading.Thread(target=run, args=(part,)) for part in parts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def check(done: list[Plan]) -> None:
+        count = {dict(k)["route"]: p.value for k, p in scrape.points(COUNT.name).items()}
+        hists = {dict(k)["route"]: p for k, p in scrape.points(DURATION.name).items()}
+        steps = [step for plan in done for step in plan]
+        routes = {route for route, _, _ in steps}
+        assert count == {r: sum(n for x, n, _ in steps if x == r) for r in routes}
+        assert set(hists) == routes
+        for route, hist in hists.items():
+            mine = [(n, ms) for x, n, ms in steps if x == route]
+            assert hist.count == sum(hist.bucket_counts) == sum(n for n, _ in mine)
+            assert hist.sum == pytest.approx(sum(n * ms / 1000 for n, ms in mine))
+            assert hist.min == pytest.approx(min(ms for _, ms in mine) / 1000)
+            assert hist.max == pytest.approx(max(ms for _, ms in mine) / 1000)
+
+    for plan in plans:
+        assert Worker(lambda plan=plan: run(plan)).wait() == 0
+    check(plans)
+    # A series no file had yet, in a live file; then a process with one cell per thread (a
+    # series in both threads' cells, others in one only).
+    more: list[Plan] = [[("/e", 3, 2)], [("/b", 7, 9), ("/a", 2, 8)], [("/a", 1, 4), ("/f", 2, 6)]]
+    run(more[0])
+    assert Worker(lambda: in_threads(more[1], more[2])).wait() == 0
+    check(plans + more)
+    check(plans + more)  # again, from what the previous scrape kept
+
+
 def test_a_scrape_of_any_process_is_the_merged_one_in_prometheus_text(directory: Path) -> None:
     from vsrtel.export.prometheus import prometheus_reader
 
@@ -323,6 +377,56 @@ def test_new_workers_compact_without_any_scrape(directory: Path) -> None:
         assert len(files(directory)) <= 1 + COMPACT_AFTER + 1
     [point] = scrape.points("app.request.stop.count").values()
     assert point.value == 40
+
+
+def crash_before_a_rename(work: Callable[[], None], before: Callable[[], None] = list) -> None:
+    """Run `before`, then `work`, in a forked child that dies (as if killed) when `work` first
+    renames a file."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            before()
+            os.rename = lambda *args, **kwargs: os._exit(3)  # type: ignore[assignment]
+            work()
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3, "the child did not reach a rename"
+
+
+def test_temporary_files_a_crash_left_are_removed_by_the_next_compaction(
+    directory: Path,
+) -> None:
+    import fcntl
+
+    def temporary() -> list[str]:
+        return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+    scrape = Scrape(directory, [COUNT])
+    assert Worker(lambda: record(2)).wait() == 0  # a dead worker's file, to compact
+
+    # A worker scraping: it compacts, and dies before renaming the new archive into place.
+    crash_before_a_rename(
+        lambda: generate_latest(MergedMetrics(directory).registry), before=lambda: record(1)
+    )
+    crash_before_a_rename(lambda: record(1))  # a worker dying as it makes its file
+    assert len([n for n in temporary() if n.startswith(".archive-")]) == 1
+    [worker] = [n for n in temporary() if n.startswith(".w-")]
+    old = time.time() - 3600  # older than the minute a worker's file is left alone
+    os.utime(directory / worker, (old, old))
+    # A worker being born (its file locked, not yet renamed), and one made a moment ago.
+    held = directory / ".w-1-born.tmp"
+    held.write_bytes(b"")
+    os.utime(held, (old, old))
+    fresh = directory / ".w-2-fresh.tmp"
+    fresh.write_bytes(b"")
+    with open(held, "rb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert Worker(lambda: record(1)).wait() == 0
+        [point] = scrape.points("app.request.stop.count").values()  # compacts
+        assert temporary() == [held.name, fresh.name]
+    assert point.value == 2 + 1 + 1
+    assert not any(n.startswith("w-") for n in files(directory))  # all dead: compacted
 
 
 def test_scrapes_while_workers_come_and_go_never_see_a_counter_go_down(directory: Path) -> None:
@@ -561,6 +665,30 @@ def test_per_thread_cells_of_one_process_add_up(
     # A process's threads' cells of a gauge are its latest value, not their sum.
     [point] = scrape.points("app.request.stop.queue").values()
     assert point.value == 2
+
+
+def test_more_cells_of_a_series_than_one_pass_adds_add_up(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vsrtel.handlers import _aggregation
+
+    monkeypatch.setattr(_aggregation, "PER_THREAD", True)
+    scrape = Scrape(directory, [COUNT, DURATION])
+    threads = [  # 40 cells of each series: several passes of the bulk addition
+        threading.Thread(target=record, args=(i + 1,), kwargs={"duration": (i + 1) * 1_000_000})
+        for i in range(40)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    [count] = scrape.points(COUNT.name).values()
+    assert count.value == 40 * 41 // 2
+    [hist] = scrape.points(DURATION.name).values()
+    assert hist.count == sum(hist.bucket_counts) == 40 * 41 // 2
+    assert (hist.min, hist.max) == (pytest.approx(0.001), pytest.approx(0.040))
 
 
 def test_a_file_defining_a_metric_with_other_buckets_is_left_out_and_reported(

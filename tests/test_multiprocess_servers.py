@@ -1,4 +1,4 @@
-"""Multi-process mode under real pre-fork servers: gunicorn and uvicorn, on loopback.
+"""Multi-process mode under real pre-fork servers: gunicorn, uvicorn and uWSGI, on loopback.
 
 Each test starts the server on a free port with ``VSRTEL_MULTIPROC_DIR`` set, sends a known
 number of requests over several connections, and checks that one scrape (answered by whichever
@@ -284,5 +284,61 @@ def test_uvicorn_with_two_workers_counts_every_request_in_one_scrape(tmp_path: P
         samples = server.scrape()
         assert samples[(COUNTER, (("route", "/hello"),))] == n
         assert samples[(HISTOGRAM_COUNT, (("route", "/hello"),))] == n
+    finally:
+        server.stop()
+
+
+def uwsgi(*options: str) -> list[str]:
+    """uWSGI, built for this Python (``pip install uwsgi`` puts it beside the interpreter)."""
+    found = Path(sys.executable).with_name("uwsgi")
+    if not found.is_file():
+        pytest.skip("uWSGI is not installed for this Python (pip install uwsgi: it compiles C)")
+    return [
+        str(found), "--http-socket", "127.0.0.1:{port}", "--master", "--processes", "4",
+        "--module", "service:app", "--need-app", "--die-on-term", "--disable-logging",
+        *options,
+    ]
+
+
+@needs
+@pytest.mark.parametrize(
+    "fork",
+    [
+        # Each worker imports the app after the fork.
+        "--lazy-apps",
+        # The master imports the app (and here records an event) before forking, as gunicorn's
+        # --preload: Python's fork hooks run in the workers only with this option.
+        "--py-call-osafterfork",
+    ],
+)
+def test_uwsgi_with_four_workers_counts_every_request_in_one_scrape(
+    tmp_path: Path, fork: str
+) -> None:
+    server = Server(tmp_path, WSGI_APP + '\nhandle("/imported")\n', uwsgi(fork))
+    try:
+        # Imported in each worker, or once in the master.
+        imports = 4 if fork == "--lazy-apps" else 1
+        deadline = time.monotonic() + 60  # until every worker has loaded the app
+        while len(server.files()) < imports and time.monotonic() < deadline:
+            time.sleep(0.1)
+        n = 400
+        assert send(server, ["/hello"] * n) == n
+        samples = server.scrape()
+        assert samples[(COUNTER, (("route", "/hello"),))] == n
+        assert samples[(HISTOGRAM_COUNT, (("route", "/hello"),))] == n
+        assert samples[(COUNTER, (("route", "/imported"),))] == imports
+        assert "--py-call-osafterfork" not in server.output()  # no warning
+        pids = {name.split("-")[1] for name in server.files() if name.startswith("w-")}
+        assert len(pids) >= 2
+    finally:
+        server.stop()
+
+
+@needs
+def test_uwsgi_forking_without_python_fork_hooks_is_warned_about(tmp_path: Path) -> None:
+    server = Server(tmp_path, WSGI_APP, uwsgi())
+    try:
+        assert server.get("/hello")[0] == 200
+        assert "run uWSGI with --lazy-apps or --py-call-osafterfork" in server.output()
     finally:
         server.stop()

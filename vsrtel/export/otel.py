@@ -5,7 +5,7 @@ handlers. Exporters are chosen from the standard environment variables, so the s
 silently on a laptop and ships telemetry in production:
 
 - ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES``: the resource (service name defaults to
-  ``"vsrtel"``).
+  ``"vsrtel"``; ``service.instance.id`` to a random UUID of the process, see `resource`).
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (every signal), ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``,
   ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``, ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``: add the
   OTLP/HTTP exporters (extra ``vsrtel[otlp]``); headers, timeout, compression and certificates
@@ -33,10 +33,12 @@ import logging
 import os
 import sys
 import threading
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 from opentelemetry import metrics, trace
+from opentelemetry.sdk import resources as sdk_resources
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -44,7 +46,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
@@ -302,7 +304,12 @@ def resource(
     service_name: str | None = None, attributes: Mapping[str, Any] | None = None
 ) -> Resource:
     """The OpenTelemetry resource `configure` gives its providers, for a provider built
-    elsewhere (``serve_metrics(resource=...)``): same service name rules, same attributes."""
+    elsewhere (``serve_metrics(resource=...)``): same service name rules, same attributes.
+
+    Unless `attributes` or ``OTEL_RESOURCE_ATTRIBUTES`` set it, ``service.instance.id`` is
+    this process's own random UUID (version 4, as OpenTelemetry's semantic conventions
+    advise): the same for every resource of the process, and a new one in a forked child, so
+    the worker processes of one service (gunicorn, uvicorn ``--workers``) are told apart."""
     return _resource(service_name, attributes)
 
 
@@ -315,7 +322,14 @@ def default_resource() -> Resource:
     """The resource of the latest `configure` in this process, else `resource()`: what
     ``serve_metrics()`` gives its provider when not passed one, so that ``configure("api")``
     then ``serve_metrics()`` scrapes as service ``api``."""
-    return _configured_resource if _configured_resource is not None else _resource(None, None)
+    found = _configured_resource
+    if found is None:
+        return _resource(None, None)
+    instance = found.attributes.get(SERVICE_INSTANCE_ID)
+    if instance in _AUTOMATIC_IDS and instance != _instance_id():
+        # Configured before a fork (gunicorn --preload): this worker is an instance of its own.
+        return found.merge(Resource({SERVICE_INSTANCE_ID: _instance_id()}))
+    return found
 
 
 def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) -> Resource:
@@ -326,7 +340,25 @@ def _resource(service_name: str | None, attributes: Mapping[str, Any] | None) ->
     detected = str(resource.attributes.get(SERVICE_NAME, ""))
     if detected.startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+    if SERVICE_INSTANCE_ID not in resource.attributes:  # older SDKs set none
+        resource = resource.merge(Resource({SERVICE_INSTANCE_ID: _instance_id()}))
+    found = resource.attributes[SERVICE_INSTANCE_ID]
+    if found == _instance_id():
+        _AUTOMATIC_IDS.add(found)
     return resource
+
+
+_OWN_IDS: dict[int, str] = {}  # by process id
+_AUTOMATIC_IDS: set[Any] = set()  # the ids `_resource` gave (not the user's)
+
+
+def _instance_id() -> str:
+    """This process's ``service.instance.id``: the one the SDK detects, where it does (a random
+    UUID per process), else one of ours made the same way."""
+    detector = getattr(sdk_resources, "ServiceInstanceIdResourceDetector", None)
+    if detector is not None:
+        return str(detector().detect().attributes[SERVICE_INSTANCE_ID])
+    return _OWN_IDS.setdefault(os.getpid(), str(uuid.uuid4()))  # atomic: one per process
 
 
 def exports_otlp(

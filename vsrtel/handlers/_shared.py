@@ -23,6 +23,12 @@ archive: the worker files it already holds.
 **Liveness.** The writer holds an exclusive `flock` on its file for its whole life; the kernel
 drops it when the process ends, however it ends (SIGKILL too). A file nobody holds is dead.
 
+**Reading.** A reader keeps each file's records parsed (they are only ever appended) and, per
+metric, how to read its cells in one `struct` call and lay them out in one lasting order of the
+metric's series; a scrape then adds the files' numbers position by position (`Directory.added`),
+with no Python code per series or per number. An archive's numbers, which never change, are
+read once.
+
 **Compaction.** Dead files are folded into one archive, so the directory holds about one file
 per live worker, however many were recycled. Whoever finds dead files (a scrape, a new worker)
 takes the directory's lock (``.lock``, exclusive and non-blocking: one compactor at a time),
@@ -33,7 +39,8 @@ directory and maps the files it will read, so it sees either the old archive and
 files or the new archive without them: never a file twice, never one missing. It then reads
 the values from its own mappings, which stay valid after a file is deleted, and a dead file's
 values no longer change, so a counter never goes down from one scrape to the next. (Integer
-counts are exact; a float sum folded in another order may differ in its last bit.)
+counts are exact; a float sum folded in another order may differ in its last bit.) A
+compactor also removes the temporary files a crash left behind (`Directory._sweep`).
 """
 
 from __future__ import annotations
@@ -43,13 +50,15 @@ import logging
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final, cast
 
 try:
@@ -57,7 +66,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock, no multi-process mode
     fcntl = None  # type: ignore[assignment]
 
-from vsrtel.handlers._aggregation import PER_THREAD, SCOPE, SHAPES, Cells, Series, Shape
+from vsrtel.handlers._aggregation import LAST, PER_THREAD, SCOPE, SHAPES, Cells, Series, Shape
 
 _log = logging.getLogger("vsrtel")
 
@@ -75,6 +84,8 @@ _INITIAL_SIZE: Final = 1 << 16
 COMPACT_AFTER: Final = 8
 """Dead files a new worker leaves for a scrape to fold; past this many, it folds them itself."""
 SUFFIX: Final = ".vsm"
+STALE: Final = 60.0
+"""Seconds after which a compaction removes a new worker's temporary file nobody holds."""
 
 MODES: Final = frozenset({"sum", "max", "min", "latest", "live_sum", "all"})
 """How a `last_value` merges across processes (`reporter_options={"multiprocess_mode": ...}`)."""
@@ -217,6 +228,9 @@ class Source:
             self.metrics: dict[str, MetricInfo] = {}
             self.series: dict[str, list[tuple[Key, int, int]]] = {}
             self.folded: frozenset[str] = frozenset()
+            # Per metric: its series records counted into a directory's order, and its gather.
+            self.enlisted: dict[str, int] = {}
+            self.gathers: dict[str, _Gather] = {}
             self._remap()
             assert self.map is not None
             magic, version, kind, pid, _start, _ = _HEAD.unpack_from(self.map, 0)
@@ -286,6 +300,37 @@ class Source:
             if count == size:
                 yield labels, cast("list[float]", view[at:at + count].tolist())
 
+    def enlist(
+        self, name: str, records: list[tuple[Key, int, int]], width: int, order: dict[Key, int]
+    ) -> None:
+        """Give each series of metric `name` in this file a place in `order` (appended).
+        `records`: the metric's `series` as the caller took them (another thread's `refresh`
+        may append to them meanwhile)."""
+        if self.enlisted.get(name) != len(records):
+            for labels, _, count in records:
+                if count == width:
+                    order.setdefault(labels, len(order))
+            self.enlisted[name] = len(records)
+
+    def gather(
+        self,
+        name: str,
+        records: list[tuple[Key, int, int]],
+        width: int,
+        identity: tuple[float, ...],
+        order: dict[Key, int],
+    ) -> _Gather:
+        """How to read metric `name`'s cells in `order` (rebuilt when either grew), once
+        `enlist`ed with the same `records`."""
+        key = (len(records), len(order))
+        found = self.gathers.get(name)
+        if found is None or found.key != key:
+            found = self.gathers[name] = _Gather(
+                [(labels, at) for labels, at, count in records if count == width],
+                width, identity, order, key,
+            )
+        return found
+
     def close(self) -> None:
         # Not unmapped: the mapping goes with its last reference (a scrape may still read it).
         with suppress(OSError):
@@ -301,6 +346,98 @@ class Source:
             return True
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         return False
+
+
+class _Gather:
+    """One file's cells of one metric, read in one pass and laid out in a directory's order of
+    the metric's series: a `struct` unpacks every cell's doubles, skipping the records' text,
+    and the cells are put in that order (when the file's own differs). Layer k holds each
+    series' k-th cell in the file (a process has one cell per thread that recorded it), or
+    the identity cell (`Shape.new`) where it has none."""
+
+    __slots__ = ("cached", "complete", "getters", "identity", "key", "slots", "unpack")
+
+    def __init__(
+        self,
+        records: list[tuple[Key, int]],
+        width: int,
+        identity: tuple[float, ...],
+        order: dict[Key, int],
+        key: tuple[int, int],
+    ) -> None:
+        self.key = key
+        self.identity = identity
+        self.cached: list[tuple[float, ...]] | None = None
+        layout, pos = ["<"], 0
+        for _, at in records:
+            layout.append(f"{8 * at - pos}x{width}d")
+            pos = 8 * (at + width)
+        self.unpack = struct.Struct("".join(layout)).unpack_from
+        n = len(order)
+        where: list[list[int]] = []  # per layer: each place's record, or -1
+        seen: dict[Key, int] = {}
+        for i, (labels, _) in enumerate(records):
+            k = seen.get(labels, 0)
+            seen[labels] = k + 1
+            if k == len(where):
+                where.append([-1] * n)
+            where[k][order[labels]] = i
+        self.slots = [at for at, i in enumerate(where[0]) if i >= 0] if where else []
+        self.complete = len(self.slots) == n
+        pad = len(records) * width  # where `read` appends the identity cell
+        self.getters: list[Callable[[tuple[float, ...]], tuple[float, ...]] | None] = []
+        for layer in where:
+            if len(records) == n and layer == list(range(n)):  # the file's own order
+                self.getters.append(None)
+                continue
+            indices: list[int] = []
+            for i in layer:
+                start = i * width if i >= 0 else pad
+                indices.extend(range(start, start + width))
+            self.getters.append(itemgetter(*indices) if len(indices) > 1 else _one(indices[0]))
+
+    def read(self, buffer: mmap.mmap, final: bool) -> list[tuple[float, ...]]:
+        """The file's numbers of the metric, one flat tuple per layer; kept if `final` (an
+        archive: its numbers never change)."""
+        if self.cached is not None:
+            return self.cached
+        found: list[tuple[float, ...]] = []
+        if self.getters:
+            flat: tuple[float, ...] = self.unpack(buffer, 0)
+            if self.getters == [None]:
+                found = [flat]
+            else:
+                padded = flat + self.identity
+                found = [flat if get is None else get(padded) for get in self.getters]
+        if final:
+            self.cached = found
+        return found
+
+
+_FOLD: Final = 16
+"""Layers `Directory.added` adds in one pass (more passes past it: its memory stays bounded)."""
+
+
+def _add(
+    total: list[Any] | None, layers: list[Sequence[float]], buckets: bool, width: int
+) -> list[Any]:
+    """`total` (if any) and `layers`, flat cells of one width in one order, added position by
+    position: a distribution's min and max (its last two numbers) as the smallest and largest."""
+    if total is not None:
+        layers = [total, *layers]
+    if len(layers) == 1:
+        return list(layers[0])
+    found = list(map(sum, zip(*layers, strict=True)))
+    if buckets:
+        low, high = width - 2, width - 1
+        found[low::width] = map(min, *(layer[low::width] for layer in layers))
+        found[high::width] = map(max, *(layer[high::width] for layer in layers))
+    return found
+
+
+def _one(index: int) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+    """`itemgetter` of one index, its item in a tuple."""
+    return lambda flat: (flat[index],)
 
 
 def merge_into(
@@ -336,6 +473,9 @@ class Directory:
         self.skipped_files = 0
         """Files found unreadable (each counted once)."""
         self._scan: tuple[int, list[tuple[Source, bool]]] | None = None
+        # Per metric: each series' place in the merged view (see `added`), for good.
+        self._orders: dict[str, dict[Key, int]] = {}
+        self._merging = threading.Lock()
         self._lockfile = os.path.join(path, ".lock")
 
     def writer(self) -> Writer:
@@ -366,6 +506,7 @@ class Directory:
             self._writer.abandon()
         self._writer = None
         self._lock = threading.Lock()
+        self._merging = threading.Lock()
         self._scan = None
 
     @contextmanager
@@ -427,6 +568,59 @@ class Directory:
                 self._compact()
         return found
 
+    def added(
+        self, info: MetricInfo, sources: list[tuple[Source, bool]]
+    ) -> dict[Key, list[Any]]:
+        """A counter's, sum's or distribution's series in `sources`, every cell of each added
+        up (as `merge_into` adds them) and its numbers as a list cell holds them (`_numbers`).
+
+        In bulk: each file's cells are read in one pass in one order (`_Gather`) and added
+        position by position, with no Python code run per series or per number; the order,
+        and how to read each file, are kept from one scrape to the next."""
+        name = info.name
+        identity = tuple(SHAPES[info.shape].new(info.bounds))
+        width = len(identity)
+        with self._merging:
+            order = self._orders.setdefault(name, {})
+            readable = []
+            for source, _ in sources:
+                other = source.metrics.get(name)
+                if other is None:
+                    continue
+                if (other.shape, other.bounds) != (info.shape, info.bounds):
+                    self.mismatch(name, source.name)
+                    continue
+                records = source.series.get(name, [])[:]
+                source.enlist(name, records, width, order)
+                readable.append((source, records))
+            buckets = info.shape == "buckets"
+            total: list[Any] | None = None
+            layers: list[Sequence[float]] = []
+            complete = False
+            present: set[int] = set()
+            for source, records in readable:
+                gather = source.gather(name, records, width, identity, order)
+                assert source.map is not None
+                layers.extend(gather.read(source.map, source.archive))
+                if len(layers) >= _FOLD:  # bounded memory, however many files
+                    total, layers = _add(total, layers, buckets, width), []
+                if gather.complete:
+                    complete = True
+                elif not complete:
+                    present.update(gather.slots)
+            if layers:
+                total = _add(total, layers, buckets, width)
+            places = list(order.values()) if complete else sorted(present)
+            keys = list(order)
+        if total is None:
+            return {}
+        if buckets:  # counts as ints, as a list cell holds them
+            for i in range(width - 3):
+                total[i::width] = map(int, total[i::width])
+        else:
+            total = list(map(_integral, total))
+        return {keys[at]: total[at * width:at * width + width] for at in places}
+
     def _compact(self, minimum: int = 1) -> None:
         """`compact`, a failure (a full disk) reported instead of raised: the scrape or the
         event that set it off goes on, and a later one tries again."""
@@ -484,12 +678,35 @@ class Directory:
                     dead.append(source)
         return archive, dead
 
+    def _sweep(self) -> None:
+        """Remove the temporary files a crash left (call with the directory's lock held): a
+        compaction's, which only the lock's holder writes; a new worker's file or a setup's
+        probe once no process holds it and it is older than `STALE` seconds (a worker makes its
+        file, locks it and renames it in a moment)."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        now = time.time()
+        for name in names:
+            path = os.path.join(self.path, name)
+            if name.startswith(".archive-") and name.endswith(".tmp"):
+                _remove(path)
+            elif name.startswith(".probe-") or (name.startswith(".w-") and name.endswith(".tmp")):
+                try:
+                    stale = now - os.stat(path).st_mtime > STALE
+                except OSError:
+                    continue
+                if stale and not _held(path):
+                    _remove(path)
+
     def compact(self, minimum: int = 1) -> bool:
         """Fold dead workers' files into a new archive, if there are at least `minimum` (call
         with `_lock` held); False if another process is compacting."""
         with self._dirlock(fcntl.LOCK_EX | fcntl.LOCK_NB) as locked:
             if not locked:
                 return False
+            self._sweep()
             archive, dead = self._dead()
             if len(dead) < max(minimum, 1):
                 return True
@@ -608,9 +825,11 @@ def metrics(directory: Directory) -> dict[str, MetricInfo]:
 
 def merged(
     directory: Directory, name: str, info: MetricInfo | None = None
-) -> tuple[MetricInfo | None, dict[Key, list[float]]]:
-    """Every process's series of metric `name`, added up per series (see `merge_into`); for a
-    gauge in mode "all", each live process's own series, its labels with a ``pid``.
+) -> tuple[MetricInfo | None, dict[Key, list[Any]]]:
+    """Every process's series of metric `name`, added up per series (see `merge_into`; a
+    counter's, sum's or distribution's in bulk: `Directory.added`); for a gauge in mode "all",
+    each live process's own series, its labels with a ``pid``. The numbers are as a list cell
+    holds them (`_numbers`: counts and whole totals as ints).
 
     `info` is the definition to merge by (the calling process's own); by default the first
     file's. Files defining the metric with another shape or buckets are skipped (a warning,
@@ -622,8 +841,8 @@ def merged(
         info = source.metrics.get(name)
     if info is None:
         return None, {}
-    shape = SHAPES[info.shape]
-    last = info.shape == "last"
+    if info.shape != "last":
+        return info, directory.added(info, sources)
     totals: dict[Key, list[float]] = {}
     for source, live in sources:
         other = source.metrics.get(name)
@@ -632,25 +851,25 @@ def merged(
         if (other.shape, other.bounds) != (info.shape, info.bounds):
             directory.mismatch(name, source.name)
             continue
-        if last and info.mode in _LIVE_ONLY and not live:
+        if info.mode in _LIVE_ONLY and not live:
             continue
         mine: dict[Key, list[float]] = {}
-        # A process's cells of one series (one per thread): the latest value of a gauge.
+        # A process's cells of one series (one per thread): the latest value.
         for labels, values in source.values(info):
             known = mine.get(labels)
             if known is None:
                 mine[labels] = values
             else:
-                merge_into(shape, "latest" if last else info.mode, known, values, info.bounds)
+                merge_into(LAST, "latest", known, values, info.bounds)
         for labels, values in mine.items():
-            if last and info.mode == "all":
+            if info.mode == "all":
                 labels = (*labels, ("pid", str(source.pid)))
             total = totals.get(labels)
             if total is None:
                 totals[labels] = values
             else:
-                merge_into(shape, info.mode, total, values, info.bounds)
-    return info, totals
+                merge_into(LAST, info.mode, total, values, info.bounds)
+    return info, {labels: _numbers(LAST, values, info.bounds) for labels, values in totals.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,7 +896,25 @@ def directory(path: str | os.PathLike[str]) -> Directory:
         if found is None:
             check(full)
             found = _DIRECTORIES[full] = Directory(full)
+            _check_uwsgi(full)
         return found
+
+
+def _check_uwsgi(path: str) -> None:
+    """Warn when uWSGI will fork this process's workers without Python's fork hooks: it forks
+    from C, and only runs them with ``--py-call-osafterfork``; without it (or ``--lazy-apps``,
+    each worker loading the app itself) every worker would write into the cells the master made
+    before the fork, and counts would be lost."""
+    uwsgi = sys.modules.get("uwsgi")  # only inside a uWSGI process
+    options = getattr(uwsgi, "opt", None)
+    if not isinstance(options, dict):
+        return
+    if not any(options.get(name) for name in ("lazy-apps", "lazy", "py-call-osafterfork")):
+        _log.warning(
+            "metrics directory %s: uWSGI forks its workers without running Python's fork "
+            "hooks, so they would share this process's metric cells; run uWSGI with "
+            "--lazy-apps or --py-call-osafterfork", path,
+        )
 
 
 def check(path: str) -> None:
@@ -806,48 +1043,52 @@ class SharedCells(Cells):
         info, found = merged(self.directory, self.info.name, self.info)
         if info is None:
             return {}
-        result: dict[Series, list[Any]] = {}
-        overflow: list[float] | None = None
+        kept, keys = self.kept, self.keys
         cap = self.info.max_series
+        # Series new to this reader join those kept while there is room, in label order (the
+        # same choice in every process); a series once kept stays so.
+        for labels in sorted(labels for labels in found if labels not in kept):
+            if labels == _OVERFLOW_KEY or len(kept) < cap:
+                kept.add(labels)
+        result: dict[Series, list[Any]] = {}
+        overflow: list[Any] | None = None
         shape = self.shape
-        for labels in sorted(found):
-            values = found[labels]
-            if labels not in self.kept:
-                if labels != _OVERFLOW_KEY and len(self.kept) >= cap:
-                    if overflow is None:
-                        overflow = values
-                    else:
-                        merge_into(shape, info.mode, overflow, values, self.bounds)
-                    continue
-                self.kept.add(labels)
-            series = self.keys.get(labels)
-            if series is None:
-                series = self.keys[labels] = Series(dict(labels))
-            result[series] = values
-        if overflow is not None:
-            series = self.keys.get(_OVERFLOW_KEY)
-            if series is None:
-                series = self.keys[_OVERFLOW_KEY] = Series(dict(_OVERFLOW_KEY))
-            before = result.get(series)
-            if before is None:
-                result[series] = overflow
+        for labels, values in found.items():
+            if labels in kept:
+                series = keys.get(labels)
+                if series is None:
+                    series = keys[labels] = Series(dict(labels))
+                result[series] = values
+            elif overflow is None:
+                overflow = values
             else:
+                merge_into(shape, info.mode, overflow, values, self.bounds)
+        if overflow is not None:
+            series = keys.get(_OVERFLOW_KEY)
+            if series is None:
+                series = keys[_OVERFLOW_KEY] = Series(dict(_OVERFLOW_KEY))
+            before = result.get(series)
+            if before is not None:
                 merge_into(shape, info.mode, before, overflow, self.bounds)
-        return {series: _numbers(shape, values, self.bounds) for series, values in result.items()}
+                overflow = before
+            result[series] = _numbers(shape, overflow, self.bounds)
+        return result
 
 
 _OVERFLOW_KEY: Final[Key] = (("otel.metric.overflow", "true"),)
 
 
 def _integral(value: float) -> int | float:
-    return int(value) if value.is_integer() and -(2**53) <= value <= 2**53 else value
+    if isinstance(value, float) and value.is_integer() and -(2**53) <= value <= 2**53:
+        return int(value)
+    return value
 
 
 def _numbers(shape: Shape, values: list[float], bounds: tuple[float, ...]) -> list[Any]:
     """A merged cell as a list cell holds it: counts as ints, whole totals as ints."""
     if shape.name == "buckets":
         n = len(bounds) + 1
-        return [*(int(v) for v in values[:n]), *values[n:]]
+        return [*map(int, values[:n]), *values[n:]]
     return [_integral(values[0]), *values[1:]]
 
 
