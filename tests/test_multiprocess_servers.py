@@ -289,10 +289,11 @@ def test_uvicorn_with_two_workers_counts_every_request_in_one_scrape(tmp_path: P
 
 
 def uwsgi(*options: str) -> list[str]:
-    """uWSGI, built for this Python (``pip install uwsgi`` puts it beside the interpreter)."""
+    """uWSGI for this Python (the dev extra's ``pyuwsgi``, or ``pip install uwsgi``, puts it
+    beside the interpreter)."""
     found = Path(sys.executable).with_name("uwsgi")
     if not found.is_file():
-        pytest.skip("uWSGI is not installed for this Python (pip install uwsgi: it compiles C)")
+        pytest.skip("uWSGI is not installed for this Python (pip install pyuwsgi)")
     return [
         str(found), "--http-socket", "127.0.0.1:{port}", "--master", "--processes", "4",
         "--module", "service:app", "--need-app", "--die-on-term", "--disable-logging",
