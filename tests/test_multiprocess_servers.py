@@ -343,3 +343,63 @@ def test_uwsgi_forking_without_python_fork_hooks_is_warned_about(tmp_path: Path)
         assert "run uWSGI with --lazy-apps or --py-call-osafterfork" in server.output()
     finally:
         server.stop()
+
+
+WEB_APP = """
+import os
+import vsrtel
+from vsrtel.export.multiprocess import wsgi_app
+from vsrtel.handlers.metrics import MetricsReporter
+from vsrtel.web import METRICS
+from vsrtel.web.wsgi import TelemetryMiddleware
+
+MetricsReporter(METRICS).attach()  # the directory: VSRTEL_MULTIPROC_DIR
+metrics = wsgi_app()
+
+
+def route(environ):
+    parts = environ["PATH_INFO"].split("/")
+    return "/users/{user_id}" if parts[1:2] == ["users"] else environ["PATH_INFO"]
+
+
+def service(environ, start_response):
+    if environ["PATH_INFO"] == "/unavailable":
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"down"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello from %d" % os.getpid()]
+
+
+traced = TelemetryMiddleware(service, route=route)
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] in ("/metrics", "/health"):
+        return metrics(environ, start_response)
+    return traced(environ, start_response)
+"""
+
+
+@needs
+def test_gunicorn_web_service_counts_requests_by_route_and_status_class(tmp_path: Path) -> None:
+    """The WSGI middleware and the recommended web metrics under gunicorn with four workers:
+    one scrape holds every request, by route template and status class."""
+    pytest.importorskip("gunicorn")
+    server = Server(tmp_path, WEB_APP, gunicorn("--workers", "4"))
+    try:
+        users = [f"/users/{n}" for n in range(300)]
+        assert send(server, users) == 300
+        send(server, ["/unavailable"] * 40)  # 503s
+        samples = server.scrape()
+    finally:
+        server.stop()
+
+    def requests(route: str, status_class: str) -> float:
+        labels = (("http_request_method", "GET"), ("http_response_status_class", status_class),
+                  ("http_route", route))
+        return samples[("http_server_request_duration_seconds_count", labels)]
+
+    assert requests("/users/{user_id}", "2xx") == 300
+    assert requests("/unavailable", "5xx") == 40
+    active = [v for (name, _), v in samples.items() if name == "http_server_active_requests"]
+    assert active == [0]
