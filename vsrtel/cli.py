@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard while it runs, and traces, metrics and log records exported as the OTEL_* "
         "variables say (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER "
         "and OTEL_LOGS_EXPORTER: otlp, console (printed to stderr) or none), then print a report "
-        "on stdout. Ctrl-C stops it "
-        "and prints the report so far. See docs/vsr.md.",
+        "on stdout. Ctrl-C stops it and prints the report so far. See docs/vsr.md.",
     )
     demo.add_argument("--replicas", type=_odd, default=3, help="cluster size, 2f+1 (default 3)")
     _cluster_arguments(demo, replicas=False, clients=4, requests=2000, faults="light")
