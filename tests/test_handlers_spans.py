@@ -1245,3 +1245,36 @@ def test_a_stop_setting_error_type_sets_status_error_without_an_exception(
     assert failed.status.status_code is StatusCode.ERROR
     assert not failed.events  # no exception recorded
     assert fine.status.status_code is StatusCode.UNSET
+
+
+def test_span_name_and_span_kind_metadata_name_the_span_and_a_stop_renames_it(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handle = spans.attach_tracer(["app"], tracer_provider=provider)
+    try:
+        with vsrtel.span("app.call", {"span_name": "GET", "span_kind": "server"}) as span:
+            span.metadata["span_name"] = "GET /users/{id}"  # known only once routed
+        with vsrtel.span("app.call", {"span_name": "GET", "span_kind": "sideways"}):
+            pass
+        with vsrtel.span("app.call", {"span_name": 7, "span_kind": ["client"]}):
+            pass
+    finally:
+        handle.detach()
+    renamed, unknown_kind, bad = exporter.get_finished_spans()
+    assert (renamed.name, renamed.kind) == ("GET /users/{id}", trace.SpanKind.SERVER)
+    assert (unknown_kind.name, unknown_kind.kind) == ("GET", trace.SpanKind.INTERNAL)
+    assert (bad.name, bad.kind) == ("app.call", trace.SpanKind.INTERNAL)
+    assert not {"span_name", "span_kind"} & set(renamed.attributes or {})
+
+
+def test_the_span_name_option_wins_over_span_name_metadata(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    handle = spans.attach_tracer(["app"], tracer_provider=provider, span_name="fixed")
+    try:
+        with vsrtel.span("app.call", {"span_name": "GET"}) as span:
+            span.metadata["span_name"] = "GET /users/{id}"
+    finally:
+        handle.detach()
+    [only] = exporter.get_finished_spans()
+    assert only.name == "fixed"

@@ -13,7 +13,7 @@ from _web_servers import uvicorn_server, wait_for
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -120,16 +120,20 @@ def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == name]
 
 
+def of_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind is kind]
+
+
 def server_spans(exporter: InMemorySpanExporter, count: int) -> list[ReadableSpan]:
-    wait_for(lambda: len(named(exporter, "http.server.request")) >= count,
+    wait_for(lambda: len(of_kind(exporter, SpanKind.SERVER)) >= count,
              "the server span did not end")
-    return named(exporter, "http.server.request")
+    return of_kind(exporter, SpanKind.SERVER)
 
 
 def one_trace(exporter: InMemorySpanExporter) -> tuple[ReadableSpan, ReadableSpan]:
     """The client and server spans of the one request sent, checked to be one trace."""
     [server] = server_spans(exporter, 1)
-    [client] = named(exporter, "http.client.request")
+    [client] = of_kind(exporter, SpanKind.CLIENT)
     assert client.context is not None and server.context is not None
     assert server.context.trace_id == client.context.trace_id
     assert server.parent is not None and server.parent.span_id == client.context.span_id
@@ -164,6 +168,9 @@ def test_one_trace_per_request_client_server_handler(
         "http.response.body.size": len(response.content),
     }
     assert server.status.status_code is StatusCode.UNSET
+    # Named and kinded as OpenTelemetry's HTTP conventions say: what tracing backends group by.
+    assert (server.name, server.kind) == ("GET /users/{user_id}", SpanKind.SERVER)
+    assert (client_span.name, client_span.kind) == ("GET", SpanKind.CLIENT)
     assert dict(client_span.attributes or {}) == {
         "http.request.method": "GET",
         "server.address": "127.0.0.1",
@@ -243,7 +250,7 @@ def test_an_exception_in_the_app_is_the_exception_event_and_is_reraised(
     assert exception.metadata["error.type"] == "RuntimeError"
     assert exception.metadata["http.route"] == "/boom"
     assert exception.metadata["http.response.status_code"] == 500  # Starlette's error page
-    [server] = named(exporter, "http.server.request")
+    [server] = of_kind(exporter, SpanKind.SERVER)
     assert server.status.status_code is StatusCode.ERROR
     assert server.events[0].attributes["exception.type"] == "RuntimeError"  # type: ignore[index]
 
@@ -289,7 +296,7 @@ def test_a_client_timeout_ends_the_client_span_with_the_error_class(
     [failure] = failures
     assert failure.metadata["kind"] is httpx.ReadTimeout
     assert failure.metadata["error.type"] == "ReadTimeout"
-    [span] = named(exporter, "http.client.request")
+    [span] = of_kind(exporter, SpanKind.CLIENT)
     assert span.status.status_code is StatusCode.ERROR
     assert span.events[0].attributes["exception.type"] == "httpx.ReadTimeout"  # type: ignore[index]
 
@@ -320,7 +327,7 @@ def test_the_async_client_transport_joins_the_trace(
 
     assert asyncio.run(main()) == 400
     servers = server_spans(exporter, 2)
-    clients = named(exporter, "http.client.request")
+    clients = of_kind(exporter, SpanKind.CLIENT)
     [batch] = named(exporter, "app.batch")
     assert batch.context is not None
     by_id = {c.context.span_id: c for c in clients if c.context is not None}
@@ -414,12 +421,16 @@ def test_one_trace_per_request_reaches_the_rotel_collector(
         collector.stop()
     by_trace: dict[str, dict[str, dict[str, Any]]] = {}
     for span in received():
-        by_trace.setdefault(span["trace_id"], {})[span["name"]] = span
+        attributes = span["attributes"]
+        role = "server" if "url.path" in attributes else "client" if "url.full" in attributes else (
+            span["name"])
+        by_trace.setdefault(span["trace_id"], {})[role] = span
     assert len(by_trace) == 3  # one trace per request
     routes = []
     for trace_spans in by_trace.values():
-        client_span, server = trace_spans["http.client.request"], trace_spans["http.server.request"]
+        client_span, server = trace_spans["client"], trace_spans["server"]
         assert server["parent_span_id"] == client_span["span_id"]
+        assert server["name"] == "GET " + server["attributes"]["http.route"]
         routes.append(server["attributes"]["http.route"])
         if "app.lookup" in trace_spans:
             assert trace_spans["app.lookup"]["parent_span_id"] == server["span_id"]

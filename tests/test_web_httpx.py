@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 import vsrtel
 from vsrtel.handlers import spans
@@ -53,6 +54,8 @@ def test_a_request_is_a_span_with_semantic_convention_metadata() -> None:
     start, stop = events
     assert {k: v for k, v in start.metadata.items() if k != "telemetry_span_context"} == {
         "http.request.method": "GET",
+        "span_name": "GET",
+        "span_kind": "client",
         "server.address": "example.com",
         "server.port": 443,
         "url.full": "https://example.com/missing?q=1",  # no credentials
@@ -68,7 +71,7 @@ def test_the_client_span_context_is_injected_and_is_the_parent_of_the_callee(
 ) -> None:
     with client() as c, vsrtel.span("app.checkout"):
         c.get("http://example.com/")
-    [client_span] = [s for s in exporter.get_finished_spans() if s.name == "http.client.request"]
+    [client_span] = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     [checkout] = [s for s in exporter.get_finished_spans() if s.name == "app.checkout"]
     assert client_span.context is not None and checkout.context is not None
     assert client_span.parent is not None

@@ -13,7 +13,7 @@ from _web_servers import wait_for, wsgiref_server
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 import vsrtel
 from vsrtel.handlers import spans
@@ -83,10 +83,14 @@ def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == name]
 
 
+def of_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.kind is kind]
+
+
 def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
-    wait_for(lambda: len(named(exporter, "http.server.request")) == 1,
+    wait_for(lambda: len(of_kind(exporter, SpanKind.SERVER)) == 1,
              "the server span did not end")
-    [server] = named(exporter, "http.server.request")
+    [server] = of_kind(exporter, SpanKind.SERVER)
     return server
 
 
@@ -99,7 +103,7 @@ def test_one_trace_per_request_client_server_handler(
     assert response.text == "order"
     assert response.headers["content-length"] == "5"  # wsgiref still counts the app's list
     server = server_span(exporter)
-    [client_span] = named(exporter, "http.client.request")
+    [client_span] = of_kind(exporter, SpanKind.CLIENT)
     [handler] = named(exporter, "app.load")
     assert client_span.context is not None and server.context is not None
     assert server.context.trace_id == client_span.context.trace_id
@@ -107,6 +111,7 @@ def test_one_trace_per_request_client_server_handler(
     assert handler.parent is not None and handler.parent.span_id == server.context.span_id
     attributes = dict(server.attributes or {})
     assert attributes["http.route"] == "/orders/{id}"
+    assert (server.name, server.kind) == ("GET /orders/{id}", SpanKind.SERVER)
     assert attributes["url.path"] == "/orders/17"
     assert attributes["http.request.method"] == "GET"
     assert attributes["http.response.status_code"] == 200
@@ -174,8 +179,8 @@ def test_no_span_is_left_current_in_the_server_thread(
     with httpx.Client(base_url=base_url) as client:
         for _ in range(3):
             client.get("/orders/1")
-    wait_for(lambda: len(named(exporter, "http.server.request")) == 3, "a span did not end")
-    servers = named(exporter, "http.server.request")
+    wait_for(lambda: len(of_kind(exporter, SpanKind.SERVER)) == 3, "a span did not end")
+    servers = of_kind(exporter, SpanKind.SERVER)
     assert all(s.parent is None for s in servers)  # each a root: none nested in the last
     assert len({s.context.trace_id for s in servers if s.context is not None}) == 3
 

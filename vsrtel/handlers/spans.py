@@ -12,9 +12,13 @@ handler detached meanwhile). The ``stop`` event ends it with the stop metadata a
 measurements as attributes (a stop whose metadata sets ``error.type``, as OpenTelemetry's semantic
 conventions mark a failure without an exception such as an HTTP 5xx, sets status ERROR); the
 ``exception`` event records the exception, sets status ERROR and ends it. Events are matched by
-``telemetry_span_context``: a stop or exception nobody started is ignored. A span the handler
-cannot open (a ``span_name`` function that raises, an unhashable span context) is skipped, logged
-once and counted in the handle's ``skipped``; tracing goes on.
+``telemetry_span_context``: a stop or exception nobody started is ignored. The span's name is the
+``span_name`` option, else a ``"span_name"`` metadata str (an integration's name for it; a stop
+that changes it renames the span, as `vsrtel.web` does once the route is known), else the dotted
+prefix; its kind is the ``"span_kind"`` metadata (``"server"``, ``"client"``, ``"producer"``,
+``"consumer"``), else INTERNAL. Neither key becomes an attribute. A span the handler cannot open (a
+``span_name`` function that raises, an unhashable span context) is skipped, logged once and counted
+in the handle's ``skipped``; tracing goes on.
 
 A span emitted by hand with ``execute`` (a callback-style integration: the stop comes from a
 callback, a response's ``close()``) is made current where its ``start`` ran until its stop, as
@@ -64,7 +68,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Status, StatusCode, TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 import vsrtel
@@ -80,7 +84,15 @@ SpanName = str | Callable[[EventName, Mapping[str, Any]], str] | None
 
 _START, _STOP, _EXCEPTION = 0, 1, 2
 # Metadata the span itself represents (identity, parent, exception): not copied as attributes.
-_SPAN_KEYS = frozenset({"telemetry_span_context", "trace_parent"})
+_SPAN_KEYS = frozenset({"telemetry_span_context", "trace_parent", "span_name", "span_kind"})
+# The ``span_kind`` metadata values: what a tracing backend's service map reads.
+_KINDS = {
+    "server": SpanKind.SERVER,
+    "client": SpanKind.CLIENT,
+    "producer": SpanKind.PRODUCER,
+    "consumer": SpanKind.CONSUMER,
+    "internal": SpanKind.INTERNAL,
+}
 _EXCEPTION_KEYS = _SPAN_KEYS | {"kind", "reason", "stacktrace"}
 _CLOCK_KEYS = frozenset({"duration", "monotonic_time", "system_time"})
 _MAX_DEPTH = 4
@@ -368,6 +380,10 @@ class _Tracer:
         shadowed = self.open.get(key)  # raises TypeError for an unhashable context: skipped
         if self.name_function is not None:
             name = self.name_function(prefix, metadata)
+        elif self.fixed_name is None and metadata.get("span_name").__class__ is str:
+            name = metadata["span_name"]  # an integration's name for it (`vsrtel.web`'s: GET)
+        given = metadata.get("span_kind")
+        kind = _KINDS.get(given, SpanKind.INTERNAL) if given.__class__ is str else SpanKind.INTERNAL
         start_time = measurements.get("system_time")
         if start_time.__class__ is not int:
             start_time = None
@@ -379,6 +395,7 @@ class _Tracer:
         span = self.tracer.start_span(
             name,
             context if parent is None else _parent(parent),
+            kind=kind,
             attributes=self.attributes(metadata, _SPAN_KEYS),
             start_time=start_time,
         )
@@ -423,6 +440,9 @@ class _Tracer:
         if changed:
             exclude = _EXCEPTION_KEYS if kind == _EXCEPTION else _SPAN_KEYS
             span.set_attributes(self.attributes(changed, exclude))
+            renamed = changed.get("span_name")
+            if renamed.__class__ is str and self.fixed_name is None and self.name_function is None:
+                span.update_name(renamed)  # known only now: an HTTP route, matched by the app
             if kind != _EXCEPTION and changed.get("error.type") is not None:
                 # Failed without an exception (an HTTP 5xx): OpenTelemetry's semantic
                 # conventions mark that with error.type, and the span's status is then ERROR.

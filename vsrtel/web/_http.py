@@ -60,12 +60,25 @@ def header_value(key: str, values: list[str]) -> tuple[str, ...]:
 
 
 def method(value: str, metadata: dict[str, Any]) -> None:
-    """Set ``http.request.method``: a known method, or ``_OTHER`` and the original beside it."""
+    """Set ``http.request.method``: a known method, or ``_OTHER`` and the original beside it;
+    and ``span_name``, the name the spans handler gives the span, as OpenTelemetry's HTTP
+    conventions name it before a route is known: the method (``HTTP`` for ``_OTHER``)."""
     if value in METHODS:
-        metadata["http.request.method"] = value
+        metadata["http.request.method"] = metadata["span_name"] = value
     else:
         metadata["http.request.method"] = OTHER_METHOD
         metadata["http.request.method_original"] = value
+        metadata["span_name"] = "HTTP"
+
+
+def set_route(metadata: dict[str, Any], route: str | None) -> None:
+    """Set ``http.route``: the route template, or the path when it is not known; with a
+    template, the span is renamed ``{method} {route}``, as the conventions name a server span."""
+    if route is None:
+        metadata["http.route"] = metadata["url.path"]
+    else:
+        metadata["http.route"] = route
+        metadata["span_name"] = f"{metadata['span_name']} {route}"
 
 
 def active_event(prefix: tuple[str, ...]) -> str:
@@ -104,8 +117,9 @@ def error_type(status: int | None) -> str | None:
 
 
 class RouteFunction:
-    """A user's route function, called safely: one that raises or returns no str is logged
-    once on the ``vsrtel`` logger and the path is used instead."""
+    """A user's route function, called safely: its route, or None when there is no function,
+    or it raised (logged once on the ``vsrtel`` logger) or returned no str: then the path is
+    used."""
 
     __slots__ = ("function", "reported")
 
@@ -115,9 +129,9 @@ class RouteFunction:
         self.function = function
         self.reported = False
 
-    def __call__(self, request: Any, path: str) -> str:
+    def __call__(self, request: Any) -> str | None:
         if self.function is None:
-            return path
+            return None
         try:
             route = self.function(request)
         except Exception as error:
@@ -126,5 +140,5 @@ class RouteFunction:
                 # Scrubbed as the handlers' reports are: the message may quote a request.
                 _log.warning("route function %r failed: the path is used (reported once)\n%s",
                              self.function, DEFAULT.format_exception(error))
-            return path
-        return route if isinstance(route, str) else path
+            return None
+        return route if isinstance(route, str) else None

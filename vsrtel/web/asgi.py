@@ -35,6 +35,7 @@ from vsrtel.web._http import (
     header_value,
     host_and_port,
     method,
+    set_route,
     span_names,
 )
 
@@ -153,6 +154,7 @@ class _Exchange:
         scheme = scope.get("scheme", "http")
         metadata: dict[str, Any] = {}
         method(scope["method"], metadata)
+        metadata["span_kind"] = "server"
         metadata["url.scheme"] = scheme
         metadata["url.path"] = scope["path"]
         server = scope.get("server")
@@ -227,7 +229,7 @@ class _Exchange:
     def finish(self, metadata: dict[str, Any], error: str | None) -> None:
         """Add what the response told to the stop (or exception) metadata."""
         scope = self.scope
-        metadata["http.route"] = self.route(scope)
+        set_route(metadata, self.route(scope))
         if self.request_size is not None:
             metadata["http.request.body.size"] = self.request_size
         status = self.status
@@ -243,7 +245,7 @@ class _Exchange:
         if error is not None:
             metadata["error.type"] = error
 
-    def route(self, scope: Scope) -> str:
+    def route(self, scope: Scope) -> str | None:
         # Starlette's router leaves the matched route in the scope, and the mounts' matched
         # prefix in root_path.
         path = getattr(scope.get("route"), "path", None)
@@ -251,4 +253,4 @@ class _Exchange:
             root = scope.get("root_path", "")
             mounted = root[len(self.root_path):] if root.startswith(self.root_path) else ""
             return mounted + path
-        return self.middleware._route(scope, scope["path"])
+        return self.middleware._route(scope)

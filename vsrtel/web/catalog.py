@@ -33,6 +33,10 @@ _HEADERS = (
 
 SERVER_METADATA = {
     **_METHOD,
+    "span_name": "the spans handler's name for the span, as the semantic conventions name it: "
+                 "the method (HTTP for _OTHER); at stop/exception `{method} {route}` when a "
+                 "route template or the `route` function's answer is known (str)",
+    "span_kind": "server: the OpenTelemetry span kind (str)",
     "url.scheme": "http or https (str)",
     "url.path": "the request path, without the query (str)",
 }
@@ -55,6 +59,8 @@ SERVER_OPTIONAL = {
 }
 CLIENT_METADATA = {
     **_METHOD,
+    "span_name": "the spans handler's name for the span: the method (HTTP for _OTHER) (str)",
+    "span_kind": "client: the OpenTelemetry span kind (str)",
     "server.address": "the host of the URL (str)",
     "server.port": "the port of the URL, or the scheme's default (int)",
     "url.full": "the URL without credentials (str)",

@@ -53,6 +53,7 @@ class _Options:
         url = request.url
         metadata: dict[str, Any] = {}
         method(request.method, metadata)
+        metadata["span_kind"] = "client"
         metadata["server.address"] = url.host
         port = url.port
         metadata["server.port"] = port if port is not None else (443 if url.scheme == "https"

@@ -29,6 +29,7 @@ from vsrtel.web._http import (
     header_value,
     host_and_port,
     method,
+    set_route,
     span_names,
 )
 
@@ -98,6 +99,7 @@ class TelemetryMiddleware:
         scheme = environ.get("wsgi.url_scheme", "http")
         metadata: dict[str, Any] = {}
         method(environ.get("REQUEST_METHOD", "GET"), metadata)
+        metadata["span_kind"] = "server"
         metadata["url.scheme"] = scheme
         metadata["url.path"] = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         host = environ.get("HTTP_HOST")
@@ -173,7 +175,7 @@ class _Response:
         """Add what the response told to the span's metadata, and end the span."""
         metadata = span.metadata
         middleware = self.middleware
-        metadata["http.route"] = middleware._route(self.environ, metadata["url.path"])
+        set_route(metadata, middleware._route(self.environ))
         status = self.status
         if status is not None:
             metadata["http.response.status_code"] = status
