@@ -323,11 +323,33 @@ def test_a_dead_process_gauge_stays_only_in_modes_that_are_not_live_only(
     assert point.value == expected
 
 
+def test_an_up_down_sum_in_mode_live_sum_counts_live_workers_only(directory: Path) -> None:
+    """Requests in progress: a worker that died with one open takes it along, while a plain
+    sum keeps what dead workers added (a counter must never go backwards)."""
+    live = m.sum("app.request.stop.queue", reporter_options={
+        "monotonic": False, "multiprocess_mode": "live_sum"})
+    kept = m.sum("app.request.stop.bytes", reporter_options={"monotonic": False})
+    scrape = Scrape(directory, [live, kept])
+    record(1, queue=1)
+    worker = Worker(lambda: record(1, queue=5), linger=True)
+    try:
+        assert [p.value for p in scrape.points(live.name).values()] == [1 + 5]
+    finally:
+        worker.stop()
+    for _ in range(2):  # before and after compaction
+        assert [p.value for p in scrape.points(live.name).values()] == [1]
+        assert [p.value for p in scrape.points(kept.name).values()] == [10 + 10]
+
+
 def test_gauge_modes_are_checked_in_the_definition() -> None:
     with pytest.raises(ValueError, match=r"multiprocess_mode must be one of .*'bogus'"):
         m.last_value("a.b.c", reporter_options={"multiprocess_mode": "bogus"})
     with pytest.raises(ValueError, match="'multiprocess_mode' does not apply to counter"):
         m.counter("a.b.c", reporter_options={"multiprocess_mode": "sum"})
+    with pytest.raises(ValueError, match="of a sum must be 'sum' or 'live_sum', got 'max'"):
+        m.sum("a.b.c", reporter_options={"monotonic": False, "multiprocess_mode": "max"})
+    with pytest.raises(ValueError, match="'live_sum' needs monotonic=False"):
+        m.sum("a.b.c", reporter_options={"multiprocess_mode": "live_sum"})
     with pytest.raises(ValueError, match="no tag may be named 'pid'"):
         m.last_value("a.b.c", tags=["pid"], reporter_options={"multiprocess_mode": "all"})
 

@@ -262,8 +262,8 @@ KINDS: Final[Mapping[str, MetricKind]] = {
                    labels=frozenset(), cell="total", options=frozenset(), description="Number of"),
         MetricKind("sum", measured=True, monotonic=True, non_negative=True,
                    prometheus_type="counter", instrument="create_counter",
-                   labels=frozenset(), cell="total", options=frozenset({"monotonic"}),
-                   description="Sum of"),
+                   labels=frozenset(), cell="total",
+                   options=frozenset({"monotonic", "multiprocess_mode"}), description="Sum of"),
         MetricKind("last_value", measured=True, monotonic=False, non_negative=False,
                    prometheus_type="gauge", instrument="create_gauge",
                    labels=frozenset(), cell="last", options=frozenset({"multiprocess_mode"}),
@@ -287,6 +287,7 @@ _OPTIONS: Final = frozenset(
 )
 MULTIPROCESS_MODES: Final = ("latest", "sum", "max", "min", "live_sum", "all")
 """How a `last_value` merges across worker processes (`multiprocess_mode`, first the default)."""
+_SUM_MODES: Final = ("sum", "live_sum")  # a sum's (the default first); live_sum: monotonic=False
 
 
 @dataclass(frozen=True, eq=False)
@@ -506,6 +507,17 @@ def _define(
         )
     if opts.get("monotonic", True) is False:
         kind = kind.going_down()
+    mode = opts.get("multiprocess_mode")
+    if kind.cell == "total" and mode is not None:
+        if mode not in _SUM_MODES:
+            raise ValueError(
+                f"multiprocess_mode of a sum must be 'sum' or 'live_sum', got {mode!r}"
+            )
+        if mode == "live_sum" and kind.monotonic:
+            raise ValueError(
+                "multiprocess_mode 'live_sum' needs monotonic=False: a counter that dropped "
+                "what dead workers counted would go backwards"
+            )
     if description is None:
         what = "events" if not kind.measured else f"measurement {parts[-1]!r} of events"
         if kind.measured and not isinstance(measurement, str):
@@ -554,8 +566,9 @@ class MetricOptions(TypedDict, total=False):
     - `reporter_options`: `max_series` (distinct tag sets before overflow, default 1000, at most
       1999 so the OpenTelemetry SDK's own limit of 2000 never merges series silently), and per
       kind `monotonic` (sum), `buckets` (distribution), `max_size` / `max_scale` (summary),
-      `multiprocess_mode` (last_value: how worker processes' values merge, see
-      docs/multiprocess.md; `"latest"`, `"sum"`, `"max"`, `"min"`, `"live_sum"`, `"all"`).
+      `multiprocess_mode` (how worker processes' values merge, see docs/multiprocess.md;
+      last_value: `"latest"`, `"sum"`, `"max"`, `"min"`, `"live_sum"`, `"all"`; a sum with
+      `monotonic=False`: `"sum"`, or `"live_sum"` for live workers only).
       These are checked; any other option is kept as given, for another reporter.
     """
 

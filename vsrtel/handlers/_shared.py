@@ -718,7 +718,7 @@ class Directory:
                     known = infos.setdefault(name, info)
                     if (known.shape, known.bounds) != (info.shape, info.bounds):
                         continue
-                    if info.shape == "last" and known.mode in _LIVE_ONLY:
+                    if known.mode in _LIVE_ONLY:  # a dead worker's live-only series are gone
                         continue
                     series = totals.setdefault(name, {})
                     for labels, values in source.values(known):
@@ -842,6 +842,8 @@ def merged(
     if info is None:
         return None, {}
     if info.shape != "last":
+        if info.mode == "live_sum":  # an up-down sum of live workers only (in progress now)
+            sources = [(source, live) for source, live in sources if live]
         return info, directory.added(info, sources)
     totals: dict[Key, list[float]] = {}
     for source, live in sources:

@@ -74,7 +74,8 @@ METRICS: list[m.Metric] = [
         event_name="http.server.active_requests",
         measurement="change",
         tags=["http.request.method", "url.scheme"],
-        reporter_options={"monotonic": False},
+        # In progress now: a worker killed mid-request takes its +1 with it.
+        reporter_options={"monotonic": False, "multiprocess_mode": "live_sum"},
         description="HTTP server requests in progress",
     ),
     m.distribution(
