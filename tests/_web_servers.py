@@ -1,5 +1,6 @@
 """Real servers for the web tests, in this process (so that one in-memory exporter sees the
-client's spans and the server's), on loopback, each bounded in time and stopped in finally."""
+client's spans and the server's), on loopback, each bounded in time and stopped in finally; and
+the tracing those tests read."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from vsrtel.handlers import spans
 
 START_TIMEOUT = 10.0
 
@@ -74,3 +82,24 @@ def wait_for(condition: Callable[[], bool], message: str) -> None:
     """Wait (bounded) until ``condition()``: a server span ends after the client has its
     response, in the server's thread."""
     _wait(condition, message)
+
+
+@contextmanager
+def traced(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A tracer provider recording into ``exporter``, the spans handler tracing the ``http``
+    and ``app`` spans with it; shut down at the end."""
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans.attach_tracer(["http", "app"], tracer_provider=tracer_provider)
+    yield tracer_provider
+    tracer_provider.shutdown()
+
+
+def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    """The finished spans called ``name``."""
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def of_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
+    """The finished spans of ``kind`` (SERVER, CLIENT)."""
+    return [s for s in exporter.get_finished_spans() if s.kind is kind]

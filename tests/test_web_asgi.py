@@ -9,9 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _web_servers import uvicorn_server, wait_for
+from _web_servers import named, of_kind, traced, uvicorn_server, wait_for
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
@@ -103,25 +102,14 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture
 def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    tracer_provider = TracerProvider(shutdown_on_exit=False)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    spans.attach_tracer(["http", "app"], tracer_provider=tracer_provider)
-    yield tracer_provider
-    tracer_provider.shutdown()
+    with traced(exporter) as tracer_provider:
+        yield tracer_provider
 
 
 @pytest.fixture
 def base_url() -> Iterator[str]:
     with uvicorn_server(TelemetryMiddleware(APP, headers=["x-request-id", "authorization"])) as url:
         yield url
-
-
-def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.name == name]
-
-
-def of_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.kind is kind]
 
 
 def server_spans(exporter: InMemorySpanExporter, count: int) -> list[ReadableSpan]:

@@ -9,14 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from _web_servers import wait_for, wsgiref_server
+from _web_servers import named, of_kind, traced, wait_for, wsgiref_server
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 import vsrtel
-from vsrtel.handlers import spans
 from vsrtel.testing import capture
 from vsrtel.web.httpx import TelemetryTransport
 from vsrtel.web.wsgi import TelemetryMiddleware
@@ -64,11 +62,8 @@ def exporter() -> InMemorySpanExporter:
 
 @pytest.fixture
 def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    tracer_provider = TracerProvider(shutdown_on_exit=False)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    spans.attach_tracer(["http", "app"], tracer_provider=tracer_provider)
-    yield tracer_provider
-    tracer_provider.shutdown()
+    with traced(exporter) as tracer_provider:
+        yield tracer_provider
 
 
 @pytest.fixture
@@ -77,14 +72,6 @@ def base_url() -> Iterator[str]:
                                      user_agent=True)
     with wsgiref_server(middleware) as url:
         yield url
-
-
-def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.name == name]
-
-
-def of_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[ReadableSpan]:
-    return [s for s in exporter.get_finished_spans() if s.kind is kind]
 
 
 def server_span(exporter: InMemorySpanExporter) -> ReadableSpan:
